@@ -1,0 +1,48 @@
+"""heron_remote: run the source nodes of an experiment pipeline here or on acquisition PCs over SSH.
+
+The public API is what ``__all__`` lists; modules and names starting with ``_`` are internal.
+"""
+
+from ._version import __version__
+from .errors import (
+    ConfigError,
+    ForwarderError,
+    HeronRemoteError,
+    SSHError,
+    WorkerError,
+    WorkerExitedError,
+    WorkerStartError,
+)
+from .forwarders import Forwarders
+from .relic import read_relic
+from .settings import ForwarderPorts, Settings
+from .source import Frame, NoDataError, Source
+from .source_com import ComStats, SourceCom
+from .wire import IGNORE, DecodeError, Packet, decode_published
+from .worker import SourceWorker, start_the_source_worker_process
+
+__all__ = [
+    "IGNORE",
+    "ComStats",
+    "ConfigError",
+    "DecodeError",
+    "ForwarderError",
+    "ForwarderPorts",
+    "Forwarders",
+    "Frame",
+    "HeronRemoteError",
+    "NoDataError",
+    "Packet",
+    "SSHError",
+    "Settings",
+    "Source",
+    "SourceCom",
+    "SourceWorker",
+    "WorkerError",
+    "WorkerExitedError",
+    "WorkerStartError",
+    "__version__",
+    "decode_published",
+    "read_relic",
+    "start_the_source_worker_process",
+]

@@ -1,0 +1,154 @@
+"""The com <-> worker control protocol: the worker's argv, its ready line, pulses and liveness.
+
+A worker binds its four sockets on its own 127.0.0.1 (ports chosen as asked, or free
+ones) and then writes one line to stdout::
+
+    HERON_REMOTE_READY {"v": 1, "pid": ..., "ports": {"data": ..., ...}, ...}
+
+The com connects to those ports (directly, or through SSH forwards) and counts the
+worker as running once the first liveness message arrives over ZeroMQ, which proves
+the whole path works. Pulses carry the com's send time; liveness messages echo the
+last one, so the com measures the heartbeat round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .settings import Settings
+
+READY_PREFIX = "HERON_REMOTE_READY "
+PROTOCOL_VERSION = 1
+CHANNELS = ("data", "heartbeat", "parameters", "liveness")
+
+PULSE = b"PULSE"
+LIVE = b"LIVE"
+
+_OPTION_PREFIX = "--heron-remote-"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerArgs:
+    """What a com passes to its worker on the command line (never a secret)."""
+
+    port: int
+    parameters_topic: str
+    num_sending_topics: int
+    relic_dir: str = "_"
+    heartbeat_rate: float = 1.0
+    heartbeats_to_death: int = 10
+
+    def to_argv(self) -> list[str]:
+        # Heron's positional layout first, so Heron's own parser still reads it;
+        # our options follow and are stripped before the positional part is read.
+        return [
+            str(self.port),
+            self.parameters_topic,
+            "0",
+            str(self.num_sending_topics),
+            self.relic_dir or "_",
+            f"{_OPTION_PREFIX}heartbeat-rate={self.heartbeat_rate!r}",
+            f"{_OPTION_PREFIX}heartbeats-to-death={self.heartbeats_to_death}",
+        ]
+
+    @classmethod
+    def from_settings(
+        cls, *, port: int, parameters_topic: str, num_sending_topics: int, relic_dir: str, settings: Settings
+    ) -> WorkerArgs:
+        return cls(
+            port=port,
+            parameters_topic=parameters_topic,
+            num_sending_topics=num_sending_topics,
+            relic_dir=relic_dir,
+            heartbeat_rate=settings.heartbeat_rate,
+            heartbeats_to_death=settings.heartbeats_to_death,
+        )
+
+    @classmethod
+    def parse(cls, argv: list[str]) -> WorkerArgs:
+        """Parse ``sys.argv[1:]`` of a worker."""
+        options: dict[str, str] = {}
+        positional: list[str] = []
+        for arg in argv:
+            if arg.startswith(_OPTION_PREFIX) and "=" in arg:
+                key, value = arg[len(_OPTION_PREFIX) :].split("=", 1)
+                options[key] = value
+            else:
+                positional.append(arg)
+        usage = (
+            "a heron_remote worker is started by its com with the arguments "
+            "PORT PARAMETERS_TOPIC 0 NUM_SENDING_TOPICS RELIC_DIR; got "
+        )
+        if len(positional) < 5:
+            raise ConfigError(usage + repr(argv))
+        try:
+            return cls(
+                port=int(positional[0]),
+                parameters_topic=positional[1],
+                num_sending_topics=int(positional[-2]),
+                relic_dir=positional[-1],
+                heartbeat_rate=float(options.get("heartbeat-rate", 1.0)),
+                heartbeats_to_death=int(options.get("heartbeats-to-death", 10)),
+            )
+        except ValueError as exc:
+            raise ConfigError(usage + repr(argv)) from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadyLine:
+    """The worker's announcement of its pid and bound ports."""
+
+    pid: int
+    ports: dict[str, int]
+    version: str
+    python: str
+
+    def to_line(self) -> str:
+        body = {
+            "v": PROTOCOL_VERSION,
+            "pid": self.pid,
+            "ports": self.ports,
+            "version": self.version,
+            "python": self.python,
+        }
+        return READY_PREFIX + json.dumps(body, separators=(",", ":"))
+
+    @classmethod
+    def find(cls, line: str) -> ReadyLine | None:
+        """The announcement in ``line``, or None when the line is ordinary output."""
+        at = line.find(READY_PREFIX)
+        if at < 0:
+            return None
+        try:
+            body = json.loads(line[at + len(READY_PREFIX) :])
+            ports = {name: int(body["ports"][name]) for name in CHANNELS}
+            return cls(
+                pid=int(body["pid"]),
+                ports=ports,
+                version=str(body.get("version", "?")),
+                python=str(body.get("python", "?")),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def pulse() -> list[bytes]:
+    return [PULSE, str(time.time_ns()).encode()]
+
+
+def liveness(pid: int, seq: int, echo_ns: int) -> list[bytes]:
+    return [LIVE, json.dumps({"pid": pid, "seq": seq, "echo_ns": echo_ns}).encode()]
+
+
+def parse_liveness(frames: list[bytes]) -> dict[str, Any] | None:
+    if len(frames) != 2 or frames[0] != LIVE:
+        return None
+    try:
+        body = json.loads(frames[1])
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

@@ -1,0 +1,74 @@
+"""The exceptions heron_remote raises.
+
+Every error is a :class:`HeronRemoteError`, so one ``except`` catches them all::
+
+    HeronRemoteError
+    ├── ConfigError            bad input: a value, a worker_exec, a verbosity string
+    ├── ForwarderError         a forwarder could not bind (port in use, bad interface)
+    ├── WorkerError            something went wrong with a worker process
+    │   ├── WorkerStartError   it did not start, or did not report ready in time
+    │   └── WorkerExitedError  it ended while the com was running
+    └── SSHError               the SSH layer (heron_remote.ssh) failed
+
+Errors that carry a worker's output keep the last lines of its stderr in
+``stderr_tail`` and show them in the message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ForwarderError",
+    "HeronRemoteError",
+    "SSHError",
+    "WorkerError",
+    "WorkerExitedError",
+    "WorkerStartError",
+]
+
+
+class HeronRemoteError(Exception):
+    """The root of every error heron_remote raises."""
+
+
+class ConfigError(HeronRemoteError, ValueError):
+    """A configuration value is wrong; the message names it and says what to do."""
+
+
+class ForwarderError(HeronRemoteError):
+    """A forwarder could not be started."""
+
+
+class SSHError(HeronRemoteError):
+    """The SSH layer failed: connection, authentication, host key or tunnel."""
+
+
+class WorkerError(HeronRemoteError):
+    """A worker process failed.
+
+    ``node`` names the node, ``returncode`` is the exit status when known and
+    ``stderr_tail`` the last lines the worker wrote to stderr.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str = "",
+        returncode: int | None = None,
+        stderr_tail: tuple[str, ...] = (),
+    ) -> None:
+        self.node = node
+        self.returncode = returncode
+        self.stderr_tail = tuple(stderr_tail)
+        if self.stderr_tail:
+            message += "\nlast lines of the worker's stderr:\n  " + "\n  ".join(self.stderr_tail)
+        super().__init__(message)
+
+
+class WorkerStartError(WorkerError):
+    """The worker did not start or did not report ready within the start timeout."""
+
+
+class WorkerExitedError(WorkerError):
+    """The worker ended while its com was running."""

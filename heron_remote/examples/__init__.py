@@ -1,0 +1,1 @@
+"""Example workers shipped with heron_remote."""

@@ -1,0 +1,175 @@
+"""The three forwarders (data, parameters, proof of life): XSUB -> XPUB proxies.
+
+Publishers connect to a forwarder's submit port, subscribers to its publish port.
+Each proxy runs in a thread of its own that creates, binds and closes its sockets;
+they bind 127.0.0.1 unless another interface is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+
+import zmq
+
+from .errors import ForwarderError
+from .settings import ForwarderPorts
+
+__all__ = ["Forwarders"]
+
+logger = logging.getLogger(__name__)
+
+_NAMES = ("data", "parameters", "proof_of_life")
+
+
+@dataclass
+class _Proxy:
+    name: str
+    submit: int
+    publish: int
+    thread: threading.Thread | None = None
+    control: str = ""
+    error: BaseException | None = None
+
+
+class Forwarders:
+    """Run the data, parameters and proof-of-life forwarders in this process.
+
+    >>> with Forwarders() as fw:          # Heron's ports 6560/6561, 6563/6564, 6569/6570
+    ...     print(fw.ports.data_publish)
+
+    Pass ``ports=ForwarderPorts(data_submit=0, ...)`` for free ports and read the bound
+    ones from :attr:`ports`; ``host="0.0.0.0"`` exposes them on every interface.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        ports: ForwarderPorts | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.host = host
+        self._requested = ports or ForwarderPorts()
+        self._context = context or zmq.Context.instance()
+        self._proxies: list[_Proxy] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.ports: ForwarderPorts = self._requested
+
+    def start(self) -> Forwarders:
+        """Bind all three forwarders; raises ForwarderError naming the port that failed."""
+        if self._proxies:
+            return self
+        req = self._requested
+        wanted = {
+            "data": (req.data_submit, req.data_publish),
+            "parameters": (req.parameters_submit, req.parameters_publish),
+            "proof_of_life": (req.proof_of_life_submit, req.proof_of_life_publish),
+        }
+        try:
+            for name in _NAMES:
+                proxy = _Proxy(name, *wanted[name], control=f"inproc://heron-fwd-{name}-{uuid.uuid4().hex}")
+                ready = threading.Event()
+                proxy.thread = threading.Thread(
+                    target=self._run, args=(proxy, ready), name=f"heron-forwarder-{name}", daemon=True
+                )
+                self._proxies.append(proxy)
+                proxy.thread.start()
+                ready.wait(10)
+                if proxy.error is not None:
+                    raise proxy.error
+        except BaseException:
+            self.close()
+            raise
+        p = {x.name: x for x in self._proxies}
+        self.ports = ForwarderPorts(
+            data_submit=p["data"].submit,
+            data_publish=p["data"].publish,
+            parameters_submit=p["parameters"].submit,
+            parameters_publish=p["parameters"].publish,
+            proof_of_life_submit=p["proof_of_life"].submit,
+            proof_of_life_publish=p["proof_of_life"].publish,
+        )
+        logger.info("forwarders on %s: %s", self.host, self.ports)
+        return self
+
+    def _bind(self, sock: zmq.Socket, port: int, proxy: _Proxy, role: str) -> int:
+        try:
+            sock.bind(f"tcp://{self.host}:{port}")
+        except zmq.ZMQError as exc:
+            hint = (
+                " Another program, or forwarders already running (heron-remote forwarders), hold it: "
+                "stop them, use theirs, or choose other ports."
+                if exc.errno == zmq.EADDRINUSE
+                else ""
+            )
+            raise ForwarderError(
+                f"the {proxy.name} forwarder cannot bind its {role} port {port} on {self.host}: {exc.strerror}.{hint}"
+            ) from exc
+        return int(sock.last_endpoint.decode().rsplit(":", 1)[1])
+
+    def _run(self, proxy: _Proxy, ready: threading.Event) -> None:
+        ctx = self._context
+        frontend = ctx.socket(zmq.XSUB)
+        backend = ctx.socket(zmq.XPUB)
+        control = ctx.socket(zmq.PAIR)
+        for s in (frontend, backend, control):
+            s.linger = 0
+        try:
+            try:
+                proxy.submit = self._bind(frontend, proxy.submit, proxy, "submit")
+                proxy.publish = self._bind(backend, proxy.publish, proxy, "publish")
+                control.bind(proxy.control)
+            except BaseException as exc:
+                proxy.error = exc
+                return
+            finally:
+                ready.set()
+            try:
+                zmq.proxy_steerable(frontend, backend, None, control)
+            except zmq.ContextTerminated:
+                pass
+            except zmq.ZMQError as exc:
+                proxy.error = exc
+                logger.error("the %s forwarder stopped: %s", proxy.name, exc)
+        finally:
+            frontend.close()
+            backend.close()
+            control.close()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The first error a forwarder thread hit while running, if any."""
+        return next((p.error for p in self._proxies if p.error is not None), None)
+
+    def close(self) -> None:
+        """Stop the proxies and release their ports. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for proxy in self._proxies:
+            if proxy.thread is None or not proxy.thread.is_alive():
+                continue
+            ctl = self._context.socket(zmq.PAIR)
+            ctl.linger = 1000  # the TERMINATE must reach the proxy before the socket goes
+            try:
+                ctl.connect(proxy.control)
+                ctl.send(b"TERMINATE")
+            finally:
+                ctl.close()
+            proxy.thread.join(5)
+            if proxy.thread.is_alive():
+                logger.error("the %s forwarder did not stop within 5 s", proxy.name)
+
+    def __enter__(self) -> Forwarders:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Forwarders {self.host} {self.ports}>"

@@ -1,0 +1,301 @@
+"""Starting and stopping a worker process: one base class, a few hooks per place.
+
+:class:`WorkerLauncher` owns the logic every launch shares: turning ``worker_exec``
+into an argv, collecting the worker's output (logged, with a tail kept for error
+messages), waiting for its ready line, and stopping it with TERM, a grace period,
+KILL and a check that it is gone. Subclasses say *where*: :class:`LocalLauncher`
+runs the worker on this machine in a new session; the SSH layer adds a remote one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+
+from ._logging import NodeLogger
+from ._protocol import ReadyLine, WorkerArgs
+from .errors import ConfigError, WorkerError, WorkerExitedError, WorkerStartError
+
+__all__ = ["LocalLauncher", "WorkerLauncher"]
+
+logger = logging.getLogger(__name__)
+
+_PYTHON_NAMES = {"python", "python3", "py", "python.exe", "python3.exe", "py.exe"}
+_TAIL_LINES = 30
+
+
+class WorkerOutput:
+    """Lines a worker writes: logged as they come, the last ones kept, the ready line caught."""
+
+    def __init__(self, log: logging.LoggerAdapter) -> None:
+        self._log = log
+        self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self._partial = {"stdout": "", "stderr": ""}
+        self._lock = threading.Lock()
+        self.ready: ReadyLine | None = None
+        self.ready_event = threading.Event()
+
+    def feed(self, stream: str, text: str) -> None:
+        """Add a chunk of text from ``stream`` ("stdout" or "stderr")."""
+        with self._lock:
+            text = self._partial[stream] + text
+            *lines, self._partial[stream] = text.split("\n")
+        for line in lines:
+            self.line(stream, line.rstrip("\r"))
+
+    def flush(self) -> None:
+        for stream in ("stdout", "stderr"):
+            with self._lock:
+                rest, self._partial[stream] = self._partial[stream], ""
+            if rest:
+                self.line(stream, rest)
+
+    def line(self, stream: str, line: str) -> None:
+        if stream == "stdout" and self.ready is None:
+            ready = ReadyLine.find(line)
+            if ready is not None:
+                self.ready = ready
+                self.ready_event.set()
+                return
+        if stream == "stderr":
+            with self._lock:
+                self._tail.append(line)
+        self._log.info("%s: %s", stream, line)
+
+    def tail(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._tail)
+
+
+class WorkerLauncher(ABC):
+    """Start, watch and stop one worker. Subclasses implement the hooks below."""
+
+    #: Where the worker runs, for messages ("this machine", a server's name).
+    where: str = "this machine"
+
+    def __init__(self, worker_exec: str, *, node: str) -> None:
+        if not isinstance(worker_exec, str) or not worker_exec.strip():
+            raise ConfigError(
+                f"worker_exec must be a command line (a script, or python -m module), got {worker_exec!r}"
+            )
+        self.worker_exec = worker_exec
+        self.node = node
+        self.log = NodeLogger(logger, node=node, host=self.where)
+        self.output = WorkerOutput(self.log)
+        self.ready: ReadyLine | None = None
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+
+    # -- hooks -------------------------------------------------------------
+    @abstractmethod
+    def _python(self) -> str:
+        """The interpreter that runs ``.py`` scripts and bare ``python`` commands."""
+
+    @abstractmethod
+    def _spawn(self, argv: list[str]) -> None:
+        """Start argv in a new process group; route its output to ``self.output``."""
+
+    @abstractmethod
+    def returncode(self) -> int | None:
+        """The worker's exit status, or None while it runs."""
+
+    @abstractmethod
+    def _signal_group(self, sig: signal.Signals) -> bool:
+        """Send sig to the worker's process group; False when nothing of it is left."""
+
+    def address(self, port: int) -> str:
+        """The endpoint through which this process reaches the worker's loopback ``port``."""
+        return f"tcp://127.0.0.1:{port}"
+
+    def _release(self) -> None:
+        """Free what the launch holds besides the process (tunnels, connections)."""
+
+    def _check_exec(self, argv: list[str]) -> None:
+        """Fail early when the program or script cannot exist where the worker runs."""
+
+    # -- shared logic --------------------------------------------------------
+    def argv(self, args: WorkerArgs) -> list[str]:
+        try:
+            words = shlex.split(self.worker_exec)
+        except ValueError as exc:
+            raise ConfigError(f"worker_exec {self.worker_exec!r} is not a valid command line: {exc}") from exc
+        if words[0].lower() in _PYTHON_NAMES:
+            words[0] = self._python()
+        elif words[0].endswith(".py"):
+            words.insert(0, self._python())
+        return words + args.to_argv()
+
+    def start(self, args: WorkerArgs) -> None:
+        argv = self.argv(args)
+        self._check_exec(argv)
+        self.log.info("starting worker: %s", shlex.join(argv))
+        self._spawn(argv)
+
+    def wait_ready(self, timeout: float) -> ReadyLine:
+        """Block until the worker announced its ports; WorkerStartError if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        while not self.output.ready_event.wait(0.05):
+            code = self.returncode()
+            if code is not None:
+                self._settle_output()
+                raise WorkerStartError(
+                    f"worker of node {self.node!r} on {self.where} exited with status {code} before it was ready "
+                    f"(command: {self.worker_exec!r})",
+                    node=self.node,
+                    returncode=code,
+                    stderr_tail=self.output.tail(),
+                )
+            if time.monotonic() > deadline:
+                self.stop(grace=1.0)
+                raise WorkerStartError(
+                    f"worker of node {self.node!r} on {self.where} did not report ready within {timeout:g} s "
+                    f"(command: {self.worker_exec!r}); is it a heron_remote worker that calls "
+                    "start_the_source_worker_process?",
+                    node=self.node,
+                    stderr_tail=self.output.tail(),
+                )
+        self.ready = self.output.ready
+        assert self.ready is not None
+        self.log.info("worker pid %d ready, ports %s", self.ready.pid, self.ready.ports)
+        return self.ready
+
+    def _settle_output(self, timeout: float = 1.0) -> None:
+        """Give the output readers a moment to deliver what a dead worker wrote."""
+
+    def exit_error(self, code: int) -> WorkerError:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        return WorkerExitedError(
+            f"worker of node {self.node!r} on {self.where} {how}",
+            node=self.node,
+            returncode=code,
+            stderr_tail=self.output.tail(),
+        )
+
+    def stop(self, grace: float = 3.0) -> int | None:
+        """TERM the worker's group, KILL it after ``grace`` s, confirm it is gone. Idempotent."""
+        with self._stop_lock:
+            if self._stopped:
+                return self.returncode()
+            self._stopped = True
+        try:
+            if self.returncode() is None:
+                self.log.info("stopping worker (TERM, KILL after %.1f s)", grace)
+                self._signal_group(signal.SIGTERM)
+                if not self._wait_exit(grace):
+                    self.log.warning("worker ignored TERM for %.1f s: sending KILL", grace)
+            # The leader may be gone while helpers it spawned live on: KILL the rest.
+            self._signal_group(signal.SIGKILL)
+            if not self._wait_exit(5.0):
+                raise WorkerError(f"worker of node {self.node!r} on {self.where} survived KILL", node=self.node)
+            self._settle_output()
+            code = self.returncode()
+            self.log.info("worker stopped (status %s)", code)
+            return code
+        finally:
+            self._release()
+
+    def _wait_exit(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.returncode() is None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> WorkerLauncher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalLauncher(WorkerLauncher):
+    """Runs the worker on this machine, in a new session (its own process group)."""
+
+    where = "this machine"
+
+    def __init__(self, worker_exec: str, *, node: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(worker_exec, node=node)
+        self._env = env
+        self._proc: subprocess.Popen[str] | None = None
+        self._readers: list[threading.Thread] = []
+
+    def _python(self) -> str:
+        return sys.executable
+
+    def _check_exec(self, argv: list[str]) -> None:
+        program = argv[0]
+        if os.sep in program or (os.altsep and os.altsep in program):
+            if not os.path.isfile(program):
+                raise ConfigError(f"worker_exec program {program!r} does not exist")
+        elif shutil.which(program) is None:
+            raise ConfigError(f"worker_exec program {program!r} is not on PATH")
+        if program == sys.executable and len(argv) > 1 and argv[1].endswith(".py") and not os.path.isfile(argv[1]):
+            raise ConfigError(f"worker_exec script {argv[1]!r} does not exist (cwd: {os.getcwd()})")
+
+    def _spawn(self, argv: list[str]) -> None:
+        env = dict(os.environ if self._env is None else self._env)
+        env["PYTHONUNBUFFERED"] = "1"
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                bufsize=1,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise WorkerStartError(
+                f"cannot start worker {argv[0]!r} of node {self.node!r}: {exc}", node=self.node
+            ) from exc
+        for stream, pipe in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
+            t = threading.Thread(
+                target=self._pump, args=(stream, pipe), name=f"heron-worker-{stream}-{self._proc.pid}", daemon=True
+            )
+            t.start()
+            self._readers.append(t)
+
+    def _pump(self, stream: str, pipe) -> None:
+        try:
+            for line in pipe:
+                self.output.line(stream, line.rstrip("\n"))
+        except (OSError, ValueError) as exc:  # the pipe closed under us at shutdown
+            self.log.debug("%s reader stopped: %s", stream, exc)
+        finally:
+            pipe.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def _signal_group(self, sig: signal.Signals) -> bool:
+        if self._proc is None:
+            return False
+        try:
+            os.killpg(self._proc.pid, sig)  # the worker leads its session's group
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _settle_output(self, timeout: float = 1.0) -> None:
+        for t in self._readers:
+            t.join(timeout)

@@ -1,0 +1,118 @@
+"""Typed settings: forwarder ports and the timing of heartbeats, starts and stops.
+
+The defaults are Heron's. A com started as a script (Heron's way) reads
+overrides from ``HERON_REMOTE_*`` environment variables through
+:meth:`Settings.from_env`; Python callers pass a :class:`Settings` value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+__all__ = ["ForwarderPorts", "Settings"]
+
+#: Heron reserves this many ports per node; kept for port-group arithmetic.
+PORTS_PER_NODE = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwarderPorts:
+    """Submit and publish ports of the three forwarders. 0 binds a free port."""
+
+    data_submit: int = 6560
+    data_publish: int = 6561
+    parameters_submit: int = 6563
+    parameters_publish: int = 6564
+    proof_of_life_submit: int = 6569
+    proof_of_life_publish: int = 6570
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+                raise ConfigError(f"ForwarderPorts.{f.name} must be an int from 0 to 65535, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """How a com and its worker talk.
+
+    heartbeat_rate: seconds between the com's pulses to the worker.
+    heartbeats_to_death: pulses a worker may miss in a row before it ends itself.
+    start_timeout: seconds a worker has to report ready before the start fails.
+    stop_grace: seconds between TERM and KILL when a worker is stopped.
+    forwarder_host: where the com finds the forwarders.
+    ports: the forwarders' ports.
+    """
+
+    heartbeat_rate: float = 1.0
+    heartbeats_to_death: int = 10
+    start_timeout: float = 20.0
+    stop_grace: float = 3.0
+    forwarder_host: str = "127.0.0.1"
+    ports: ForwarderPorts = field(default_factory=ForwarderPorts)
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_rate", "start_timeout", "stop_grace"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"Settings.{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(self.heartbeats_to_death, int) or self.heartbeats_to_death < 1:
+            raise ConfigError(f"Settings.heartbeats_to_death must be an int >= 1, got {self.heartbeats_to_death!r}")
+
+    @property
+    def death_window(self) -> float:
+        """Seconds without a pulse after which a worker ends itself."""
+        return self.heartbeat_rate * self.heartbeats_to_death
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
+        """Defaults overridden by ``HERON_REMOTE_HEARTBEAT_RATE`` and friends."""
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, object] = {}
+        for name, kind in (
+            ("heartbeat_rate", float),
+            ("heartbeats_to_death", int),
+            ("start_timeout", float),
+            ("stop_grace", float),
+            ("forwarder_host", str),
+        ):
+            key = "HERON_REMOTE_" + name.upper()
+            if key in env:
+                try:
+                    kwargs[name] = kind(env[key])
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"environment variable {key}={env[key]!r} is not a valid {kind.__name__}"
+                    ) from exc
+        port_kwargs: dict[str, int] = {}
+        for f in dataclasses.fields(ForwarderPorts):
+            key = "HERON_REMOTE_PORT_" + f.name.upper()
+            if key in env:
+                try:
+                    port_kwargs[f.name] = int(env[key])
+                except ValueError as exc:
+                    raise ConfigError(f"environment variable {key}={env[key]!r} is not a port number") from exc
+        if port_kwargs:
+            kwargs["ports"] = ForwarderPorts(**port_kwargs)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes :meth:`from_env` return these settings."""
+        env = {
+            "HERON_REMOTE_HEARTBEAT_RATE": repr(float(self.heartbeat_rate)),
+            "HERON_REMOTE_HEARTBEATS_TO_DEATH": str(self.heartbeats_to_death),
+            "HERON_REMOTE_START_TIMEOUT": repr(float(self.start_timeout)),
+            "HERON_REMOTE_STOP_GRACE": repr(float(self.stop_grace)),
+            "HERON_REMOTE_FORWARDER_HOST": self.forwarder_host,
+        }
+        for f in dataclasses.fields(ForwarderPorts):
+            env["HERON_REMOTE_PORT_" + f.name.upper()] = str(getattr(self.ports, f.name))
+        return env

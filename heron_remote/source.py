@@ -1,0 +1,280 @@
+"""The everyday API: start a source, iterate over its frames, set parameters, stop.
+
+>>> with Source("python -m heron_remote.examples.synthetic_camera",
+...             parameters={"shape": [480, 640], "fps": 30}) as cam:
+...     for index, time, arrays in cam.frames(limit=10):
+...         print(index, arrays[0].shape)
+
+A :class:`Source` runs a :class:`SourceCom` in a thread of this process, starts the
+forwarders unless they are already running, and subscribes to its own topics.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import zmq
+
+from .errors import ConfigError, ForwarderError, HeronRemoteError, WorkerError
+from .forwarders import Forwarders
+from .settings import Settings
+from .source_com import ComStats, SourceCom
+from .wire import DecodeError, decode_output
+
+__all__ = ["Frame", "NoDataError", "Source"]
+
+logger = logging.getLogger(__name__)
+
+_instances = itertools.count(1)
+
+
+class NoDataError(HeronRemoteError, TimeoutError):
+    """No frame arrived within the timeout given to :meth:`Source.frames`."""
+
+
+class Frame(NamedTuple):
+    """One packet of a source: its index (from 1), the com's time stamp and one value per output."""
+
+    index: int
+    time: float
+    arrays: tuple[Any, ...]
+
+
+class Source:
+    """A source node run from Python: a com in a thread, its worker here or over SSH."""
+
+    def __init__(
+        self,
+        worker_exec: str,
+        *,
+        name: str = "source",
+        outputs: tuple[str, ...] = ("Frame",),
+        parameters: Any = None,
+        port: int = 0,
+        relic_dir: str | None = None,
+        settings: Settings | None = None,
+        ssh_local_server_id: str = "None",
+        ssh_remote_server_id: str = "None",
+    ) -> None:
+        if not outputs or any(not isinstance(o, str) or not o or "##" in o for o in outputs):
+            raise ConfigError(f"outputs must be a non-empty tuple of output names without '##', got {outputs!r}")
+        if not isinstance(name, str) or not name or "##" in name:
+            raise ConfigError(f"name must be a non-empty string without '##', got {name!r}")
+        self.name = name
+        self.outputs = tuple(outputs)
+        self.settings = settings or Settings.from_env()
+        node_index = f"{os.getpid()}-{next(_instances)}"
+        self.parameters_topic = f"Parameters##{name}##{node_index}"
+        self.topics = [f"{o.replace(' ', '_')}##{name}##{node_index}" for o in self.outputs]
+        self._com = SourceCom(
+            self.topics,
+            self.parameters_topic,
+            port,
+            worker_exec,
+            verbose=f"||{relic_dir or ''}",
+            ssh_local_server_id=ssh_local_server_id,
+            ssh_remote_server_id=ssh_remote_server_id,
+            outputs=list(self.outputs),
+        )
+        self._initial_parameters = parameters
+        if parameters is not None:
+            self._com.send_parameters(parameters)  # fails now, not later, if not JSON
+        self._forwarders: Forwarders | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._sub: zmq.Socket | None = None
+        self._sub_thread: int | None = None
+        self._context = zmq.Context.instance()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self.gaps = 0
+        self.received = 0
+        self._last_index: int | None = None
+
+    # -- life cycle ----------------------------------------------------------------
+    def start(self) -> Source:
+        """Start forwarders (if none run), the com and the worker; returns once data can flow."""
+        if self._thread is not None:
+            return self
+        try:
+            self._ensure_forwarders()
+            self._com.settings = self.settings
+            self._sub = self._subscribe()
+            self._sub_thread = threading.get_ident()
+            self._thread = threading.Thread(target=self._run_com, name=f"heron-com-{self.name}", daemon=True)
+            self._thread.start()
+            if not self._started.wait(self.settings.start_timeout + 15):
+                raise WorkerError(f"source {self.name!r} did not start within {self.settings.start_timeout + 15:g} s")
+            if self._error is not None:
+                raise self._error
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ensure_forwarders(self) -> None:
+        fw = Forwarders(host=self.settings.forwarder_host, ports=self.settings.ports)
+        try:
+            fw.start()
+        except ForwarderError as exc:
+            cause = exc.__cause__
+            if (
+                isinstance(cause, zmq.ZMQError)
+                and cause.errno == errno.EADDRINUSE
+                and 0
+                not in (
+                    self.settings.ports.data_submit,
+                    self.settings.ports.data_publish,
+                )
+            ):
+                logger.info("forwarders already run on %s; using them", self.settings.forwarder_host)
+                return
+            raise
+        self._forwarders = fw
+        self.settings = self.settings.replace(ports=fw.ports)
+
+    def _subscribe(self) -> zmq.Socket:
+        sub = self._context.socket(zmq.SUB)
+        sub.linger = 0
+        for topic in self.topics:
+            sub.subscribe(topic.encode())
+        sub.connect(f"tcp://{self.settings.forwarder_host}:{self.settings.ports.data_publish}")
+        return sub
+
+    def _run_com(self) -> None:
+        com = self._com
+        try:
+            try:
+                com.connect_sockets()
+                com.start_heartbeat_thread()
+                com.start_worker_process()
+            finally:
+                self._started.set()
+            com.start_ioloop()
+        except BaseException as exc:  # kept for the owner: start(), frames() and stop() re-raise it
+            self._error = exc
+            if not self._started.is_set():
+                self._started.set()
+            com.close()
+
+    def stop(self) -> None:
+        """Stop the worker and the com, close the subscriber and the forwarders we started. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._com.close()
+            if self._thread is not None:
+                self._thread.join(self.settings.stop_grace + 10)
+        finally:
+            if self._sub is not None and self._sub_thread == threading.get_ident():
+                self._sub.close()
+            if self._forwarders is not None:
+                self._forwarders.close()
+        logger.info("source %s stopped: %s", self.name, self.stats)
+
+    close = stop
+
+    def __enter__(self) -> Source:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- use ---------------------------------------------------------------------
+    def set_parameters(self, parameters: Any) -> None:
+        """Send new parameters (anything JSON encodes) to the worker."""
+        self._com.send_parameters(parameters)
+
+    @property
+    def stats(self) -> ComStats:
+        return self._com.stats
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the com stopped, if it stopped on an error."""
+        return self._error
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+    def frames(self, *, timeout: float | None = None, limit: int | None = None) -> Iterator[Frame]:
+        """Yield frames as they arrive.
+
+        Ends when the worker finishes normally or after ``limit`` frames; raises
+        WorkerExitedError if the worker dies, NoDataError after ``timeout`` seconds
+        without a frame.
+        """
+        if self._thread is None:
+            raise ConfigError("start the source first (Source.start(), or use it in a with block)")
+        own = self._sub_thread == threading.get_ident()
+        sub = self._sub if own else self._subscribe()  # sockets stay in the thread that made them
+        topic_output = {t.encode(): k for k, t in enumerate(self.topics)}
+        n_out = len(self.outputs)
+        pending: list[Any] = [None] * n_out
+        pending_index: int | None = None
+        pending_time = 0.0
+        yielded = 0
+        last_frame = time.monotonic()
+        try:
+            while limit is None or yielded < limit:
+                if not sub.poll(100):
+                    if pending_index is not None:  # the rest of the outputs were ignored
+                        yield Frame(pending_index, pending_time, tuple(pending))
+                        yielded += 1
+                        pending, pending_index = [None] * n_out, None
+                        continue
+                    if self._thread is not None and not self._thread.is_alive():
+                        if self._error is not None:
+                            raise self._error
+                        return
+                    if timeout is not None and time.monotonic() - last_frame > timeout:
+                        raise NoDataError(f"no frame from source {self.name!r} for {timeout:g} s")
+                    continue
+                frames = sub.recv_multipart(copy=False)
+                if len(frames) != 5 or frames[0].bytes not in topic_output:
+                    continue  # another node whose topic starts like ours
+                try:
+                    index = int(frames[1].bytes)
+                    value = decode_output(frames[3].bytes, frames[4].buffer)
+                    stamp = int(frames[2].bytes) / 1e6
+                except (DecodeError, ValueError) as exc:
+                    logger.warning("dropped an undecodable message from %s: %s", self.name, exc)
+                    continue
+                last_frame = time.monotonic()
+                if pending_index is not None and index != pending_index:
+                    yield Frame(pending_index, pending_time, tuple(pending))
+                    yielded += 1
+                    pending = [None] * n_out
+                    if limit is not None and yielded >= limit:
+                        return
+                if index != pending_index:
+                    self._count(index)
+                pending_index, pending_time = index, stamp
+                pending[topic_output[frames[0].bytes]] = value
+                if all(v is not None for v in pending):
+                    yield Frame(index, stamp, tuple(pending))
+                    yielded += 1
+                    pending, pending_index = [None] * n_out, None
+        finally:
+            if not own:
+                sub.close()
+
+    def _count(self, index: int) -> None:
+        self.received += 1
+        if self._last_index is not None and index > self._last_index + 1:
+            missed = index - self._last_index - 1
+            self.gaps += missed
+            logger.warning(
+                "source %s: %d frame(s) missed before index %d (%d in all)", self.name, missed, index, self.gaps
+            )
+        self._last_index = index

@@ -1,0 +1,484 @@
+"""SourceCom: the rig-side process of a source node (Heron's seed API, same names).
+
+The com starts the worker (here or on an acquisition PC), connects to the four
+sockets the worker bound on its own loopback, pulses it, relays parameters to it,
+stamps every packet it sends with an index and a time, and publishes each output
+on its sending topics through the data forwarder.
+
+The Heron way, in a com script::
+
+    com = SourceCom(sending_topics, parameters_topic, port, worker_exec, verbose)
+    com.connect_sockets()
+    com.start_heartbeat_thread()
+    com.start_worker_process()
+    signal.signal(signal.SIGTERM, com.on_kill)
+    com.start_ioloop()          # returns after on_kill
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from ._logging import NodeLogger
+from ._protocol import WorkerArgs, parse_liveness, pulse
+from ._verbosity import PacketLog, PacketTimer, parse_verbosity
+from .errors import ConfigError, WorkerError, WorkerStartError
+from .launcher import LocalLauncher, WorkerLauncher
+from .settings import Settings
+from .wire import DecodeError, check_output
+
+__all__ = ["ComStats", "SourceCom"]
+
+logger = logging.getLogger(__name__)
+
+_LOCAL_IDS = ("None", None, "")
+_DATA_RCVHWM = 8
+_PUB_SNDHWM = 32
+_BATCH = 256
+_LOOP_TICK_MS = 50
+
+
+@dataclass
+class ComStats:
+    """Counters a com keeps; read them at any time (``com.stats``)."""
+
+    received: int = 0
+    published: int = 0
+    ignored: int = 0
+    malformed: int = 0
+    bytes_received: int = 0
+    liveness_seen: int = 0
+    heartbeat_rtt_s: float | None = None
+    worker_pid: int | None = None
+    last_error: str | None = None
+
+
+class SourceCom:
+    """The com of a source node. Constructor and methods are Heron's."""
+
+    def __init__(
+        self,
+        sending_topics: list[str],
+        parameters_topic: str,
+        port: int | str,
+        worker_exec: str,
+        verbose: str = "||",
+        ssh_local_server_id: str = "None",
+        ssh_remote_server_id: str = "None",
+        outputs: list[str] | None = None,
+    ) -> None:
+        if isinstance(sending_topics, str) or not all(isinstance(t, str) and t for t in sending_topics):
+            raise ConfigError(f"sending_topics must be a list of non-empty topic names, got {sending_topics!r}")
+        if not isinstance(parameters_topic, str) or not parameters_topic:
+            raise ConfigError(f"parameters_topic must be a non-empty string, got {parameters_topic!r}")
+        try:
+            self.port = int(port)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"port must be an integer (0 picks free ports), got {port!r}") from exc
+        if not 0 <= self.port <= 65532:
+            raise ConfigError(f"port must be 0 or a port from 1 to 65532 (four are used), got {self.port}")
+        self.sending_topics = list(sending_topics)
+        self.parameters_topic = parameters_topic
+        self.worker_exec = worker_exec
+        self.ssh_local_server_id = ssh_local_server_id
+        self.ssh_remote_server_id = ssh_remote_server_id
+        self.outputs = list(outputs) if outputs else ["Output"]
+        self.verbose, self.relic = self.define_verbosity_and_relic(verbose)
+        self.settings = Settings.from_env()
+        self.index = 0
+        self.stats = ComStats()
+        self.worker_error: WorkerError | None = None
+
+        self.node_name = parameters_topic.split("##")[-2] if "##" in parameters_topic else parameters_topic
+        self.log = NodeLogger(logger, node=self.node_name, host="rig")
+        self._routes = self._route_topics()
+        self.launcher: WorkerLauncher | None = None
+
+        self._context: zmq.Context | None = None
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._owner_thread: int | None = None
+        self._heartbeat_target: str | None = None
+        self._heartbeat_thread: threading.Thread | None = None
+        self._heartbeat_error: BaseException | None = None
+        self._parameters: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._last_parameters: bytes | None = None
+        self._stopping = threading.Event()
+        self._loop_running = threading.Event()
+        self._loop_done = threading.Event()
+        self._killed = False
+        self._kill_lock = threading.Lock()
+        self._packet_log: PacketLog | None = None
+        self._packet_timer: PacketTimer | None = None
+        self._warned_malformed = 0
+
+    # -- configuration helpers ---------------------------------------------------
+    def define_verbosity_and_relic(self, verbosity_string: str) -> tuple[int | str, str]:
+        """Split ``"verbosity||relic_dir"`` into (int level or log-file name, relic dir or ``'_'``)."""
+        return parse_verbosity(verbosity_string)
+
+    def _route_topics(self) -> list[tuple[bytes, int]]:
+        """Which output each sending topic carries: Heron matches the output's name in the topic."""
+        routes = []
+        for topic in self.sending_topics:
+            head = topic.split("##")[0]
+            match = [k for k, name in enumerate(self.outputs) if name.replace(" ", "_") in head]
+            if not match and len(self.outputs) > 1:
+                raise ConfigError(
+                    f"sending topic {topic!r} names none of the outputs {self.outputs}: a topic starts "
+                    "with the name of the output it carries"
+                )
+            try:
+                routes.append((topic.encode("ascii"), match[0] if match else 0))
+            except UnicodeEncodeError as exc:
+                raise ConfigError(f"sending topic {topic!r} must be ASCII") from exc
+        return routes
+
+    @property
+    def is_remote(self) -> bool:
+        return self.ssh_remote_server_id not in _LOCAL_IDS
+
+    def _make_launcher(self) -> WorkerLauncher:
+        if not self.is_remote:
+            if self.ssh_local_server_id not in _LOCAL_IDS:
+                raise ConfigError(
+                    f"ssh_local_server_id is {self.ssh_local_server_id!r} but ssh_remote_server_id is 'None': "
+                    "set the remote server id to run the worker over SSH, or both to 'None' to run it here"
+                )
+            return LocalLauncher(self.worker_exec, node=self.node_name)
+        raise ConfigError(
+            f"ssh_remote_server_id={self.ssh_remote_server_id!r}: remote workers need the SSH layer "
+            "(heron_remote.ssh), which this version does not include yet; use 'None' to run the worker here"
+        )
+
+    # -- sockets -------------------------------------------------------------------
+    def connect_sockets(self) -> None:
+        """Create the com's sockets and connect those that face the forwarders."""
+        if self._context is not None:
+            return
+        self._context = zmq.Context()
+        self._owner_thread = threading.get_ident()
+        s = self.settings
+        host = s.forwarder_host
+
+        def make(kind: int, name: str) -> zmq.Socket:
+            sock = self._context.socket(kind)  # type: ignore[union-attr]
+            sock.linger = 0
+            self._sockets[name] = sock
+            return sock
+
+        pub = make(zmq.PUB, "publish")
+        pub.sndhwm = _PUB_SNDHWM
+        pub.linger = 1000  # what the worker sent last still reaches the forwarder
+        pub.connect(f"tcp://{host}:{s.ports.data_submit}")
+        params_in = make(zmq.SUB, "parameters_in")
+        params_in.subscribe(self.parameters_topic.encode())
+        params_in.connect(f"tcp://{host}:{s.ports.parameters_publish}")
+        pol = make(zmq.PUB, "proof_of_life")
+        pol.connect(f"tcp://{host}:{s.ports.proof_of_life_submit}")
+        data = make(zmq.PULL, "data")
+        data.rcvhwm = _DATA_RCVHWM
+        live = make(zmq.SUB, "liveness")
+        live.subscribe(b"")
+        make(zmq.PUSH, "parameters_out")
+
+        if isinstance(self.verbose, str):
+            self._packet_log = PacketLog(self.verbose)
+        elif self.verbose > 0:
+            self._packet_timer = PacketTimer(self.log)
+
+    def _connect_worker(self) -> None:
+        assert self.launcher is not None and self.launcher.ready is not None
+        ports = self.launcher.ready.ports
+        for name, channel in (("data", "data"), ("liveness", "liveness"), ("parameters_out", "parameters")):
+            self._sockets[name].connect(self.launcher.address(ports[channel]))
+        self._heartbeat_target = self.launcher.address(ports["heartbeat"])
+        self.stats.worker_pid = self.launcher.ready.pid
+
+    # -- data path -------------------------------------------------------------
+    def on_receive_data_from_worker(self, msg: list[Any]) -> None:
+        """Stamp a worker packet with index and time; publish each output on its topics."""
+        self.stats.received += 1
+        self.index += 1
+        n = len(self.outputs)
+        try:
+            if len(msg) != 2 * n:
+                raise DecodeError(f"expected {2 * n} frames ({n} outputs x [metadata, payload]), got {len(msg)}")
+            publish = []
+            size = 0
+            for k in range(n):
+                payload_len = len(msg[2 * k + 1])
+                size += payload_len
+                publish.append(check_output(_bytes(msg[2 * k]), payload_len))
+        except DecodeError as exc:
+            self._malformed(exc)
+            return
+        self.stats.bytes_received += size
+        time_us = time.time_ns() // 1000
+        index_b = b"%d" % self.index
+        time_b = b"%d" % time_us
+        pub = self._sockets["publish"]
+        for topic, k in self._routes:
+            if publish[k]:
+                pub.send_multipart((topic, index_b, time_b, msg[2 * k], msg[2 * k + 1]), copy=False)
+                self.stats.published += 1
+                if self._packet_timer is not None:
+                    self._packet_timer.packet(topic.decode(), self.index, time_us)
+            else:
+                self.stats.ignored += 1
+        if self._packet_log is not None:
+            self._packet_log.write(self.index)
+
+    def _malformed(self, exc: DecodeError) -> None:
+        self.stats.malformed += 1
+        self.stats.last_error = f"malformed packet {self.index}: {exc}"
+        # Log the first few and then every 1000th, so a broken worker cannot flood the log.
+        if self._warned_malformed < 5 or self.stats.malformed % 1000 == 0:
+            self._warned_malformed += 1
+            self.log.warning("dropped malformed packet %d (%d so far): %s", self.index, self.stats.malformed, exc)
+
+    # -- heartbeat --------------------------------------------------------------
+    def heartbeat_loop(self) -> None:
+        """Send PULSE to the worker every heartbeat_rate seconds until the com stops."""
+        sock = None
+        target = None
+        try:
+            while not self._stopping.is_set():
+                if self._heartbeat_target != target and self._heartbeat_target is not None:
+                    if sock is not None:
+                        sock.close()
+                    target = self._heartbeat_target
+                    sock = self._context.socket(zmq.PUSH)  # type: ignore[union-attr]
+                    sock.linger = 0
+                    sock.sndhwm = 1
+                    sock.connect(target)
+                if sock is not None:
+                    try:
+                        sock.send_multipart(pulse(), zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # the pipe is full or not up yet: a late pulse is useless, drop it
+                self._stopping.wait(self.settings.heartbeat_rate if sock is not None else 0.02)
+        except BaseException as exc:
+            self._heartbeat_error = exc
+            self.log.error("heartbeat thread failed: %r", exc)
+            raise
+        finally:
+            if sock is not None:
+                sock.close()
+
+    def start_heartbeat_thread(self) -> None:
+        """Start the daemon thread that runs :meth:`heartbeat_loop`."""
+        if self._heartbeat_thread is not None:
+            return
+        if self._context is None:
+            raise ConfigError("call connect_sockets() before start_heartbeat_thread()")
+        self._heartbeat_thread = threading.Thread(target=self.heartbeat_loop, name="heron-com-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+
+    # -- worker ----------------------------------------------------------------
+    def start_worker_process(self) -> None:
+        """Start the worker and wait until it is ready on the wire (liveness received).
+
+        Raises WorkerStartError, carrying the worker's stderr, when it exits or stays
+        silent for ``settings.start_timeout`` seconds.
+        """
+        if self._context is None:
+            raise ConfigError("call connect_sockets() before start_worker_process()")
+        if self.launcher is not None:
+            return
+        self.launcher = self._make_launcher()
+        self.log = self.launcher.log
+        args = WorkerArgs.from_settings(
+            port=self.port,
+            parameters_topic=self.parameters_topic,
+            num_sending_topics=len(self.sending_topics),
+            relic_dir=self.relic,
+            settings=self.settings,
+        )
+        started = time.monotonic()
+        try:
+            self.launcher.start(args)
+            self.launcher.wait_ready(self.settings.start_timeout)
+            self._connect_worker()
+            self._wait_first_liveness(started + self.settings.start_timeout)
+        except BaseException:
+            self.launcher.stop(grace=1.0)
+            raise
+        self.log.info("worker running, ready after %.3f s", time.monotonic() - started)
+        if self._last_parameters is not None:
+            self._sockets["parameters_out"].send(self._last_parameters)
+
+    def _wait_first_liveness(self, deadline: float) -> None:
+        assert self.launcher is not None
+        live = self._sockets["liveness"]
+        while True:
+            if live.poll(50):
+                self._on_liveness(live.recv_multipart())
+                return
+            code = self.launcher.returncode()
+            if code is not None:
+                raise WorkerStartError(
+                    f"worker of node {self.node_name!r} exited with status {code} right after it started",
+                    node=self.node_name,
+                    returncode=code,
+                    stderr_tail=self.launcher.output.tail(),
+                )
+            if time.monotonic() > deadline:
+                raise WorkerStartError(
+                    f"worker of node {self.node_name!r} on {self.launcher.where} announced its ports but its "
+                    f"liveness messages did not reach the com within {self.settings.start_timeout:g} s",
+                    node=self.node_name,
+                    stderr_tail=self.launcher.output.tail(),
+                )
+
+    def _on_liveness(self, frames: list[bytes]) -> None:
+        body = parse_liveness(frames)
+        if body is None:
+            self.log.warning("ignored a malformed liveness message")
+            return
+        self.stats.liveness_seen += 1
+        echo = body.get("echo_ns")
+        if isinstance(echo, int) and echo > 0:
+            self.stats.heartbeat_rtt_s = (time.time_ns() - echo) / 1e9
+        # Heron's node editor waits for this before it sends parameters.
+        self._sockets["proof_of_life"].send_multipart((self.parameters_topic.encode(), b"POL"))
+
+    # -- parameters ----------------------------------------------------------------
+    def send_parameters(self, parameters: Any) -> None:
+        """Send parameters (anything JSON can encode) to the worker; thread-safe."""
+        try:
+            raw = json.dumps(parameters).encode()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"parameters must be JSON-serialisable: {exc}") from exc
+        self._parameters.put(raw)
+
+    def _relay_parameters(self, raw: bytes) -> None:
+        try:
+            json.loads(raw)
+        except ValueError:
+            self.log.error("dropped parameters that are not JSON (heron_remote never unpickles): %r", raw[:60])
+            return
+        self._last_parameters = raw
+        self._sockets["parameters_out"].send(raw)
+
+    # -- event loop ------------------------------------------------------------
+    def start_ioloop(self) -> None:
+        """Receive and publish worker data until :meth:`on_kill`; then close the sockets and return.
+
+        Raises WorkerExitedError (with the worker's stderr) if the worker dies on its own.
+        """
+        if self.launcher is None:
+            raise ConfigError("call start_worker_process() before start_ioloop()")
+        s = self._sockets
+        poller = zmq.Poller()
+        for name in ("data", "liveness", "parameters_in"):
+            poller.register(s[name], zmq.POLLIN)
+        self._loop_running.set()
+        try:
+            while not self._stopping.is_set():
+                events = dict(poller.poll(_LOOP_TICK_MS))
+                if s["data"] in events:
+                    self._drain_data()
+                if s["liveness"] in events:
+                    while s["liveness"].poll(0):
+                        self._on_liveness(s["liveness"].recv_multipart())
+                if s["parameters_in"] in events:
+                    while s["parameters_in"].poll(0):
+                        frames = s["parameters_in"].recv_multipart()
+                        if len(frames) == 2:
+                            self._relay_parameters(frames[1])
+                while not self._parameters.empty():
+                    self._relay_parameters(self._parameters.get_nowait())
+                code = self.launcher.returncode()
+                if code is not None and not self._stopping.is_set():
+                    self._worker_ended(code)
+                    break
+        finally:
+            self._stopping.set()
+            hb = self._heartbeat_thread
+            if hb is not None:
+                hb.join(self.settings.heartbeat_rate + 1)
+            self._close_sockets()
+            self._loop_done.set()
+        if self.worker_error is not None and not self._killed:
+            raise self.worker_error
+
+    def _drain_data(self, budget: int = _BATCH) -> int:
+        data = self._sockets["data"]
+        n = 0
+        for n in range(budget):
+            try:
+                msg = data.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return n
+            self.on_receive_data_from_worker(msg)
+        return n
+
+    def _worker_ended(self, code: int) -> None:
+        assert self.launcher is not None
+        # What the worker sent before it ended is still queued: publish it.
+        while self._sockets["data"].poll(200):
+            self._drain_data()
+        self.launcher.stop(grace=0.5)  # reaps anything its group left behind
+        if code == 0:
+            self.log.info("worker finished (status 0) after %d packets", self.stats.received)
+            return
+        self.worker_error = self.launcher.exit_error(code)
+        self.stats.last_error = str(self.worker_error)
+        self.log.error("%s", self.worker_error)
+
+    # -- shutdown --------------------------------------------------------------
+    def on_kill(self, signal: int | None = None, frame: Any = None) -> None:
+        """Stop loops, stop the worker (TERM, then KILL), close sockets. Idempotent.
+
+        Works as a signal handler (SIGTERM, SIGINT) and from any thread.
+        """
+        with self._kill_lock:
+            if self._killed:
+                return
+            self._killed = True
+        self.log.info("stopping%s", f" on signal {signal}" if signal else "")
+        self._stopping.set()
+        try:
+            if self.launcher is not None:
+                self.launcher.stop(grace=self.settings.stop_grace)
+        finally:
+            hb = self._heartbeat_thread
+            if hb is not None and hb.ident != threading.get_ident():
+                hb.join(self.settings.heartbeat_rate + 1)
+            if self._loop_running.is_set():
+                if self._owner_thread != threading.get_ident():
+                    self._loop_done.wait(5)
+                # else: called from a signal handler inside the loop; it closes up when this returns
+            elif self._owner_thread in (None, threading.get_ident()):
+                self._close_sockets()
+
+    def close(self) -> None:
+        self.on_kill(None, None)
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        if self._packet_log is not None:
+            self._packet_log.close()
+        hb = self._heartbeat_thread
+        if self._context is not None and (hb is None or not hb.is_alive()):
+            self._context.term()
+            self._context = None
+
+    def __enter__(self) -> SourceCom:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _bytes(frame: Any) -> bytes:
+    return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)

@@ -1,0 +1,170 @@
+"""The wire format: how arrays and dicts travel as ZeroMQ frames. No pickle.
+
+Worker -> com, one multipart message per packet, two frames per output::
+
+    [metadata, payload] * n_outputs
+
+Com -> data forwarder -> subscribers, one multipart message per published output::
+
+    [topic (ascii), index (ascii int), time_us (ascii int), metadata (JSON), payload]
+
+``metadata`` is ``{"data_type": "ndarray", "dtype": "<u1", "shape": [h, w]}`` with the
+array's raw C-order bytes as payload, ``{"data_type": "dict"}`` with a JSON payload,
+or ``{"data_type": "ignore"}`` (empty payload) for an output the com must not publish.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IGNORE", "DecodeError", "Packet", "decode_output", "decode_published", "encode_output"]
+
+#: The value a worker sends for an output that must not be published (Heron's convention).
+IGNORE = "Ignore"
+
+_IGNORE_META = b'{"data_type": "ignore"}'
+_DICT_META = b'{"data_type": "dict"}'
+
+
+class DecodeError(ValueError):
+    """A message does not follow the wire format; the message says how."""
+
+
+def encode_output(value: Any) -> tuple[bytes, Any]:
+    """(metadata, payload) for one output: an ndarray, a dict, or ``"Ignore"``."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "U" and value.size == 1 and value.reshape(-1)[0] == IGNORE:
+            return _IGNORE_META, b""
+        if value.dtype.hasobject:
+            raise TypeError("object arrays cannot be sent: send numeric arrays, or a dict for JSON data")
+        if not value.flags.c_contiguous:
+            value = np.ascontiguousarray(value)
+        meta = _array_meta(value.dtype.str, value.shape)
+        return meta, memoryview(value).cast("B") if value.ndim and value.size else value.tobytes()
+    if isinstance(value, str) and value == IGNORE:
+        return _IGNORE_META, b""
+    if isinstance(value, dict):
+        return _DICT_META, json.dumps(value).encode()
+    if isinstance(value, (np.generic, int, float, bool)):
+        return encode_output(np.asarray(value))
+    raise TypeError(f"cannot send a {type(value).__name__}: send a numpy array, a dict, or the string 'Ignore'")
+
+
+_META_CACHE: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+def _array_meta(dtype: str, shape: tuple[int, ...]) -> bytes:
+    key = (dtype, shape)
+    meta = _META_CACHE.get(key)
+    if meta is None:
+        meta = json.dumps({"data_type": "ndarray", "dtype": dtype, "shape": list(shape)}).encode()
+        if len(_META_CACHE) < 256:
+            _META_CACHE[key] = meta
+    return meta
+
+
+class _Meta:
+    """Parsed, validated metadata; cached by its bytes because they repeat per packet."""
+
+    __slots__ = ("data_type", "dtype", "nbytes", "shape")
+
+    def __init__(self, raw: bytes) -> None:
+        try:
+            meta = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"metadata is not JSON: {bytes(raw[:60])!r}") from exc
+        if not isinstance(meta, dict):
+            raise DecodeError(f"metadata must be a JSON object, got {type(meta).__name__}")
+        self.data_type = meta.get("data_type")
+        self.dtype = None
+        self.shape: tuple[int, ...] = ()
+        self.nbytes = -1
+        if self.data_type == "ndarray":
+            try:
+                self.dtype = np.dtype(meta["dtype"])
+                self.shape = tuple(int(n) for n in meta["shape"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DecodeError(f"ndarray metadata needs a valid dtype and shape: {meta!r}") from exc
+            if self.dtype.hasobject or any(n < 0 for n in self.shape):
+                raise DecodeError(f"ndarray metadata has an unusable dtype or shape: {meta!r}")
+            self.nbytes = self.dtype.itemsize * math.prod(self.shape)
+        elif self.data_type not in ("dict", "ignore"):
+            raise DecodeError(f"unknown data_type {self.data_type!r}: expected ndarray, dict or ignore")
+
+
+_PARSED: dict[bytes, _Meta] = {}
+
+
+def parse_meta(raw: bytes) -> _Meta:
+    """Validated metadata; raises DecodeError."""
+    meta = _PARSED.get(raw)
+    if meta is None:
+        meta = _Meta(raw)
+        if len(_PARSED) < 1024:
+            _PARSED[bytes(raw)] = meta
+    return meta
+
+
+def check_output(raw_meta: bytes, payload_len: int) -> bool:
+    """Validate one output's frames; True when it is to be published, False for Ignore."""
+    meta = parse_meta(raw_meta)
+    if meta.data_type == "ignore":
+        return False
+    if meta.data_type == "ndarray" and payload_len != meta.nbytes:
+        raise DecodeError(
+            f"payload has {payload_len} bytes but dtype {meta.dtype.str} and shape {list(meta.shape)} "
+            f"need {meta.nbytes}"
+        )
+    return True
+
+
+def decode_output(raw_meta: bytes, payload: Any) -> Any:
+    """The ndarray or dict carried by (metadata, payload). Arrays are read-only views."""
+    meta = parse_meta(raw_meta)
+    if meta.data_type == "ndarray":
+        buf = memoryview(payload)
+        if buf.nbytes != meta.nbytes:
+            raise DecodeError(
+                f"payload has {buf.nbytes} bytes but dtype {meta.dtype.str} and shape "
+                f"{list(meta.shape)} need {meta.nbytes}"
+            )
+        return np.frombuffer(buf, dtype=meta.dtype).reshape(meta.shape)
+    if meta.data_type == "dict":
+        try:
+            return json.loads(bytes(payload))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodeError("dict payload is not JSON") from exc
+    return IGNORE
+
+
+class Packet(tuple):
+    """One published output: (topic, index, time_us, value)."""
+
+    __slots__ = ()
+
+    def __new__(cls, topic: str, index: int, time_us: int, value: Any) -> Packet:
+        return tuple.__new__(cls, (topic, index, time_us, value))
+
+    topic = property(lambda self: self[0])
+    index = property(lambda self: self[1])
+    time_us = property(lambda self: self[2])
+    value = property(lambda self: self[3])
+
+
+def decode_published(frames: list[Any]) -> Packet:
+    """Decode a message read from the data forwarder's publish port."""
+    if len(frames) != 5:
+        raise DecodeError(f"a published message has 5 frames, got {len(frames)}")
+    topic, index, time_us, meta, payload = (f.buffer if hasattr(f, "buffer") else f for f in frames)
+    try:
+        return Packet(
+            bytes(topic).decode("ascii"), int(bytes(index)), int(bytes(time_us)), decode_output(bytes(meta), payload)
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, DecodeError):
+            raise
+        raise DecodeError(f"bad topic, index or time frame: {exc}") from exc
