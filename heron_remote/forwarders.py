@@ -1,16 +1,16 @@
 """The three forwarders (data, parameters, proof of life): XSUB -> XPUB proxies.
 
 Publishers connect to a forwarder's submit port, subscribers to its publish port.
-Each proxy runs in a thread of its own that creates, binds and closes its sockets;
-they bind 127.0.0.1 unless another interface is asked for.
+Each proxy runs in a thread of its own, with a ZeroMQ context of its own: the thread
+creates, binds and closes its sockets, and terminating its context is what stops it.
+They bind 127.0.0.1 unless another interface is asked for.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -22,6 +22,9 @@ __all__ = ["Forwarders"]
 logger = logging.getLogger(__name__)
 
 _NAMES = ("data", "parameters", "proof_of_life")
+# Messages queued per peer before a slow subscriber starts losing them (seen as index
+# gaps downstream): enough for bursts of small packets, bounded for camera frames.
+HWM = 200
 
 
 @dataclass
@@ -30,7 +33,7 @@ class _Proxy:
     submit: int
     publish: int
     thread: threading.Thread | None = None
-    control: str = ""
+    context: zmq.Context = field(default_factory=zmq.Context)
     error: BaseException | None = None
 
 
@@ -49,11 +52,9 @@ class Forwarders:
         *,
         host: str = "127.0.0.1",
         ports: ForwarderPorts | None = None,
-        context: zmq.Context | None = None,
     ) -> None:
         self.host = host
         self._requested = ports or ForwarderPorts()
-        self._context = context or zmq.Context.instance()
         self._proxies: list[_Proxy] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -71,7 +72,7 @@ class Forwarders:
         }
         try:
             for name in _NAMES:
-                proxy = _Proxy(name, *wanted[name], control=f"inproc://heron-fwd-{name}-{uuid.uuid4().hex}")
+                proxy = _Proxy(name, *wanted[name])
                 ready = threading.Event()
                 proxy.thread = threading.Thread(
                     target=self._run, args=(proxy, ready), name=f"heron-forwarder-{name}", daemon=True
@@ -112,33 +113,30 @@ class Forwarders:
         return int(sock.last_endpoint.decode().rsplit(":", 1)[1])
 
     def _run(self, proxy: _Proxy, ready: threading.Event) -> None:
-        ctx = self._context
-        frontend = ctx.socket(zmq.XSUB)
-        backend = ctx.socket(zmq.XPUB)
-        control = ctx.socket(zmq.PAIR)
-        for s in (frontend, backend, control):
-            s.linger = 0
+        frontend = proxy.context.socket(zmq.XSUB)
+        backend = proxy.context.socket(zmq.XPUB)
+        for sock in (frontend, backend):
+            sock.linger = 0
+            sock.sndhwm = sock.rcvhwm = HWM
         try:
             try:
                 proxy.submit = self._bind(frontend, proxy.submit, proxy, "submit")
                 proxy.publish = self._bind(backend, proxy.publish, proxy, "publish")
-                control.bind(proxy.control)
             except BaseException as exc:
                 proxy.error = exc
                 return
             finally:
                 ready.set()
             try:
-                zmq.proxy_steerable(frontend, backend, None, control)
+                zmq.proxy(frontend, backend)
             except zmq.ContextTerminated:
-                pass
+                pass  # close() terminated our context: the way a proxy is stopped
             except zmq.ZMQError as exc:
                 proxy.error = exc
                 logger.error("the %s forwarder stopped: %s", proxy.name, exc)
         finally:
             frontend.close()
             backend.close()
-            control.close()
 
     @property
     def error(self) -> BaseException | None:
@@ -152,18 +150,12 @@ class Forwarders:
                 return
             self._closed = True
         for proxy in self._proxies:
-            if proxy.thread is None or not proxy.thread.is_alive():
-                continue
-            ctl = self._context.socket(zmq.PAIR)
-            ctl.linger = 1000  # the TERMINATE must reach the proxy before the socket goes
-            try:
-                ctl.connect(proxy.control)
-                ctl.send(b"TERMINATE")
-            finally:
-                ctl.close()
-            proxy.thread.join(5)
-            if proxy.thread.is_alive():
-                logger.error("the %s forwarder did not stop within 5 s", proxy.name)
+            # term() blocks until the proxy thread, woken by ETERM, has closed its sockets.
+            proxy.context.term()
+            if proxy.thread is not None:
+                proxy.thread.join(5)
+                if proxy.thread.is_alive():
+                    logger.error("the %s forwarder did not stop within 5 s", proxy.name)
 
     def __enter__(self) -> Forwarders:
         return self.start()

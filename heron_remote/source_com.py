@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 _LOCAL_IDS = ("None", None, "")
 _DATA_RCVHWM = 8
-_PUB_SNDHWM = 32
+_PUB_SNDHWM = 200
 _BATCH = 256
 _LOOP_TICK_MS = 50
 

@@ -1,0 +1,39 @@
+"""Shared fixtures: forwarders on free ports, fast heartbeat settings, and a leak check."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from heron_remote import Forwarders, Settings
+
+from .helpers import FREE_PORTS, wait_until, worker_pids
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_workers() -> Iterator[None]:
+    """Fail any test that leaves a worker process running."""
+    before = worker_pids()
+    yield
+    try:
+        wait_until(lambda: not (worker_pids() - before), 5, "the test's workers to end")
+    except AssertionError:
+        leaked = worker_pids() - before
+        for pid in leaked:
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"worker processes left running: {sorted(leaked)}")
+
+
+@pytest.fixture
+def forwarders() -> Iterator[Forwarders]:
+    with Forwarders(ports=FREE_PORTS) as fw:
+        yield fw
+
+
+@pytest.fixture
+def settings(forwarders: Forwarders) -> Settings:
+    """Heartbeat every 0.2 s, death after 5 missed (1 s), on the fixture's forwarders."""
+    return Settings(heartbeat_rate=0.2, heartbeats_to_death=5, start_timeout=15, stop_grace=2, ports=forwarders.ports)

@@ -1,0 +1,83 @@
+"""Helpers the tests share: waiting with a bound, finding processes and listening sockets."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from heron_remote import ForwarderPorts, Settings
+
+WORKERS = Path(__file__).parent / "workers"
+ECHO_WORKER = str(WORKERS / "echo_worker.py")
+CAMERA = "python -m heron_remote.examples.synthetic_camera"
+FREE_PORTS = ForwarderPorts(
+    data_submit=0,
+    data_publish=0,
+    parameters_submit=0,
+    parameters_publish=0,
+    proof_of_life_submit=0,
+    proof_of_life_publish=0,
+)
+_WORKER_MARK = b"--heron-remote-heartbeat-rate="
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
+    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != b"Z"
+
+
+def worker_pids() -> set[int]:
+    """Every live heron_remote worker on this machine (recognised by its argv)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if _WORKER_MARK in f.read() and pid_alive(int(entry)):
+                    found.add(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def listening_address(port: int) -> str | None:
+    """The local address a TCP socket listens on for ``port`` (from /proc/net/tcp)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                addr, hexport = local.rsplit(":", 1)
+                if state == "0A" and int(hexport, 16) == port:
+                    if len(addr) == 8:
+                        return ".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0))
+                    return addr
+    return None
+
+
+def com_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment for a com script that should use ``settings``."""
+    return {**os.environ, **settings.to_env(), **extra}
+
+
+PYTHON = sys.executable

@@ -1,0 +1,103 @@
+"""The wire format: encoding at the worker, validation at the com, decoding downstream."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from heron_remote import IGNORE, DecodeError, decode_published
+from heron_remote.wire import check_output, decode_output, encode_output
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.uint8).reshape(3, 4),
+        np.linspace(0, 1, 7, dtype=np.float32),
+        np.array(3.5),
+        np.zeros((0, 4), dtype=np.int16),
+        np.arange(20, dtype=">i4").reshape(4, 5)[:, ::2],  # not contiguous, big-endian
+    ],
+)
+def test_arrays_round_trip_exactly(array: np.ndarray) -> None:
+    meta, payload = encode_output(array)
+    assert json.loads(meta)["data_type"] == "ndarray"
+    assert check_output(meta, memoryview(payload).nbytes) is True
+    out = decode_output(meta, bytes(payload))
+    assert out.dtype == array.dtype and out.shape == array.shape
+    np.testing.assert_array_equal(out, array)
+
+
+def test_dicts_travel_as_json_and_ignore_is_marked() -> None:
+    meta, payload = encode_output({"a": [1, 2], "b": "x"})
+    assert json.loads(meta) == {"data_type": "dict"}
+    assert decode_output(meta, payload) == {"a": [1, 2], "b": "x"}
+    for ignore in (IGNORE, np.array([IGNORE])):
+        meta, payload = encode_output(ignore)
+        assert json.loads(meta) == {"data_type": "ignore"} and payload == b""
+        assert check_output(meta, 0) is False
+
+
+def test_unsendable_values_are_refused_with_a_reason() -> None:
+    with pytest.raises(TypeError, match="object arrays"):
+        encode_output(np.array([object()]))
+    with pytest.raises(TypeError, match="numpy array, a dict"):
+        encode_output({1, 2})
+
+
+@pytest.mark.parametrize(
+    ("meta", "size", "reason"),
+    [
+        (b"not json", 4, "not JSON"),
+        (b"[1, 2]", 4, "JSON object"),
+        (b'{"data_type": "ndarray", "dtype": "<u1", "shape": [2, 2]}', 5, "need 4"),
+        (b'{"data_type": "ndarray", "dtype": "nonsense", "shape": [2]}', 2, "valid dtype"),
+        (b'{"data_type": "ndarray", "dtype": "|O", "shape": [2]}', 16, "unusable"),
+        (b'{"data_type": "pickle"}', 4, "unknown data_type"),
+    ],
+)
+def test_malformed_outputs_raise_decode_error(meta: bytes, size: int, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        check_output(meta, size)
+
+
+def test_decode_published_reads_the_five_frames() -> None:
+    meta, payload = encode_output(np.arange(6, dtype="<f8").reshape(2, 3))
+    packet = decode_published([b"Frame##cam##0", b"17", b"1700000000000000", meta, bytes(payload)])
+    assert (packet.topic, packet.index, packet.time_us) == ("Frame##cam##0", 17, 1700000000000000)
+    np.testing.assert_array_equal(packet.value, np.arange(6.0).reshape(2, 3))
+    with pytest.raises(DecodeError, match="5 frames"):
+        decode_published([b"x"])
+    with pytest.raises(DecodeError, match="index or time"):
+        decode_published([b"t", b"seven", b"1", meta, bytes(payload)])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    meta=st.one_of(
+        st.binary(max_size=120),
+        st.builds(
+            lambda d: json.dumps(d).encode(),
+            st.dictionaries(
+                st.sampled_from(["data_type", "dtype", "shape", "x"]),
+                st.one_of(
+                    st.sampled_from(["ndarray", "dict", "ignore", "<u1", "<f8", "|O", "V3"]),
+                    st.integers(-5, 5),
+                    st.lists(st.integers(-3, 1 << 40), max_size=4),
+                ),
+            ),
+        ),
+    ),
+    payload=st.binary(max_size=64),
+)
+def test_fuzzed_frames_decode_or_raise_decode_error(meta: bytes, payload: bytes) -> None:
+    """Whatever a worker sends, the com either accepts it or raises DecodeError: nothing else."""
+    try:
+        if check_output(meta, len(payload)):
+            decode_output(meta, payload)
+    except DecodeError:
+        pass

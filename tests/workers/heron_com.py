@@ -1,0 +1,27 @@
+"""A com script written the Heron way; settings come from HERON_REMOTE_* variables.
+
+argv: worker_exec relic_verbose_string
+Prints "COM READY <worker pid>" once the worker runs and "COM EXIT" after start_ioloop returns.
+"""
+
+import signal
+import sys
+
+from heron_remote import SourceCom
+
+com = SourceCom(
+    sending_topics=["Counter##echo##1", "Echo##echo##1"],
+    parameters_topic="Parameters##echo##1",
+    port=0,
+    worker_exec=sys.argv[1],
+    verbose=sys.argv[2] if len(sys.argv) > 2 else "||",
+    outputs=["Counter", "Echo"],
+)
+com.connect_sockets()
+com.start_heartbeat_thread()
+com.start_worker_process()
+signal.signal(signal.SIGTERM, com.on_kill)
+signal.signal(signal.SIGINT, com.on_kill)
+print(f"COM READY {com.stats.worker_pid}", flush=True)
+com.start_ioloop()
+print("COM EXIT", flush=True)

@@ -1,0 +1,5 @@
+"""Test program that never announces itself as a worker."""
+
+import time
+
+time.sleep(60)
