@@ -92,6 +92,7 @@ class WorkerLauncher(ABC):
         self.log = NodeLogger(logger, node=node, host=self.where)
         self.output = WorkerOutput(self.log)
         self.ready: ReadyLine | None = None
+        self._spawned = False
         self._stopped = False
         self._stop_lock = threading.Lock()
 
@@ -139,6 +140,7 @@ class WorkerLauncher(ABC):
         self._check_exec(argv)
         self.log.info("starting worker: %s", shlex.join(argv))
         self._spawn(argv)
+        self._spawned = True
 
     def wait_ready(self, timeout: float) -> ReadyLine:
         """Block until the worker announced its ports; WorkerStartError if it exits or times out."""
@@ -146,14 +148,7 @@ class WorkerLauncher(ABC):
         while not self.output.ready_event.wait(0.05):
             code = self.returncode()
             if code is not None:
-                self._settle_output()
-                raise WorkerStartError(
-                    f"worker of node {self.node!r} on {self.where} exited with status {code} before it was ready "
-                    f"(command: {self.worker_exec!r})",
-                    node=self.node,
-                    returncode=code,
-                    stderr_tail=self.output.tail(),
-                )
+                raise self.exit_error(code, starting=True)
             if time.monotonic() > deadline:
                 self.stop(grace=1.0)
                 raise WorkerStartError(
@@ -171,8 +166,18 @@ class WorkerLauncher(ABC):
     def _settle_output(self, timeout: float = 1.0) -> None:
         """Give the output readers a moment to deliver what a dead worker wrote."""
 
-    def exit_error(self, code: int) -> WorkerError:
+    def exit_error(self, code: int, *, starting: bool = False) -> WorkerError:
+        """The error for a worker that ended with ``code``, carrying its last stderr lines."""
+        self._settle_output()
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        if starting:
+            return WorkerStartError(
+                f"worker of node {self.node!r} on {self.where} {how} before it was ready "
+                f"(command: {self.worker_exec!r})",
+                node=self.node,
+                returncode=code,
+                stderr_tail=self.output.tail(),
+            )
         return WorkerExitedError(
             f"worker of node {self.node!r} on {self.where} {how}",
             node=self.node,
@@ -187,6 +192,8 @@ class WorkerLauncher(ABC):
                 return self.returncode()
             self._stopped = True
         try:
+            if not self._spawned:
+                return None
             if self.returncode() is None:
                 self.log.info("stopping worker (TERM, KILL after %.1f s)", grace)
                 self._signal_group(signal.SIGTERM)

@@ -98,7 +98,7 @@ class SourceCom:
         self.worker_error: WorkerError | None = None
 
         self.node_name = parameters_topic.split("##")[-2] if "##" in parameters_topic else parameters_topic
-        self.log = NodeLogger(logger, node=self.node_name, host="rig")
+        self.log = NodeLogger(logger, node=self.node_name, host="com")
         self._routes = self._route_topics()
         self.launcher: WorkerLauncher | None = None
 
@@ -294,7 +294,7 @@ class SourceCom:
         if self.launcher is not None:
             return
         self.launcher = self._make_launcher()
-        self.log = self.launcher.log
+        self.log = NodeLogger(logger, node=self.node_name, host=self.launcher.where)
         args = WorkerArgs.from_settings(
             port=self.port,
             parameters_topic=self.parameters_topic,
@@ -316,24 +316,28 @@ class SourceCom:
             self._sockets["parameters_out"].send(self._last_parameters)
 
     def _wait_first_liveness(self, deadline: float) -> None:
+        """Ready means something arrived over ZeroMQ: a liveness message, or data already."""
         assert self.launcher is not None
-        live = self._sockets["liveness"]
+        live, data = self._sockets["liveness"], self._sockets["data"]
+        poller = zmq.Poller()
+        poller.register(live, zmq.POLLIN)
+        poller.register(data, zmq.POLLIN)
         while True:
-            if live.poll(50):
+            events = dict(poller.poll(50))
+            if live in events:
                 self._on_liveness(live.recv_multipart())
                 return
+            if data in events:
+                return  # a worker quick enough to send before its first beacon got through
             code = self.launcher.returncode()
             if code is not None:
-                raise WorkerStartError(
-                    f"worker of node {self.node_name!r} exited with status {code} right after it started",
-                    node=self.node_name,
-                    returncode=code,
-                    stderr_tail=self.launcher.output.tail(),
-                )
+                if data.poll(200):
+                    return  # it sent its data and ended: the loop publishes it
+                raise self.launcher.exit_error(code, starting=True)
             if time.monotonic() > deadline:
                 raise WorkerStartError(
-                    f"worker of node {self.node_name!r} on {self.launcher.where} announced its ports but its "
-                    f"liveness messages did not reach the com within {self.settings.start_timeout:g} s",
+                    f"worker of node {self.node_name!r} on {self.launcher.where} announced its ports but "
+                    f"nothing it sent reached the com within {self.settings.start_timeout:g} s",
                     node=self.node_name,
                     stderr_tail=self.launcher.output.tail(),
                 )

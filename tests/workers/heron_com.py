@@ -4,11 +4,13 @@ argv: worker_exec relic_verbose_string
 Prints "COM READY <worker pid>" once the worker runs and "COM EXIT" after start_ioloop returns.
 """
 
+import logging
 import signal
 import sys
 
 from heron_remote import SourceCom
 
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 com = SourceCom(
     sending_topics=["Counter##echo##1", "Echo##echo##1"],
     parameters_topic="Parameters##echo##1",

@@ -1,0 +1,126 @@
+"""The everyday API: Source as a context manager, frames, parameters, errors."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from heron_remote import ConfigError, NoDataError, Settings, Source, WorkerError, WorkerStartError
+from heron_remote.examples.synthetic_camera import expected_frame, frame_header
+
+from .helpers import CAMERA, ECHO_WORKER, WORKERS, pid_alive, wait_until, worker_pids
+
+
+def test_frames_are_exactly_what_the_camera_made_and_parameters_change_it(settings: Settings) -> None:
+    with Source(CAMERA, parameters={"shape": [32, 48], "dtype": "uint16", "fps": 300}, settings=settings) as cam:
+        pid = cam.stats.worker_pid
+        assert pid_alive(pid)
+        got = []
+        for index, stamp, (frame,) in cam.frames(limit=40, timeout=5):
+            n, captured_us = frame_header(frame)
+            assert n == index  # the worker's frame number is the com's index
+            np.testing.assert_array_equal(frame, expected_frame(n, (32, 48), "uint16", captured_us))
+            assert abs(stamp - time.time()) < 5
+            got.append(index)
+        assert got == list(range(got[0], got[0] + 40)) and cam.gaps == 0
+        cam.set_parameters({"shape": [8, 8], "dtype": "float32"})
+        frame = wait_until(
+            lambda: next(f for f in cam.frames(timeout=5) if f.arrays[0].shape == (8, 8)), 10, "the new shape"
+        )
+        assert frame.arrays[0].dtype == np.float32
+    assert not pid_alive(pid)  # leaving the with block stopped the worker
+
+
+@pytest.mark.parametrize(
+    "worker_exec",
+    [
+        ECHO_WORKER,
+        f"{sys.executable} {ECHO_WORKER}",
+        f"python {ECHO_WORKER}",
+        "python -m heron_remote.examples.synthetic_camera",
+    ],
+    ids=["script", "interpreter+script", "python+script", "python -m module"],
+)
+def test_worker_exec_forms(worker_exec: str, settings: Settings) -> None:
+    outputs = ("Frame",) if "-m" in worker_exec else ("Counter", "Echo")
+    with Source(worker_exec, outputs=outputs, parameters={"shape": [4, 4], "ok": True}, settings=settings) as src:
+        frame = next(iter(src.frames(timeout=5)))
+        assert frame.index >= 1 and len(frame.arrays) == len(outputs)
+
+
+def test_several_outputs_are_grouped_by_index_with_ignored_ones_as_none(settings: Settings) -> None:
+    with Source(ECHO_WORKER, outputs=("Counter", "Echo"), parameters={"ok": True}, settings=settings) as src:
+        for index, _, (counter, echo) in src.frames(limit=12, timeout=5):
+            assert counter[0] == index
+            assert (echo is None) == (index % 3 == 0)
+
+
+def test_a_finite_worker_ends_the_iteration(settings: Settings) -> None:
+    with Source(f"{WORKERS / 'finite_worker.py'}", settings=settings) as src:
+        frames = list(src.frames(timeout=10))
+    assert [f.index for f in frames] == list(range(1, 21))
+    assert all(f.arrays[0][0, 0] == f.index and f.arrays[0].dtype == np.uint16 for f in frames)
+
+
+def test_a_crashing_worker_is_reported_with_its_stderr(settings: Settings) -> None:
+    started = time.monotonic()
+    # It fails right after it announced itself: at start, or once running, depending on timing.
+    with pytest.raises(WorkerError) as caught, Source(str(WORKERS / "crash_worker.py"), settings=settings) as src:
+        list(src.frames(timeout=10))
+    err = caught.value
+    assert err.returncode == 1
+    assert "camera 7 not found" in str(err) and "opening camera 7" in str(err)
+    print(f"crash reported after {time.monotonic() - started:.2f} s")
+
+
+def test_a_program_that_never_reports_ready_fails_the_start_in_time(settings: Settings) -> None:
+    started = time.monotonic()
+    with pytest.raises(WorkerStartError, match=r"did not report ready within 1\.5 s"):
+        Source(str(WORKERS / "not_a_worker.py"), settings=settings.replace(start_timeout=1.5)).start()
+    assert time.monotonic() - started < 5
+
+
+def test_a_missing_script_is_named_before_anything_starts(settings: Settings) -> None:
+    before = worker_pids()
+    with pytest.raises(ConfigError, match=r"nowhere/camera\.py' does not exist"):
+        Source("/nowhere/camera.py", settings=settings).start()
+    with pytest.raises(ConfigError, match="'no-such-grabber' is not on PATH"):
+        Source("no-such-grabber --fast", settings=settings).start()
+    assert worker_pids() == before
+
+
+def test_parameters_that_json_cannot_encode_are_refused(settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="JSON-serialisable"):
+        Source(CAMERA, parameters={"when": object()}, settings=settings)
+    with Source(CAMERA, parameters={"shape": [2, 2]}, settings=settings) as cam:
+        with pytest.raises(ConfigError, match="JSON-serialisable"):
+            cam.set_parameters(np.zeros(3))
+        assert next(iter(cam.frames(timeout=5))).index >= 1  # and the source runs on
+
+
+def test_no_data_within_the_timeout_is_an_error(settings: Settings) -> None:
+    with Source(CAMERA, parameters={"shape": [2, 2], "fps": 0.2}, settings=settings) as cam:
+        it = cam.frames(timeout=0.5)
+        next(it)  # the first frame comes at once, the next one 5 s later
+        with pytest.raises(NoDataError, match=r"no frame from source 'source' for 0\.5 s"):
+            next(it)
+
+
+def test_stop_is_idempotent_and_iterating_before_start_is_refused(settings: Settings) -> None:
+    src = Source(CAMERA, settings=settings)
+    with pytest.raises(ConfigError, match="start the source first"):
+        next(iter(src.frames()))
+    src.start()
+    src.stop()
+    src.stop()
+    assert not pid_alive(src.stats.worker_pid)
+
+
+def test_forwarders_already_running_are_used(settings: Settings) -> None:
+    # The settings fixture's forwarders already hold these ports: the source uses them.
+    with Source(CAMERA, parameters={"shape": [2, 2]}, settings=settings) as cam:
+        assert cam._forwarders is None
+        assert next(iter(cam.frames(timeout=5))).index >= 1
