@@ -22,6 +22,8 @@ from .errors import ConfigError
 from .settings import Settings
 
 READY_PREFIX = "HERON_REMOTE_READY "
+#: A remote launch prints this and the shell's pid (which exec hands to the worker) first.
+PID_PREFIX = "HERON_REMOTE_PID "
 PROTOCOL_VERSION = 1
 CHANNELS = ("data", "heartbeat", "parameters", "liveness")
 

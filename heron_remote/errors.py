@@ -9,6 +9,10 @@ Every error is a :class:`HeronRemoteError`, so one ``except`` catches them all::
     │   ├── WorkerStartError   it did not start, or did not report ready in time
     │   └── WorkerExitedError  it ended while the com was running
     └── SSHError               the SSH layer (heron_remote.ssh) failed
+        ├── HostUnreachableError   no answer, connection refused, name not resolved
+        ├── HostKeyError           the host key is unknown or has changed
+        ├── AuthenticationError    the server refused our key, agent keys or password
+        └── TunnelError            a port forward could not be opened
 
 Errors that carry a worker's output keep the last lines of its stderr in
 ``stderr_tail`` and show them in the message.
@@ -17,10 +21,14 @@ Errors that carry a worker's output keep the last lines of its stderr in
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ConfigError",
     "ForwarderError",
     "HeronRemoteError",
+    "HostKeyError",
+    "HostUnreachableError",
     "SSHError",
+    "TunnelError",
     "WorkerError",
     "WorkerExitedError",
     "WorkerStartError",
@@ -41,6 +49,22 @@ class ForwarderError(HeronRemoteError):
 
 class SSHError(HeronRemoteError):
     """The SSH layer failed: connection, authentication, host key or tunnel."""
+
+
+class HostUnreachableError(SSHError):
+    """The SSH server could not be reached."""
+
+
+class HostKeyError(SSHError):
+    """The server's host key is not known, or differs from the known one."""
+
+
+class AuthenticationError(SSHError):
+    """The server refused every credential we offered."""
+
+
+class TunnelError(SSHError):
+    """A port forward through the SSH connection failed."""
 
 
 class WorkerError(HeronRemoteError):

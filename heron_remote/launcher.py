@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 
 from ._logging import NodeLogger
-from ._protocol import ReadyLine, WorkerArgs
+from ._protocol import PID_PREFIX, ReadyLine, WorkerArgs
 from .errors import ConfigError, WorkerError, WorkerExitedError, WorkerStartError
 
 __all__ = ["LocalLauncher", "WorkerLauncher"]
@@ -43,6 +43,7 @@ class WorkerOutput:
         self._lock = threading.Lock()
         self.ready: ReadyLine | None = None
         self.ready_event = threading.Event()
+        self.pid: int | None = None
 
     def feed(self, stream: str, text: str) -> None:
         """Add a chunk of text from ``stream`` ("stdout" or "stderr")."""
@@ -60,6 +61,9 @@ class WorkerOutput:
                 self.line(stream, rest)
 
     def line(self, stream: str, line: str) -> None:
+        if stream == "stdout" and self.pid is None and line.startswith(PID_PREFIX):
+            self.pid = int(line[len(PID_PREFIX) :]) if line[len(PID_PREFIX) :].isdigit() else None
+            return
         if stream == "stdout" and self.ready is None:
             ready = ReadyLine.find(line)
             if ready is not None:
@@ -169,7 +173,7 @@ class WorkerLauncher(ABC):
     def exit_error(self, code: int, *, starting: bool = False) -> WorkerError:
         """The error for a worker that ended with ``code``, carrying its last stderr lines."""
         self._settle_output()
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        how = self.describe_exit(code)
         if starting:
             return WorkerStartError(
                 f"worker of node {self.node!r} on {self.where} {how} before it was ready "
@@ -184,6 +188,9 @@ class WorkerLauncher(ABC):
             returncode=code,
             stderr_tail=self.output.tail(),
         )
+
+    def describe_exit(self, code: int) -> str:
+        return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
     def stop(self, grace: float = 3.0) -> int | None:
         """TERM the worker's group, KILL it after ``grace`` s, confirm it is gone. Idempotent."""

@@ -47,6 +47,9 @@ class Settings:
     stop_grace: seconds between TERM and KILL when a worker is stopped.
     forwarder_host: where the com finds the forwarders.
     ports: the forwarders' ports.
+    ssh_info: the server registry file (default: $HERON_REMOTE_SSH_INFO, then
+        ~/.config/heron_remote/ssh_info.json).
+    connect_timeout: seconds an SSH connection may take before the host counts as unreachable.
     """
 
     heartbeat_rate: float = 1.0
@@ -55,9 +58,11 @@ class Settings:
     stop_grace: float = 3.0
     forwarder_host: str = "127.0.0.1"
     ports: ForwarderPorts = field(default_factory=ForwarderPorts)
+    ssh_info: str | None = None
+    connect_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_rate", "start_timeout", "stop_grace"):
+        for name in ("heartbeat_rate", "start_timeout", "stop_grace", "connect_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"Settings.{name} must be a positive number of seconds, got {value!r}")
@@ -83,6 +88,7 @@ class Settings:
             ("start_timeout", float),
             ("stop_grace", float),
             ("forwarder_host", str),
+            ("connect_timeout", float),
         ):
             key = "HERON_REMOTE_" + name.upper()
             if key in env:
@@ -102,6 +108,8 @@ class Settings:
                     raise ConfigError(f"environment variable {key}={env[key]!r} is not a port number") from exc
         if port_kwargs:
             kwargs["ports"] = ForwarderPorts(**port_kwargs)
+        if env.get("HERON_REMOTE_SSH_INFO"):
+            kwargs["ssh_info"] = env["HERON_REMOTE_SSH_INFO"]
         return cls(**kwargs)  # type: ignore[arg-type]
 
     def to_env(self) -> dict[str, str]:
@@ -112,7 +120,10 @@ class Settings:
             "HERON_REMOTE_START_TIMEOUT": repr(float(self.start_timeout)),
             "HERON_REMOTE_STOP_GRACE": repr(float(self.stop_grace)),
             "HERON_REMOTE_FORWARDER_HOST": self.forwarder_host,
+            "HERON_REMOTE_CONNECT_TIMEOUT": repr(float(self.connect_timeout)),
         }
+        if self.ssh_info:
+            env["HERON_REMOTE_SSH_INFO"] = self.ssh_info
         for f in dataclasses.fields(ForwarderPorts):
             env["HERON_REMOTE_PORT_" + f.name.upper()] = str(getattr(self.ports, f.name))
         return env

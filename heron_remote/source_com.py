@@ -153,9 +153,12 @@ class SourceCom:
                     "set the remote server id to run the worker over SSH, or both to 'None' to run it here"
                 )
             return LocalLauncher(self.worker_exec, node=self.node_name)
-        raise ConfigError(
-            f"ssh_remote_server_id={self.ssh_remote_server_id!r}: remote workers need the SSH layer "
-            "(heron_remote.ssh), which this version does not include yet; use 'None' to run the worker here"
+        # The rig needs no SSH server: only the remote id matters, the local one is Heron's legacy.
+        from .ssh import Registry, RemoteLauncher
+
+        server = Registry.load(self.settings.ssh_info).get(self.ssh_remote_server_id)
+        return RemoteLauncher(
+            self.worker_exec, node=self.node_name, server=server, connect_timeout=self.settings.connect_timeout
         )
 
     # -- sockets -------------------------------------------------------------------
@@ -188,6 +191,8 @@ class SourceCom:
         live = make(zmq.SUB, "liveness")
         live.subscribe(b"")
         make(zmq.PUSH, "parameters_out")
+        for name in ("data", "liveness", "parameters_out"):
+            _back_off(self._sockets[name])
 
         if isinstance(self.verbose, str):
             self._packet_log = PacketLog(self.verbose)
@@ -258,6 +263,7 @@ class SourceCom:
                     sock = self._context.socket(zmq.PUSH)  # type: ignore[union-attr]
                     sock.linger = 0
                     sock.sndhwm = 1
+                    _back_off(sock)
                     sock.connect(target)
                 if sock is not None:
                     try:
@@ -482,6 +488,12 @@ class SourceCom:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _back_off(sock: zmq.Socket) -> None:
+    """Reconnect to a worker that is gone with a growing interval, not ten times a second."""
+    sock.reconnect_ivl = 100
+    sock.reconnect_ivl_max = 2000
 
 
 def _bytes(frame: Any) -> bytes:

@@ -1,0 +1,129 @@
+"""RemoteLauncher: a worker on an acquisition PC, started with fabric, reached through tunnels.
+
+The command is ``echo HERON_REMOTE_PID $$; exec env PYTHONUNBUFFERED=1 python3 …``:
+sshd makes the shell a session leader and ``exec`` keeps its pid, so the pid the
+first line reports is the worker's pid and its process group, which stop() signals
+over a fresh channel of the same connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shlex
+import signal
+import time
+from typing import Any
+
+from .._protocol import PID_PREFIX, WorkerArgs
+from ..errors import SSHError
+from ..launcher import WorkerLauncher
+from .connection import HostConnection, Tunnel
+from .registry import Server
+
+__all__ = ["RemoteLauncher"]
+
+logger = logging.getLogger(__name__)
+
+
+class _LineSink:
+    """A file-like object fabric writes a stream to; feeds the worker's output collector."""
+
+    def __init__(self, launcher: RemoteLauncher, stream: str) -> None:
+        self._launcher = launcher
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._launcher.output.feed(self._stream, text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class RemoteLauncher(WorkerLauncher):
+    """Runs the worker on ``server`` over the process's one SSH connection to it."""
+
+    def __init__(self, worker_exec: str, *, node: str, server: Server, connect_timeout: float = 10.0) -> None:
+        self.where = server.name
+        super().__init__(worker_exec, node=node)
+        self.server = server
+        self.connect_timeout = connect_timeout
+        self.connection: HostConnection | None = None
+        self._promise: Any = None
+        self._tunnels: list[Tunnel] = []
+
+    def _python(self) -> str:
+        return self.server.python
+
+    def argv(self, args: WorkerArgs) -> list[str]:
+        if args.port:
+            self.log.info(
+                "port %d is not used on %s: remote workers bind free ports, so none collide", args.port, self.where
+            )
+        return super().argv(dataclasses.replace(args, port=0))
+
+    def _spawn(self, argv: list[str]) -> None:
+        self.connection = HostConnection.acquire(self.server, timeout=self.connect_timeout)
+        command = f"echo {PID_PREFIX}$$; exec env PYTHONUNBUFFERED=1 {shlex.join(argv)}"
+        self._promise = self.connection.start(
+            command, out_stream=_LineSink(self, "stdout"), err_stream=_LineSink(self, "stderr")
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.output.pid
+
+    def returncode(self) -> int | None:
+        if self._promise is None:
+            return None
+        channel = self._promise.runner.channel
+        if channel.exit_status_ready():
+            return channel.recv_exit_status()
+        return None
+
+    def describe_exit(self, code: int) -> str:
+        # sshd reports a death by signal without a status; paramiko shows it as -1.
+        return "was killed by a signal" if code == -1 else super().describe_exit(code)
+
+    def _signal_group(self, sig: signal.Signals) -> bool:
+        pid = self.output.pid
+        if pid is None or self.connection is None:
+            return False
+        try:
+            code, _, _ = self.connection.run(f"kill -{sig.name.removeprefix('SIG')} -- -{pid} 2>/dev/null", timeout=10)
+        except SSHError as exc:
+            self.log.error("cannot signal the worker's group %d on %s: %s", pid, self.where, exc)
+            return False
+        return code == 0
+
+    def address(self, port: int) -> str:
+        if self.connection is None:
+            raise SSHError(f"no connection to {self.server.label}")
+        tunnel = self.connection.forward(port)
+        self._tunnels.append(tunnel)
+        return tunnel.address
+
+    def _settle_output(self, timeout: float = 1.0) -> None:
+        if self._promise is None:
+            return
+        channel = self._promise.runner.channel
+        deadline = time.monotonic() + timeout
+        while not (channel.closed or channel.eof_received) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.05)  # let fabric's reader threads hand over the last chunks
+        self.output.flush()
+
+    def _release(self) -> None:
+        conn, self.connection = self.connection, None
+        if conn is None:
+            return
+        for tunnel in self._tunnels:
+            conn.close_tunnel(tunnel)
+        self._tunnels.clear()
+        if self._promise is not None and self.returncode() is not None:
+            try:
+                self._promise.join()
+            except Exception as exc:
+                self.log.debug("collecting the remote command's end: %r", exc)
+        conn.release()

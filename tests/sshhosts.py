@@ -1,0 +1,187 @@
+"""Acquisition hosts for the multi-host tests: network namespaces with their own sshd.
+
+Each host is a network namespace joined to this machine by a veth pair (addresses in
+198.18.0.0/15, MTU 1500 like a LAN), running its own sshd with a generated host key
+and accepting a generated user key. Where namespaces cannot be made (not root), each
+host is an sshd on a loopback port instead. Everything is removed on close.
+
+The hosts are written to a server registry (ssh_info.json) with the names acq1, acq2...;
+tests that get their hosts from ``$HERON_REMOTE_TEST_SSH_INFO`` (docker-compose) use
+that registry instead and create nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+ENV_VAR = "HERON_REMOTE_TEST_SSH_INFO"
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
+
+
+def namespaces_possible() -> bool:
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        return False
+    probe = f"hr-probe-{os.getpid()}"
+    try:
+        _run("ip", "netns", "add", probe)
+    except (subprocess.CalledProcessError, OSError):
+        return False
+    _run("ip", "netns", "del", probe)
+    return True
+
+
+def _wait_port(host: str, port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sshd on {host}:{port} did not come up within {timeout} s") from None
+            time.sleep(0.05)
+
+
+@dataclass
+class Host:
+    name: str
+    address: str
+    port: int
+    netns: str | None
+    sshd: subprocess.Popen | None = None
+    host_key_line: str = ""
+
+
+class AcqHosts:
+    """Hosts acq1..acqN and a registry for them (``registry``: the ssh_info.json path)."""
+
+    def __init__(self, workdir: Path, count: int = 2) -> None:
+        self.workdir = workdir
+        self.hosts: list[Host] = []
+        self.mode = "namespace" if namespaces_possible() else "loopback"
+        self.registry = workdir / "ssh_info.json"
+        self.known_hosts = workdir / "known_hosts"
+        self.user_key = workdir / "id_ed25519"
+        self._tag = f"{os.getpid() % 100000}"
+        try:
+            self._keygen(self.user_key)
+            for i in range(1, count + 1):
+                self.hosts.append(self._make_host(i))
+            self.known_hosts.write_text("".join(h.host_key_line for h in self.hosts))
+            self.write_registry()
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _keygen(path: Path) -> None:
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "heron-remote-test", "-f", str(path))
+
+    def _make_host(self, i: int) -> Host:
+        name = f"acq{i}"
+        hdir = self.workdir / name
+        hdir.mkdir()
+        self._keygen(hdir / "host_key")
+        if self.mode == "namespace":
+            netns = f"hr{self._tag}-{name}"
+            veth = f"hr{self._tag}a{i}"
+            subnet = 10 + i
+            rig_ip, acq_ip = f"198.18.{subnet}.1", f"198.18.{subnet}.2"
+            _run("ip", "netns", "add", netns)
+            host = Host(name, acq_ip, 22, netns)
+            _run("ip", "link", "add", veth, "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns", netns)
+            _run("ip", "addr", "add", f"{rig_ip}/24", "dev", veth)
+            _run("ip", "link", "set", veth, "up")
+            _run("ip", "-n", netns, "addr", "add", f"{acq_ip}/24", "dev", "eth0")
+            _run("ip", "-n", netns, "link", "set", "eth0", "up")
+            _run("ip", "-n", netns, "link", "set", "lo", "up")  # the worker binds 127.0.0.1 in there
+        else:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            host = Host(name, "127.0.0.1", port, None)
+        self.start_sshd(host)
+        pub = (hdir / "host_key.pub").read_text().split()
+        lookup = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+        host.host_key_line = f"{lookup} {pub[0]} {pub[1]}\n"
+        return host
+
+    def sshd_config(self, host: Host, *, password: bool = False) -> Path:
+        hdir = self.workdir / host.name
+        (hdir / "authorized_keys").write_text((self.user_key.with_suffix(".pub")).read_text())
+        config = hdir / "sshd_config"
+        config.write_text(
+            f"ListenAddress {host.address}\nPort {host.port}\nHostKey {hdir / 'host_key'}\n"
+            f"PidFile {hdir / 'sshd.pid'}\nAuthorizedKeysFile {hdir / 'authorized_keys'}\n"
+            f"PermitRootLogin {'yes' if password else 'prohibit-password'}\n"
+            f"PasswordAuthentication {'yes' if password else 'no'}\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            "MaxSessions 100\nMaxStartups 100\nLogLevel INFO\nSubsystem sftp internal-sftp\n"
+        )
+        return config
+
+    def start_sshd(self, host: Host, *, password: bool = False) -> None:
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
+        cmd = [SSHD, "-D", "-e", "-f", str(self.sshd_config(host, password=password))]
+        if host.netns:
+            cmd = ["ip", "netns", "exec", host.netns, *cmd]
+        log = open(self.workdir / host.name / "sshd.log", "ab")  # noqa: SIM115 - handed to the process
+        host.sshd = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        _wait_port(host.address, host.port)
+
+    def stop_sshd(self, host: Host) -> None:
+        if host.sshd is not None and host.sshd.poll() is None:
+            host.sshd.terminate()
+            try:
+                host.sshd.wait(5)
+            except subprocess.TimeoutExpired:
+                host.sshd.kill()
+                host.sshd.wait(5)
+        host.sshd = None
+
+    def write_registry(self, **extra: dict) -> Path:
+        servers = {
+            str(i): {
+                "Name": h.name,
+                "IP": h.address,
+                "Port": h.port,
+                "username": "root",
+                "password": "None",
+                "key_file": str(self.user_key),
+                "known_hosts": str(self.known_hosts),
+                **extra.get(h.name, {}),
+            }
+            for i, h in enumerate(self.hosts)
+        }
+        self.registry.write_text(json.dumps(servers, indent=2))
+        return self.registry
+
+    def netns_pids(self, host: Host) -> set[int]:
+        if not host.netns:
+            return set()
+        out = subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True, text=True, timeout=10)
+        return {int(p) for p in out.stdout.split()}
+
+    def close(self) -> None:
+        for host in self.hosts:
+            self.stop_sshd(host)
+            if host.netns:
+                for pid in self.netns_pids(host):
+                    try:
+                        os.kill(pid, 9)
+                    except ProcessLookupError:
+                        pass
+                subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, timeout=10)
+        self.hosts = []
