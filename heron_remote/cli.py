@@ -1,4 +1,4 @@
-"""The ``heron-remote`` command: ``forwarders`` and ``demo``."""
+"""The ``heron-remote`` command: ``forwarders``, ``demo`` and ``check``."""
 
 from __future__ import annotations
 
@@ -49,9 +49,28 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"demo: synthetic camera {args.shape} {args.dtype} at {args.fps:g} frames/s for {args.seconds:g} s", flush=True
     )
-    result = run_demo(seconds=args.seconds, shape=shape, dtype=args.dtype, fps=args.fps, settings=Settings.from_env())
-    print(result.report())
+    settings = Settings.from_env()
+    if args.ssh_info:
+        settings = settings.replace(ssh_info=args.ssh_info)
+    result = run_demo(
+        seconds=args.seconds,
+        shape=shape,
+        dtype=args.dtype,
+        fps=args.fps,
+        settings=settings,
+        ssh_remote_server_id=args.remote or "None",
+    )
+    where = f" (worker on {args.remote})" if args.remote else ""
+    print(result.report() + where)
     return 0 if result.frames > 0 else 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .ssh.check import check_server
+
+    report = check_server(args.server, ssh_info=args.ssh_info, port=args.port, timeout=args.timeout)
+    print(report)
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shape", default="1024x1280", help="frame shape, HxW (default 1024x1280)")
     demo.add_argument("--dtype", default="uint8")
     demo.add_argument("--fps", type=float, default=100.0, help="frames per second (0: as fast as possible)")
+    demo.add_argument("--remote", metavar="ID", help="run the camera on this registry server (id or Name)")
+    demo.add_argument(
+        "--ssh-info",
+        metavar="PATH",
+        help="the server registry (default: $HERON_REMOTE_SSH_INFO, then ~/.config/heron_remote/ssh_info.json)",
+    )
     demo.set_defaults(run=_demo)
+
+    check = sub.add_parser("check", help="preflight an acquisition PC: connection, host key, versions, ports, RTT")
+    check.add_argument("server", help="registry id or Name")
+    check.add_argument("--port", type=int, default=0, help="also check the node's port group PORT..PORT+3")
+    check.add_argument("--ssh-info", metavar="PATH", help="the server registry")
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the connection")
+    check.set_defaults(run=_check)
     return parser
 
 

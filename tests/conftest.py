@@ -11,6 +11,7 @@ import pytest
 from heron_remote import Forwarders, Settings
 
 from .helpers import FREE_PORTS, wait_until, worker_pids
+from .sshhosts import AcqHosts, ExternalHosts, acquisition_hosts
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +38,16 @@ def forwarders() -> Iterator[Forwarders]:
 def settings(forwarders: Forwarders) -> Settings:
     """Heartbeat every 0.2 s, death after 5 missed (1 s), on the fixture's forwarders."""
     return Settings(heartbeat_rate=0.2, heartbeats_to_death=5, start_timeout=15, stop_grace=2, ports=forwarders.ports)
+
+
+@pytest.fixture(scope="session")
+def acq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcqHosts | ExternalHosts]:
+    """Acquisition hosts acq1 and acq2: namespaces with sshd here, compose services elsewhere."""
+    hosts = acquisition_hosts(tmp_path_factory.mktemp("acq"))
+    yield hosts
+    hosts.close()
+
+
+@pytest.fixture
+def remote_settings(settings: Settings, acq: AcqHosts | ExternalHosts) -> Settings:
+    return settings.replace(ssh_info=str(acq.registry))

@@ -164,9 +164,33 @@ class AcqHosts:
                 **extra.get(h.name, {}),
             }
             for i, h in enumerate(self.hosts)
+            if h.name != "void"
         }
         self.registry.write_text(json.dumps(servers, indent=2))
         return self.registry
+
+    @property
+    def can_control(self) -> bool:
+        """True when this process runs the hosts' sshd (and so can stop them, or cut links)."""
+        return True
+
+    def silent_address(self) -> str:
+        """An address on a live link where no machine answers, like a PC that is switched off.
+
+        Its packets stay on a veth pair into an empty namespace, whose end has no
+        address: ARP gets no reply and connecting fails as it would on a lab LAN.
+        """
+        if self.mode != "namespace":
+            raise RuntimeError("a silent address needs network namespaces")
+        if not any(h.name == "void" for h in self.hosts):
+            netns, veth = f"hr{self._tag}-void", f"hr{self._tag}v"
+            _run("ip", "netns", "add", netns)
+            self.hosts.append(Host("void", "198.18.30.2", 22, netns))
+            _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+            _run("ip", "addr", "add", "198.18.30.1/24", "dev", veth)
+            _run("ip", "link", "set", veth, "up")
+            _run("ip", "-n", netns, "link", "set", "eth0", "up")
+        return "198.18.30.2"
 
     def netns_pids(self, host: Host) -> set[int]:
         if not host.netns:
@@ -185,3 +209,22 @@ class AcqHosts:
                         pass
                 subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, timeout=10)
         self.hosts = []
+
+
+class ExternalHosts:
+    """Hosts someone else runs (docker-compose): only their registry is known."""
+
+    mode = "external"
+    can_control = False
+
+    def __init__(self, registry: str) -> None:
+        self.registry = Path(registry)
+        self.hosts: list[Host] = []
+
+    def close(self) -> None:
+        pass
+
+
+def acquisition_hosts(workdir: Path) -> AcqHosts | ExternalHosts:
+    registry = os.environ.get(ENV_VAR)
+    return ExternalHosts(registry) if registry else AcqHosts(workdir)

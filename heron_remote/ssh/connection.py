@@ -128,7 +128,6 @@ class HostConnection:
         self.username = self.server.username or getpass.getuser()
         self.timeout = timeout
         self._transport: paramiko.Transport | None = None
-        self._fabric: fabric.Connection | None = None
         self._tunnels: set[Tunnel] = set()
         self._refs = 0
         self._lock = threading.Lock()
@@ -181,7 +180,6 @@ class HostConnection:
         with self._lock:
             if not self.is_active:
                 self._transport = self._connect()
-                self._fabric = None
 
     def _connect(self) -> paramiko.Transport:
         s = self.server
@@ -294,23 +292,27 @@ class HostConnection:
             self._tunnels.discard(tunnel)
         tunnel.close()
 
-    @property
-    def fabric(self) -> fabric.Connection:
-        """A fabric Connection that runs its commands over this transport."""
-        if self._fabric is None:
-            conn = fabric.Connection(host=self.server.host, user=self.username, port=self.server.port)
+    def _fabric(self, *, streaming: bool) -> fabric.Connection:
+        """A fabric Connection that runs its commands over this transport.
+
+        ``streaming``: output goes only to the given streams, for commands that run
+        for hours; otherwise it is also kept for the result, for short commands.
+        """
+        conn = fabric.Connection(host=self.server.host, user=self.username, port=self.server.port)
+        if streaming:
             conn.config.runners.remote = _StreamingRemote
-            # Never opened by fabric (so its own host key policy never applies): it rides ours.
-            conn.transport = self.transport
-            self._fabric = conn
-        return self._fabric
+        # Never opened by fabric (so its own host key policy never applies): it rides ours.
+        conn.transport = self.transport
+        return conn
 
     def run(self, command: str, *, timeout: float = 30.0) -> tuple[int, str, str]:
         """Run a short command; (exit status, stdout, stderr)."""
         from invoke.exceptions import CommandTimedOut
 
         try:
-            result = self.fabric.run(command, hide=True, warn=True, in_stream=False, timeout=timeout, encoding="utf-8")
+            result = self._fabric(streaming=False).run(
+                command, hide=True, warn=True, in_stream=False, timeout=timeout, encoding="utf-8"
+            )
         except CommandTimedOut as exc:
             raise SSHError(f"command on {self.server.label} did not finish within {timeout:g} s: {command}") from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -320,7 +322,7 @@ class HostConnection:
     def start(self, command: str, *, out_stream: IO[str], err_stream: IO[str]) -> Any:
         """Start a long-running command; returns fabric's Promise (its runner has the channel)."""
         try:
-            return self.fabric.run(
+            return self._fabric(streaming=True).run(
                 command,
                 asynchronous=True,
                 warn=True,
@@ -344,7 +346,6 @@ class HostConnection:
         with self._lock:
             tunnels, self._tunnels = self._tunnels, set()
             transport, self._transport = self._transport, None
-            self._fabric = None
         for tunnel in tunnels:
             tunnel.close()
         if transport is not None:

@@ -1,6 +1,6 @@
 """A com script written the Heron way; settings come from HERON_REMOTE_* variables.
 
-argv: worker_exec relic_verbose_string
+argv: worker_exec [verbose_string [ssh_remote_server_id]]
 Prints "COM READY <worker pid>" once the worker runs and "COM EXIT" after start_ioloop returns.
 """
 
@@ -18,6 +18,8 @@ com = SourceCom(
     worker_exec=sys.argv[1],
     verbose=sys.argv[2] if len(sys.argv) > 2 else "||",
     outputs=["Counter", "Echo"],
+    ssh_local_server_id="None" if len(sys.argv) < 4 else "rig",
+    ssh_remote_server_id=sys.argv[3] if len(sys.argv) > 3 else "None",
 )
 com.connect_sockets()
 com.start_heartbeat_thread()

@@ -1,0 +1,108 @@
+"""The preflight a lab user runs before an experiment: ``heron-remote check ID``."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from .._version import __version__
+from ..errors import HeronRemoteError
+from .connection import HostConnection
+from .hostkeys import HostKeys, fingerprint
+from .registry import Registry
+
+__all__ = ["CheckReport", "check_server"]
+
+# Run on the acquisition PC: versions, and whether the node's ports can be bound on its loopback.
+_PROBE = r"""
+import json, socket, sys
+out = {"python": sys version_info_placeholder, "heron_remote": None, "ports": {}}
+try:
+    import heron_remote
+    out["heron_remote"] = heron_remote.__version__
+except Exception as exc:
+    out["heron_remote_error"] = repr(exc)
+for port in PORTS:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        out["ports"][port] = "free"
+    except OSError as exc:
+        out["ports"][port] = exc.strerror or str(exc)
+    finally:
+        s.close()
+print(json.dumps(out))
+""".replace("sys version_info_placeholder", "'%d.%d.%d' % sys.version_info[:3]")
+
+
+@dataclass
+class CheckReport:
+    server: str
+    ok: bool = True
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, ok: bool, text: str) -> None:
+        self.ok = self.ok and ok
+        self.lines.append(f"{'ok  ' if ok else 'FAIL'} {text}")
+
+    def __str__(self) -> str:
+        verdict = "ready" if self.ok else "NOT ready"
+        return "\n".join([f"check of {self.server}:", *self.lines, f"{self.server} is {verdict} for heron_remote"])
+
+
+def check_server(ref: str, *, ssh_info: str | None = None, port: int = 0, timeout: float = 10.0) -> CheckReport:
+    """Connect to a registry server and report what an experiment needs of it."""
+    server = Registry.load(ssh_info).get(ref)
+    report = CheckReport(server.label)
+    started = time.monotonic()
+    try:
+        conn = HostConnection.acquire(server, timeout=timeout)
+    except HeronRemoteError as exc:
+        report.add(False, f"connect: {exc}")
+        return report
+    try:
+        report.add(
+            True,
+            f"connected in {(time.monotonic() - started) * 1000:.0f} ms as {conn.username!r}, "
+            f"cipher {conn.transport.remote_cipher}",
+        )
+        key = conn.transport.get_remote_server_key()
+        report.add(True, f"host key {key.get_name()} {fingerprint(key)} matches {HostKeys(server).files[0]}")
+        rtts = sorted(conn.round_trip() for _ in range(5))
+        report.add(True, f"SSH round trip median {statistics.median(rtts) * 1000:.2f} ms (of 5)")
+        ports = list(range(port, port + 4)) if port else [0]
+        code, out, err = conn.run(f"{server.python} -c {shlex.quote(_PROBE.replace('PORTS', repr(ports)))}", timeout=30)
+        if code != 0:
+            report.add(False, f"{server.python} on the PC failed (status {code}): {err.strip()[-300:]}")
+            return report
+        probe = json.loads(out.strip().splitlines()[-1])
+        local_py = platform.python_version()
+        same_minor = probe["python"].rsplit(".", 1)[0] == local_py.rsplit(".", 1)[0]
+        report.add(
+            True,
+            f"remote Python {probe['python']} (here {local_py}"
+            f"{'' if same_minor else '; different minor versions work, but numpy must be there'})",
+        )
+        if probe["heron_remote"] is None:
+            report.add(
+                False,
+                f"heron_remote is not importable by {server.python} on the PC "
+                f"({probe.get('heron_remote_error')}): pip install heron_remote there",
+            )
+        else:
+            report.add(
+                probe["heron_remote"] == __version__,
+                f"remote heron_remote {probe['heron_remote']} (here {__version__})",
+            )
+        for p, state in probe["ports"].items():
+            label = f"port {p}" if int(p) else "a free loopback port"
+            report.add(state == "free", f"{label} on the PC's 127.0.0.1: {state}")
+    except HeronRemoteError as exc:
+        report.add(False, str(exc))
+    finally:
+        conn.release()
+    return report

@@ -1,0 +1,273 @@
+"""Remote workers on acquisition hosts: namespaces with their own sshd here, compose services elsewhere.
+
+The hosts come from the ``acq`` fixture (tests/sshhosts.py); with $HERON_REMOTE_TEST_SSH_INFO set
+they are whatever that registry names acq1 and acq2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heron_remote import Settings, Source, WorkerStartError
+from heron_remote.errors import AuthenticationError, HostKeyError, HostUnreachableError
+from heron_remote.examples.synthetic_camera import expected_frame, frame_header
+from heron_remote.ssh import HostConnection, Registry
+
+from .helpers import CAMERA, ECHO_WORKER, PYTHON, WORKERS, com_env, wait_until
+from .sshhosts import AcqHosts, ExternalHosts
+
+pytestmark = pytest.mark.multihost
+Hosts = AcqHosts | ExternalHosts
+
+
+def on_host(acq: Hosts, name: str, command: str) -> tuple[int, str, str]:
+    """Run a command on an acquisition host over SSH (real fabric, our connection)."""
+    conn = HostConnection.acquire(Registry.load(acq.registry).get(name))
+    try:
+        return conn.run(command, timeout=20)
+    finally:
+        conn.release()
+
+
+def remote_alive(acq: Hosts, name: str, pid: int) -> bool:
+    code, out, _ = on_host(acq, name, f"awk '/^State/{{print $2}}' /proc/{pid}/status 2>/dev/null")
+    return out.strip() not in ("", "Z")
+
+
+def remote(settings: Settings, host: str = "acq1") -> dict:
+    return {"settings": settings, "ssh_local_server_id": "rig", "ssh_remote_server_id": host}
+
+
+def registry_with(acq: Hosts, tmp_path: Path, name: str, **changes: object) -> str:
+    """A copy of the hosts' registry with some keys of one server changed."""
+    raw = json.loads(Path(acq.registry).read_text())
+    for entry in raw.values():
+        if entry["Name"] == name:
+            entry.update(changes)
+    path = tmp_path / "ssh_info.json"
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+def test_remote_frames_are_exactly_what_the_worker_sent(remote_settings: Settings, acq: Hosts) -> None:
+    started = time.monotonic()
+    with Source(
+        CAMERA, parameters={"shape": [64, 80], "dtype": "uint16", "fps": 200}, **remote(remote_settings)
+    ) as cam:
+        frames = cam.frames(timeout=10)
+        first = next(frames)
+        print(f"remote start to first frame at the subscriber: {time.monotonic() - started:.3f} s")
+        got = [first.index]
+        for index, _, (frame,) in frames:
+            n, captured = frame_header(frame)
+            assert n == index
+            np.testing.assert_array_equal(frame, expected_frame(n, (64, 80), "uint16", captured))
+            got.append(index)
+            if len(got) == 100:
+                break
+        assert got == list(range(got[0], got[0] + 100)) and cam.gaps == 0
+        pid = cam.stats.worker_pid
+        assert remote_alive(acq, "acq1", pid)
+        # The worker really runs on the acquisition host: in its network namespace.
+        _, out, _ = on_host(acq, "acq1", f"readlink /proc/{pid}/ns/net /proc/self/ns/net")
+        worker_ns, host_ns = out.split()
+        assert worker_ns == host_ns
+        if acq.mode == "namespace":
+            assert worker_ns != os.readlink("/proc/self/ns/net")
+            assert pid in acq.netns_pids(acq.hosts[0])
+        assert HostConnection.open_connections() == 1
+    assert not remote_alive(acq, "acq1", pid)  # on_kill left nothing behind
+    assert HostConnection.open_connections() == 0
+
+
+def test_parameters_reach_the_remote_worker(remote_settings: Settings) -> None:
+    with Source(
+        ECHO_WORKER, outputs=("Counter", "Echo"), parameters={"ok": True, "gain": 3}, **remote(remote_settings, "acq2")
+    ) as src:
+        echo = next(e for _, _, (_, e) in src.frames(timeout=10) if e and e["initialised"])
+        assert echo["parameters"] == {"ok": True, "gain": 3}
+        src.set_parameters({"ok": True, "gain": 4})
+        echo = next(e for _, _, (_, e) in src.frames(timeout=10) if e and e["parameters"]["gain"] == 4)
+        assert echo["node_name"] == "source"
+
+
+def test_sigkill_of_the_com_leaves_a_remote_worker_that_ends_itself(remote_settings: Settings, acq: Hosts) -> None:
+    proc = subprocess.Popen(
+        [PYTHON, str(WORKERS / "heron_com.py"), ECHO_WORKER, "||", "acq1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=com_env(remote_settings),
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("COM READY"), line + proc.stderr.read()
+        pid = int(line.split()[2])
+        assert remote_alive(acq, "acq1", pid)
+        proc.kill()
+        killed = time.monotonic()
+        wait_until(
+            lambda: not remote_alive(acq, "acq1", pid),
+            remote_settings.death_window + 2,
+            "the remote worker to end itself",
+        )
+        print(
+            f"remote worker ended {time.monotonic() - killed:.2f} s after its com was SIGKILLed "
+            f"(window {remote_settings.death_window:g} s)"
+        )
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_sources_share_one_connection_per_host_and_ports_never_collide(remote_settings: Settings, acq: Hosts) -> None:
+    # Another rig process on the same PC, and two sources here asking for the same port group.
+    other_rig = subprocess.Popen(
+        [PYTHON, str(WORKERS / "heron_com.py"), ECHO_WORKER, "||", "acq1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=com_env(remote_settings),
+    )
+    try:
+        assert other_rig.stdout.readline().startswith("COM READY")
+        with (
+            Source(CAMERA, parameters={"shape": [4, 4]}, port=6600, **remote(remote_settings)) as a,
+            Source(CAMERA, parameters={"shape": [8, 8]}, port=6600, **remote(remote_settings)) as b,
+            Source(CAMERA, parameters={"shape": [2, 2]}, **remote(remote_settings, "acq2")) as c,
+        ):
+            for src, shape in ((a, (4, 4)), (b, (8, 8)), (c, (2, 2))):
+                assert next(f for f in src.frames(timeout=10) if f.arrays[0].shape == shape)
+            assert HostConnection.open_connections() == 2  # acq1 and acq2: one each
+            assert a.stats.worker_pid != b.stats.worker_pid
+    finally:
+        other_rig.terminate()
+        assert other_rig.wait(15) == 0
+
+
+@pytest.mark.parametrize(
+    ("worker_exec", "reason"),
+    [
+        ("/nowhere/camera.py", "can't open file '/nowhere/camera.py'"),
+        ("python -m no_such_camera_module", "No module named no_such_camera_module"),
+    ],
+)
+def test_a_worker_that_fails_at_start_is_reported_with_the_remote_stderr(
+    remote_settings: Settings, worker_exec: str, reason: str
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(WorkerStartError, match=re.escape(reason)) as caught:
+        Source(worker_exec, **remote(remote_settings)).start()
+    took = time.monotonic() - started
+    print(f"{worker_exec}: failed after {took:.2f} s")
+    assert took < 10 and "acq1" in str(caught.value)
+
+
+def test_an_unknown_host_key_is_refused_with_the_way_to_add_it(
+    acq: Hosts, remote_settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "empty_known_hosts").write_text("")
+    reg = registry_with(acq, tmp_path, "acq1", known_hosts=str(tmp_path / "empty_known_hosts"))
+    with pytest.raises(HostKeyError, match=r"(?s)is not known .*ssh-keyscan .*trust_on_first_use"):
+        Source(CAMERA, **remote(remote_settings.replace(ssh_info=reg))).start()
+    assert (tmp_path / "empty_known_hosts").read_text() == ""
+
+
+def test_a_changed_host_key_is_refused_even_with_trust_on_first_use(
+    acq: Hosts, remote_settings: Settings, tmp_path: Path
+) -> None:
+    servers = Registry.load(acq.registry)
+    acq1, acq2 = servers.get("acq1"), servers.get("acq2")
+    lines = Path(acq1.known_hosts).read_text().splitlines()
+    acq2_key = next(line for line in lines if line.split()[0] in (acq2.host, f"[{acq2.host}]:{acq2.port}"))
+    lookup = acq1.host if acq1.port == 22 else f"[{acq1.host}]:{acq1.port}"
+    forged = tmp_path / "known_hosts"
+    forged.write_text(f"{lookup} {' '.join(acq2_key.split()[1:])}\n")  # acq2's key claimed for acq1
+    reg = registry_with(acq, tmp_path, "acq1", known_hosts=str(forged), trust_on_first_use=True)
+    with pytest.raises(HostKeyError, match="has CHANGED"):
+        Source(CAMERA, **remote(remote_settings.replace(ssh_info=reg))).start()
+
+
+def test_trust_on_first_use_pins_the_key_when_asked(acq: Hosts, remote_settings: Settings, tmp_path: Path) -> None:
+    pinned = tmp_path / "pinned_known_hosts"
+    reg = registry_with(acq, tmp_path, "acq2", known_hosts=str(pinned), trust_on_first_use=True)
+    code, out, _ = on_host(type("R", (), {"registry": reg})(), "acq2", "echo hello")
+    assert (code, out.strip()) == (0, "hello")
+    line = pinned.read_text().split()
+    assert line[1] == "ssh-ed25519"
+    server = Registry.load(acq.registry).get("acq2")
+    assert line[2] in Path(server.known_hosts).read_text()  # the key the host really has
+
+
+def test_a_wrong_user_key_is_refused(acq: Hosts, remote_settings: Settings, tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
+    reg = registry_with(acq, tmp_path, "acq1", key_file=str(tmp_path / "stranger"))
+    with pytest.raises(AuthenticationError, match=r"refused to log in user 'root'.*tried key .*stranger"):
+        Source(CAMERA, **remote(remote_settings.replace(ssh_info=reg))).start()
+
+
+def test_a_refused_connection_is_named(acq: Hosts, remote_settings: Settings, tmp_path: Path) -> None:
+    reg = registry_with(acq, tmp_path, "acq1", Port=1)
+    started = time.monotonic()
+    with pytest.raises(HostUnreachableError, match="refused the connection: is sshd running there, on port 1"):
+        Source(CAMERA, **remote(remote_settings.replace(ssh_info=reg))).start()
+    assert time.monotonic() - started < 5
+
+
+def test_an_unreachable_host_fails_clearly_within_10_s(acq: Hosts, remote_settings: Settings, tmp_path: Path) -> None:
+    if acq.mode != "namespace":
+        pytest.skip("a host that does not answer needs network namespaces (CI has them)")
+    reg = registry_with(acq, tmp_path, "acq1", IP=acq.silent_address())
+    started = time.monotonic()
+    with pytest.raises(HostUnreachableError, match="198.18.30.2"):
+        Source(CAMERA, **remote(remote_settings.replace(ssh_info=reg, connect_timeout=8))).start()
+    took = time.monotonic() - started
+    print(f"unreachable host reported after {took:.2f} s")
+    assert took < 10
+
+
+def test_check_command_reports_versions_ports_and_round_trip(acq: Hosts, tmp_path: Path) -> None:
+    out = subprocess.run(
+        ["heron-remote", "check", "acq1", "--ssh-info", str(acq.registry), "--port", "6600"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for expected in (
+        "host key ssh-ed25519 SHA256:",
+        "SSH round trip median",
+        "remote Python",
+        "remote heron_remote 0.1.0 (here 0.1.0)",
+        "port 6603 on the PC's 127.0.0.1: free",
+        "is ready for heron_remote",
+    ):
+        assert expected in out.stdout
+    (tmp_path / "empty").write_text("")
+    reg = registry_with(acq, tmp_path, "acq1", known_hosts=str(tmp_path / "empty"))
+    out = subprocess.run(
+        ["heron-remote", "check", "acq1", "--ssh-info", reg], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1 and "is not known" in out.stdout and "NOT ready" in out.stdout
+
+
+def test_demo_runs_remotely(acq: Hosts) -> None:
+    out = subprocess.run(
+        ["heron-remote", "demo", "--remote", "acq2", "--ssh-info", str(acq.registry), "--seconds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    print(out.stdout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = re.search(r"([\d.]+) frames/s, ([\d.]+) MB/s, gaps (\d+)", out.stdout)
+    assert m and float(m[1]) > 50 and int(m[3]) == 0 and "(worker on acq2)" in out.stdout
