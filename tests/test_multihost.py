@@ -38,7 +38,7 @@ def on_host(acq: Hosts, name: str, command: str) -> tuple[int, str, str]:
 
 
 def remote_alive(acq: Hosts, name: str, pid: int) -> bool:
-    code, out, _ = on_host(acq, name, f"awk '/^State/{{print $2}}' /proc/{pid}/status 2>/dev/null")
+    _, out, _ = on_host(acq, name, f"awk '/^State/{{print $2}}' /proc/{pid}/status 2>/dev/null")
     return out.strip() not in ("", "Z")
 
 
@@ -227,7 +227,7 @@ def test_an_unreachable_host_fails_clearly_within_10_s(acq: Hosts, remote_settin
         pytest.skip("a host that does not answer needs network namespaces (CI has them)")
     reg = registry_with(acq, tmp_path, "acq1", IP=acq.silent_address())
     started = time.monotonic()
-    with pytest.raises(HostUnreachableError, match="198.18.30.2"):
+    with pytest.raises(HostUnreachableError, match=r"198\.18\.30\.2"):
         Source(CAMERA, **remote(remote_settings.replace(ssh_info=reg, connect_timeout=8))).start()
     took = time.monotonic() - started
     print(f"unreachable host reported after {took:.2f} s")
