@@ -7,6 +7,7 @@ they are whatever that registry names acq1 and acq2.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -21,7 +22,7 @@ from heron_remote.errors import AuthenticationError, HostKeyError, HostUnreachab
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 from heron_remote.ssh import HostConnection, Registry
 
-from .helpers import CAMERA, ECHO_WORKER, PYTHON, WORKERS, com_env, wait_until
+from .helpers import CAMERA, ECHO_WORKER, PYTHON, WORKERS, com_env, listening_address, wait_until
 from .sshhosts import AcqHosts, ExternalHosts
 
 pytestmark = pytest.mark.multihost
@@ -57,7 +58,10 @@ def registry_with(acq: Hosts, tmp_path: Path, name: str, **changes: object) -> s
     return str(path)
 
 
-def test_remote_frames_are_exactly_what_the_worker_sent(remote_settings: Settings, acq: Hosts) -> None:
+def test_remote_frames_are_exactly_what_the_worker_sent(
+    remote_settings: Settings, acq: Hosts, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="heron_remote")
     started = time.monotonic()
     with Source(
         CAMERA, parameters={"shape": [64, 80], "dtype": "uint16", "fps": 200}, **remote(remote_settings)
@@ -84,8 +88,16 @@ def test_remote_frames_are_exactly_what_the_worker_sent(remote_settings: Setting
             assert worker_ns != os.readlink("/proc/self/ns/net")
             assert pid in acq.netns_pids(acq.hosts[0])
         assert HostConnection.open_connections() == 1
+        tunnel_ports = [t.local_port for t in cam._com.launcher._tunnels]
+        assert len(tunnel_ports) == 4 and all(listening_address(p) == "127.0.0.1" for p in tunnel_ports)
     assert not remote_alive(acq, "acq1", pid)  # on_kill left nothing behind
     assert HostConnection.open_connections() == 0
+    assert all(listening_address(p) is None for p in tunnel_ports)
+    # The worker's output streamed into logging, prefixed with the node and the PC.
+    assert any(
+        r.getMessage().startswith("[source@acq1] stderr:") and "synthetic camera" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_parameters_reach_the_remote_worker(remote_settings: Settings) -> None:
