@@ -85,11 +85,13 @@ class _Meta:
         self.nbytes = -1
         if self.data_type == "ndarray":
             try:
+                if not isinstance(meta["dtype"], str) or not isinstance(meta["shape"], list):
+                    raise TypeError("dtype must be a string and shape a list")
                 self.dtype = np.dtype(meta["dtype"])
                 self.shape = tuple(int(n) for n in meta["shape"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise DecodeError(f"ndarray metadata needs a valid dtype and shape: {meta!r}") from exc
-            if self.dtype.hasobject or any(n < 0 for n in self.shape):
+            if self.dtype.hasobject or self.dtype.itemsize == 0 or any(n < 0 for n in self.shape):
                 raise DecodeError(f"ndarray metadata has an unusable dtype or shape: {meta!r}")
             self.nbytes = self.dtype.itemsize * math.prod(self.shape)
         elif self.data_type not in ("dict", "ignore"):

@@ -58,6 +58,8 @@ def test_unsendable_values_are_refused_with_a_reason() -> None:
         (b'{"data_type": "ndarray", "dtype": "nonsense", "shape": [2]}', 2, "valid dtype"),
         (b'{"data_type": "ndarray", "dtype": "|O", "shape": [2]}', 16, "unusable"),
         (b'{"data_type": "pickle"}', 4, "unknown data_type"),
+        (b'{"data_type": "ndarray", "dtype": [], "shape": []}', 0, "valid dtype"),  # found by the fuzz test
+        (b'{"data_type": "ndarray", "dtype": "V0", "shape": [3]}', 0, "unusable"),
     ],
 )
 def test_malformed_outputs_raise_decode_error(meta: bytes, size: int, reason: str) -> None:
@@ -76,7 +78,7 @@ def test_decode_published_reads_the_five_frames() -> None:
         decode_published([b"t", b"seven", b"1", meta, bytes(payload)])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     meta=st.one_of(
         st.binary(max_size=120),
