@@ -48,6 +48,11 @@ EXIT_WORK_FAILED = 1
 EXIT_BAD_START = 2
 EXIT_NO_HEARTBEAT = 3
 
+#: Seconds end_of_life_function may take before the worker exits anyway.
+_END_OF_LIFE_S = 1.5
+#: Seconds a finished worker waits for its last packets to reach the com.
+_DELIVER_S = 5.0
+
 _CHANNEL_OFFSET = {"data": 0, "heartbeat": 1, "parameters": 2, "liveness": 3}
 _DATA_HWM = 8
 
@@ -288,6 +293,8 @@ class SourceWorker:
         """End the process now, from any thread: end-of-life, relic saved, exit."""
         if not self._dying.acquire(blocking=False):
             time.sleep(3600)  # another thread is already ending the process
+        # Logging can block (a remote stderr pipe whose SSH link is stalled); the exit must not.
+        _hard_exit_after(_END_OF_LIFE_S + 0.5, code)
         logger.log(
             logging.INFO if code == EXIT_OK else logging.ERROR,
             "worker %s##%s (pid %d): %s",
@@ -296,7 +303,7 @@ class SourceWorker:
             os.getpid(),
             reason,
         )
-        self._end_of_life(timeout=1.0 if code == EXIT_NO_HEARTBEAT else 2.0)
+        self._end_of_life(timeout=_END_OF_LIFE_S / 2 if code == EXIT_NO_HEARTBEAT else _END_OF_LIFE_S)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -305,9 +312,10 @@ class SourceWorker:
         """The work function returned: deliver what is queued, then end normally."""
         if not self._dying.acquire(blocking=False):
             time.sleep(3600)
-        self._end_of_life(timeout=2.0)
+        _hard_exit_after(_END_OF_LIFE_S + _DELIVER_S + 1, EXIT_OK)
+        self._end_of_life(timeout=_END_OF_LIFE_S)
         if self._data is not None and self._data_context is not None:
-            self._data.close(linger=5000)
+            self._data.close(linger=int(_DELIVER_S * 1000))
             self._data_context.term()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -315,6 +323,12 @@ class SourceWorker:
 
     def on_kill(self, signum: int, frame: Any = None) -> None:
         self._die(f"stopped by signal {signal.Signals(signum).name}", EXIT_OK)
+
+
+def _hard_exit_after(seconds: float, code: int) -> None:
+    timer = threading.Timer(seconds, os._exit, args=(code,))
+    timer.daemon = True
+    timer.start()
 
 
 def start_the_source_worker_process(
