@@ -43,6 +43,22 @@ def remote_alive(acq: Hosts, name: str, pid: int) -> bool:
     return out.strip() not in ("", "Z")
 
 
+def start_remote_com(settings: Settings, host: str) -> tuple[subprocess.Popen, int]:
+    """A Heron-style com script in its own process (another rig process) with its worker on ``host``."""
+    proc = subprocess.Popen(
+        [PYTHON, str(WORKERS / "heron_com.py"), ECHO_WORKER, "||", host],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=com_env(settings),
+    )
+    line = proc.stdout.readline()
+    if not line.startswith("COM READY"):
+        proc.kill()
+        raise AssertionError(f"com did not start: {line!r}\n{proc.stderr.read()}")
+    return proc, int(line.split()[2])
+
+
 def remote(settings: Settings, host: str = "acq1") -> dict:
     return {"settings": settings, "ssh_local_server_id": "rig", "ssh_remote_server_id": host}
 
@@ -112,17 +128,8 @@ def test_parameters_reach_the_remote_worker(remote_settings: Settings) -> None:
 
 
 def test_sigkill_of_the_com_leaves_a_remote_worker_that_ends_itself(remote_settings: Settings, acq: Hosts) -> None:
-    proc = subprocess.Popen(
-        [PYTHON, str(WORKERS / "heron_com.py"), ECHO_WORKER, "||", "acq1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=com_env(remote_settings),
-    )
+    proc, pid = start_remote_com(remote_settings, "acq1")
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("COM READY"), line + proc.stderr.read()
-        pid = int(line.split()[2])
         assert remote_alive(acq, "acq1", pid)
         proc.kill()
         killed = time.monotonic()
@@ -142,15 +149,8 @@ def test_sigkill_of_the_com_leaves_a_remote_worker_that_ends_itself(remote_setti
 
 def test_sources_share_one_connection_per_host_and_ports_never_collide(remote_settings: Settings, acq: Hosts) -> None:
     # Another rig process on the same PC, and two sources here asking for the same port group.
-    other_rig = subprocess.Popen(
-        [PYTHON, str(WORKERS / "heron_com.py"), ECHO_WORKER, "||", "acq1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=com_env(remote_settings),
-    )
+    other_rig, _ = start_remote_com(remote_settings, "acq1")
     try:
-        assert other_rig.stdout.readline().startswith("COM READY")
         with (
             Source(CAMERA, parameters={"shape": [4, 4]}, port=6600, **remote(remote_settings)) as a,
             Source(CAMERA, parameters={"shape": [8, 8]}, port=6600, **remote(remote_settings)) as b,
