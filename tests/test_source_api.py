@@ -124,3 +124,17 @@ def test_forwarders_already_running_are_used(settings: Settings) -> None:
     with Source(CAMERA, parameters={"shape": [2, 2]}, settings=settings) as cam:
         assert cam._forwarders is None
         assert next(iter(cam.frames(timeout=5))).index >= 1
+
+
+def test_malformed_packets_are_dropped_counted_and_the_com_runs_on(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Source(str(WORKERS / "malformed_worker.py"), settings=settings) as src:
+        frames = list(src.frames(limit=20, timeout=5))
+        assert all(f.arrays[0].shape == (4, 4) and f.index % 4 == 1 for f in frames)
+        assert all(f.arrays[0][0, 0] == f.index % 256 for f in frames)
+        stats = src.stats
+        assert src.gaps == 3 * (len(frames) - 1)  # each dropped packet shows downstream as a gap
+    assert stats.malformed >= 3 * (len(frames) - 1) and stats.published >= len(frames)
+    for reason in ("expected 2 frames", "metadata is not JSON", "need 25"):
+        assert reason in caplog.text
