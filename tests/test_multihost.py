@@ -283,3 +283,39 @@ def test_demo_runs_remotely(acq: Hosts) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     m = re.search(r"([\d.]+) frames/s, ([\d.]+) MB/s, gaps (\d+)", out.stdout)
     assert m and float(m[1]) > 50 and int(m[3]) == 0 and "(worker on acq2)" in out.stdout
+
+
+def test_password_from_the_environment_logs_in_and_appears_on_no_command_line(
+    acq: Hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not acq.can_control or os.geteuid() != 0:
+        pytest.skip("needs to add a user and restart the host's sshd (CI runs as root)")
+    user, password = f"hrpw{os.getpid() % 10000}", f"pw-{os.urandom(8).hex()}"
+    subprocess.run(["useradd", "-M", "-s", "/bin/sh", user], check=True, capture_output=True)
+    host = next(h for h in acq.hosts if h.name == "acq2")
+    try:
+        # chpasswd reads the secret from stdin: it never sits in an argv either.
+        subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True, capture_output=True)
+        acq.stop_sshd(host)
+        acq.start_sshd(host, password=True)
+        monkeypatch.setenv("HR_TEST_PASSWORD", password)
+        monkeypatch.setenv("HOME", str(tmp_path))  # no agent or ~/.ssh keys to try first
+        monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+        reg = registry_with(acq, tmp_path, "acq2", username=user, password="env:HR_TEST_PASSWORD", key_file="None")
+        conn = HostConnection.acquire(Registry.load(reg).get("acq2"))
+        try:
+            code, out, _ = conn.run("id -un; sleep 0.3")
+            assert (code, out.strip()) == (0, user)
+            for entry in os.listdir("/proc"):  # both sides of the connection live on this machine
+                if entry.isdigit():
+                    try:
+                        cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                    except OSError:
+                        continue
+                    assert password.encode() not in cmdline, f"password in the argv of pid {entry}"
+        finally:
+            conn.release()
+    finally:
+        acq.stop_sshd(host)
+        acq.start_sshd(host)
+        subprocess.run(["userdel", user], capture_output=True)
