@@ -48,9 +48,14 @@ _LOOP_TICK_MS = 50
 
 @dataclass
 class ComStats:
-    """Counters a com keeps; read them at any time (``com.stats``)."""
+    """Counters a com keeps; read them at any time (``com.stats``).
+
+    ``lost`` counts packets the worker sent that never reached the com; ``malformed``
+    those that arrived but did not follow the wire format (both show as index gaps).
+    """
 
     received: int = 0
+    lost: int = 0
     published: int = 0
     ignored: int = 0
     malformed: int = 0
@@ -94,6 +99,8 @@ class SourceCom:
         self.verbose, self.relic = self.define_verbosity_and_relic(verbose)
         self.settings = Settings.from_env()
         self.index = 0
+        self._index_base = 0
+        self._last_seq = 0
         self.stats = ComStats()
         self.worker_error: WorkerError | None = None
 
@@ -209,19 +216,31 @@ class SourceCom:
 
     # -- data path -------------------------------------------------------------
     def on_receive_data_from_worker(self, msg: list[Any]) -> None:
-        """Stamp a worker packet with index and time; publish each output on its topics."""
+        """Stamp a worker packet with index and time; publish each output on its topics.
+
+        ``msg`` is ``[packet number] + [metadata, payload] * outputs``. The index is the
+        worker's packet number, so a packet lost between worker and com is a gap downstream
+        and is counted here (``stats.lost``); a worker that starts its numbering again
+        (a new worker) continues the index where it stood.
+        """
         self.stats.received += 1
-        self.index += 1
         n = len(self.outputs)
         try:
-            if len(msg) != 2 * n:
-                raise DecodeError(f"expected {2 * n} frames ({n} outputs x [metadata, payload]), got {len(msg)}")
+            seq = int(_bytes(msg[0])) if msg and _bytes(msg[0]).isdigit() else None
+            self._number_packet(seq)
+            if seq is None:
+                raise DecodeError("the first frame must be the packet number (an ascii integer)")
+            if len(msg) != 1 + 2 * n:
+                raise DecodeError(
+                    f"expected {1 + 2 * n} frames (packet number, then {n} outputs x [metadata, payload]), "
+                    f"got {len(msg)}"
+                )
             publish = []
             size = 0
             for k in range(n):
-                payload_len = len(msg[2 * k + 1])
+                payload_len = len(msg[2 + 2 * k])
                 size += payload_len
-                publish.append(check_output(_bytes(msg[2 * k]), payload_len))
+                publish.append(check_output(_bytes(msg[1 + 2 * k]), payload_len))
         except DecodeError as exc:
             self._malformed(exc)
             return
@@ -232,7 +251,7 @@ class SourceCom:
         pub = self._sockets["publish"]
         for topic, k in self._routes:
             if publish[k]:
-                pub.send_multipart((topic, index_b, time_b, msg[2 * k], msg[2 * k + 1]), copy=False)
+                pub.send_multipart((topic, index_b, time_b, msg[1 + 2 * k], msg[2 + 2 * k]), copy=False)
                 self.stats.published += 1
                 if self._packet_timer is not None:
                     self._packet_timer.packet(topic.decode(), self.index, time_us)
@@ -240,6 +259,24 @@ class SourceCom:
                 self.stats.ignored += 1
         if self._packet_log is not None:
             self._packet_log.write(self.index)
+
+    def _number_packet(self, seq: int | None) -> None:
+        if seq is None:
+            seq = self._last_seq + 1
+        elif seq <= self._last_seq:
+            self.log.info("the worker numbers its packets from %d again: the index goes on from %d", seq, self.index)
+            self._index_base = self.index
+        elif seq > self._last_seq + 1:
+            missed = seq - self._last_seq - 1
+            self.stats.lost += missed
+            self.log.warning(
+                "%d packet(s) from the worker never reached the com (before packet %d; %d in all)",
+                missed,
+                seq,
+                self.stats.lost,
+            )
+        self._last_seq = seq
+        self.index = self._index_base + seq
 
     def _malformed(self, exc: DecodeError) -> None:
         self.stats.malformed += 1

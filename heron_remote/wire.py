@@ -1,8 +1,8 @@
 """The wire format: how arrays and dicts travel as ZeroMQ frames. No pickle.
 
-Worker -> com, one multipart message per packet, two frames per output::
+Worker -> com, one multipart message per packet: its number, then two frames per output::
 
-    [metadata, payload] * n_outputs
+    [packet number (ascii int, from 1)] + [metadata, payload] * n_outputs
 
 Com -> data forwarder -> subscribers, one multipart message per published output::
 

@@ -144,11 +144,13 @@ class SourceWorker:
         Blocks while the com is behind, so nothing is dropped between worker and com.
         """
         outputs = data if isinstance(data, (list, tuple)) else (data,)
-        frames: list[Any] = []
+        frames: list[Any] = [b""]
         for value in outputs:
             frames.extend(encode_output(value))
         with self._send_lock:
             assert self._data is not None, "call connect_socket() first"
+            # The packet number lets the com count packets lost on the way (a broken tunnel).
+            frames[0] = b"%d" % (self.index + 1)
             self._data.send_multipart(frames, copy=copy)
             self.index += 1
 

@@ -136,5 +136,5 @@ def test_malformed_packets_are_dropped_counted_and_the_com_runs_on(
         stats = src.stats
         assert src.gaps == 3 * (len(frames) - 1)  # each dropped packet shows downstream as a gap
     assert stats.malformed >= 3 * (len(frames) - 1) and stats.published >= len(frames)
-    for reason in ("expected 2 frames", "metadata is not JSON", "need 25"):
+    for reason in ("expected 3 frames", "metadata is not JSON", "need 25"):
         assert reason in caplog.text

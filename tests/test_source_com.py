@@ -224,3 +224,22 @@ def _free_port_group() -> int:
         if all(listening_address(base + k) is None for k in range(4)):
             return base
     raise AssertionError("no free port group")
+
+
+def test_packets_lost_before_the_com_are_counted_and_seen_as_gaps(settings: Settings) -> None:
+    """The index is the worker's packet number: a packet lost on the way is a gap, and counted."""
+    from heron_remote import SourceCom
+    from heron_remote.wire import encode_output
+
+    meta, payload = encode_output(np.zeros(2, dtype=np.uint8))
+    sub = _sub(settings.ports.data_publish, b"Frame##x##0")
+    with SourceCom(["Frame##x##0"], "Parameters##x##0", 0, "unused.py") as com:
+        com.settings = settings
+        com.connect_sockets()
+        time.sleep(0.3)  # let the subscription reach the forwarder
+        for seq in (1, 2, 5, 6, 1, 2):  # 3 and 4 lost; then a new worker numbering from 1
+            com.on_receive_data_from_worker([b"%d" % seq, meta, bytes(payload)])
+        assert com.stats.lost == 2
+        indices = [int(_recv(sub)[1]) for _ in range(6)]
+    sub.close()
+    assert indices == [1, 2, 5, 6, 7, 8]
