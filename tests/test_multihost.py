@@ -319,3 +319,19 @@ def test_password_from_the_environment_logs_in_and_appears_on_no_command_line(
         acq.stop_sshd(host)
         acq.start_sshd(host)
         subprocess.run(["userdel", user], capture_output=True)
+
+
+def test_an_ssh_config_alias_connects_and_its_connection_is_released(
+    acq: Hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = Registry.load(acq.registry).get("acq1")
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(f"Host camera-pc\n  HostName {real.host}\n  Port {real.port}\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    reg = registry_with(acq, tmp_path, "acq1", IP="camera-pc", Port=22)
+    conn = HostConnection.acquire(Registry.load(reg).get("acq1"))
+    try:
+        assert conn.run("echo $SSH_CONNECTION")[1].split()[2] == real.host
+    finally:
+        conn.release()
+    assert HostConnection.open_connections() == 0 and not HostConnection._pool

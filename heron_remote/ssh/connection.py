@@ -130,6 +130,7 @@ class HostConnection:
         self._transport: paramiko.Transport | None = None
         self._tunnels: set[Tunnel] = set()
         self._refs = 0
+        self._pool_key: tuple[str, int, str | None] | None = None
         self._lock = threading.Lock()
 
     # -- sharing ---------------------------------------------------------------
@@ -141,6 +142,7 @@ class HostConnection:
             conn = cls._pool.get(key)
             if conn is None:
                 conn = cls._pool[key] = cls(server, timeout=timeout)
+                conn._pool_key = key
             conn._refs += 1
         try:
             conn.open()
@@ -154,9 +156,8 @@ class HostConnection:
             self._refs -= 1
             if self._refs > 0:
                 return
-            key = (self.server.host, self.server.port, self.server.username)
-            if self._pool.get(key) is self:
-                del self._pool[key]
+            if self._pool.get(self._pool_key) is self:
+                del self._pool[self._pool_key]
         self.close()
 
     @classmethod
