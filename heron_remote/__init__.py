@@ -11,6 +11,7 @@ from .errors import (
     SSHError,
     WorkerError,
     WorkerExitedError,
+    WorkerLostError,
     WorkerStartError,
 )
 from .forwarders import Forwarders
@@ -40,6 +41,7 @@ __all__ = [
     "SourceWorker",
     "WorkerError",
     "WorkerExitedError",
+    "WorkerLostError",
     "WorkerStartError",
     "__version__",
     "decode_published",

@@ -7,7 +7,8 @@ Every error is a :class:`HeronRemoteError`, so one ``except`` catches them all::
     ├── ForwarderError         a forwarder could not bind (port in use, bad interface)
     ├── WorkerError            something went wrong with a worker process
     │   ├── WorkerStartError   it did not start, or did not report ready in time
-    │   └── WorkerExitedError  it ended while the com was running
+    │   ├── WorkerExitedError  it ended while the com was running
+    │   └── WorkerLostError    nothing came from it for longer than its death window
     └── SSHError               the SSH layer (heron_remote.ssh) failed
         ├── HostUnreachableError   no answer, connection refused, name not resolved
         ├── HostKeyError           the host key is unknown or has changed
@@ -31,6 +32,7 @@ __all__ = [
     "TunnelError",
     "WorkerError",
     "WorkerExitedError",
+    "WorkerLostError",
     "WorkerStartError",
 ]
 
@@ -96,3 +98,10 @@ class WorkerStartError(WorkerError):
 
 class WorkerExitedError(WorkerError):
     """The worker ended while its com was running."""
+
+
+class WorkerLostError(WorkerError):
+    """Nothing came from the worker for longer than its death window (a link or PC down).
+
+    By then the worker has ended itself for want of pulses.
+    """

@@ -217,6 +217,10 @@ class WorkerLauncher(ABC):
         finally:
             self._release()
 
+    def abandon(self) -> None:
+        """Give up on a worker that stopped answering. Here it can still be signalled: stop it."""
+        self.stop(grace=0.5)
+
     def _wait_exit(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self.returncode() is None:

@@ -30,7 +30,7 @@ import zmq
 from ._logging import NodeLogger
 from ._protocol import WorkerArgs, parse_liveness, pulse
 from ._verbosity import PacketLog, PacketTimer, parse_verbosity
-from .errors import ConfigError, WorkerError, WorkerStartError
+from .errors import ConfigError, WorkerError, WorkerLostError, WorkerStartError
 from .launcher import LocalLauncher, WorkerLauncher
 from .settings import Settings
 from .wire import DecodeError, check_output
@@ -120,6 +120,7 @@ class SourceCom:
         self._stopping = threading.Event()
         self._loop_running = threading.Event()
         self._loop_done = threading.Event()
+        self._last_heard = 0.0
         self._killed = False
         self._kill_lock = threading.Lock()
         self._packet_log: PacketLog | None = None
@@ -391,6 +392,7 @@ class SourceCom:
             self.log.warning("ignored a malformed liveness message")
             return
         self.stats.liveness_seen += 1
+        self._last_heard = time.monotonic()
         echo = body.get("echo_ns")
         if isinstance(echo, int) and echo > 0:
             self.stats.heartbeat_rtt_s = (time.time_ns() - echo) / 1e9
@@ -428,6 +430,9 @@ class SourceCom:
         for name in ("data", "liveness", "parameters_in"):
             poller.register(s[name], zmq.POLLIN)
         self._loop_running.set()
+        self._last_heard = time.monotonic()
+        # A worker that pulses do not reach ends itself after the death window; a beat later, so does hope.
+        lost_after = self.settings.death_window + self.settings.heartbeat_rate
         try:
             while not self._stopping.is_set():
                 events = dict(poller.poll(_LOOP_TICK_MS))
@@ -447,6 +452,9 @@ class SourceCom:
                 if code is not None and not self._stopping.is_set():
                     self._worker_ended(code)
                     break
+                if time.monotonic() - self._last_heard > lost_after and not self._stopping.is_set():
+                    self._worker_lost(lost_after)
+                    break
         finally:
             self._stopping.set()
             hb = self._heartbeat_thread
@@ -465,6 +473,7 @@ class SourceCom:
                 msg = data.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return n
+            self._last_heard = time.monotonic()
             self.on_receive_data_from_worker(msg)
         return n
 
@@ -478,6 +487,19 @@ class SourceCom:
             self.log.info("worker finished (status 0) after %d packets", self.stats.received)
             return
         self.worker_error = self.launcher.exit_error(code)
+        self.stats.last_error = str(self.worker_error)
+        self.log.error("%s", self.worker_error)
+
+    def _worker_lost(self, silent_for: float) -> None:
+        assert self.launcher is not None
+        self.launcher.abandon()
+        self.worker_error = WorkerLostError(
+            f"nothing came from the worker of node {self.node_name!r} on {self.launcher.where} for "
+            f"{silent_for:g} s: the link or the PC is down. The worker ends itself after "
+            f"{self.settings.death_window:g} s without pulses.",
+            node=self.node_name,
+            stderr_tail=self.launcher.output.tail(),
+        )
         self.stats.last_error = str(self.worker_error)
         self.log.error("%s", self.worker_error)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heron_remote import Settings, Source, WorkerStartError
+from heron_remote import Settings, Source, WorkerLostError, WorkerStartError
 from heron_remote.errors import AuthenticationError, HostKeyError, HostUnreachableError
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 from heron_remote.ssh import HostConnection, Registry
@@ -335,3 +335,33 @@ def test_an_ssh_config_alias_connects_and_its_connection_is_released(
     finally:
         conn.release()
     assert HostConnection.open_connections() == 0 and not HostConnection._pool
+
+
+def test_a_link_cut_longer_than_the_death_window_is_reported_and_the_worker_ends_itself(
+    acq: Hosts, remote_settings: Settings
+) -> None:
+    if acq.mode != "namespace":
+        pytest.skip("cutting a link needs network namespaces (CI has them)")
+    host = acq.hosts[0]
+    assert (
+        subprocess.run(["ip", "route", "get", host.address], capture_output=True, text=True)
+        .stdout.split()[2]
+        .startswith("hr")
+    )  # the host's traffic stays on our veth, also while its far end is down
+    with Source(CAMERA, parameters={"shape": [4, 4], "fps": 100}, **remote(remote_settings)) as cam:
+        frames = cam.frames(timeout=30)
+        next(frames)
+        pid = cam.stats.worker_pid
+        subprocess.run(["ip", "-n", host.netns, "link", "set", "eth0", "down"], check=True)
+        cut = time.monotonic()
+        try:
+            with pytest.raises(WorkerLostError, match=r"nothing came from the worker .* on acq1"):
+                for _ in frames:
+                    pass
+            noticed = time.monotonic() - cut
+            time.sleep(max(0.0, remote_settings.death_window + 1 - noticed))
+        finally:
+            subprocess.run(["ip", "-n", host.netns, "link", "set", "eth0", "up"], check=True)
+    print(f"link cut noticed after {noticed:.2f} s (death window {remote_settings.death_window:g} s)")
+    assert noticed < remote_settings.death_window + 2
+    wait_until(lambda: not remote_alive(acq, "acq1", pid), 10, "the cut-off worker to be gone")

@@ -138,3 +138,22 @@ def test_malformed_packets_are_dropped_counted_and_the_com_runs_on(
     assert stats.malformed >= 3 * (len(frames) - 1) and stats.published >= len(frames)
     for reason in ("expected 3 frames", "metadata is not JSON", "need 25"):
         assert reason in caplog.text
+
+
+def test_a_frozen_worker_is_reported_lost_and_stopped(settings: Settings) -> None:
+    import os
+    import signal
+
+    from heron_remote import WorkerLostError
+
+    with Source(CAMERA, parameters={"shape": [2, 2], "fps": 100}, settings=settings) as cam:
+        frames = cam.frames(timeout=30)
+        next(frames)
+        pid = cam.stats.worker_pid
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(WorkerLostError, match="nothing came from the worker"):
+            for _ in frames:
+                pass
+        assert time.monotonic() - started < settings.death_window + 2
+    wait_until(lambda: not pid_alive(pid), 5, "the frozen worker to be killed")

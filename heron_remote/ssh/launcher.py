@@ -97,6 +97,16 @@ class RemoteLauncher(WorkerLauncher):
             return False
         return code == 0
 
+    def abandon(self) -> None:
+        """The PC stopped answering: signalling it would hang on the dead link. Free the tunnels and
+        the connection; the worker ends itself once the pulses stop."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.log.warning("giving up on the worker (pid %s): it ends itself without pulses", self.output.pid)
+        self._release()
+
     def address(self, port: int) -> str:
         if self.connection is None:
             raise SSHError(f"no connection to {self.server.label}")
