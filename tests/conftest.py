@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from heron_remote import Forwarders, Settings
+from heron_remote.testing import AcqHosts, ExternalHosts, acquisition_hosts
 
 from .helpers import FREE_PORTS, wait_until, worker_pids
-from .sshhosts import AcqHosts, ExternalHosts, acquisition_hosts
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Remote workers on acquisition hosts: namespaces with their own sshd here, compose services elsewhere.
 
-The hosts come from the ``acq`` fixture (tests/sshhosts.py); with $HERON_REMOTE_TEST_SSH_INFO set
+The hosts come from the ``acq`` fixture (heron_remote/testing.py); with $HERON_REMOTE_TEST_SSH_INFO set
 they are whatever that registry names acq1 and acq2.
 """
 
@@ -21,9 +21,9 @@ from heron_remote import Settings, Source, WorkerLostError, WorkerStartError
 from heron_remote.errors import AuthenticationError, HostKeyError, HostUnreachableError
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 from heron_remote.ssh import HostConnection, Registry
+from heron_remote.testing import AcqHosts, ExternalHosts
 
 from .helpers import CAMERA, ECHO_WORKER, PYTHON, WORKERS, com_env, listening_address, wait_until
-from .sshhosts import AcqHosts, ExternalHosts
 
 pytestmark = pytest.mark.multihost
 Hosts = AcqHosts | ExternalHosts

@@ -1,4 +1,4 @@
-"""Acquisition hosts for the multi-host tests: network namespaces with their own sshd.
+"""Acquisition hosts for tests and benchmarks: network namespaces with their own sshd.
 
 Each host is a network namespace joined to this machine by a veth pair (addresses in
 198.18.0.0/15, MTU 1500 like a LAN), running its own sshd with a generated host key
@@ -20,6 +20,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+__all__ = ["AcqHosts", "ExternalHosts", "Host", "acquisition_hosts"]
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 ENV_VAR = "HERON_REMOTE_TEST_SSH_INFO"
@@ -66,10 +68,13 @@ class Host:
 class AcqHosts:
     """Hosts acq1..acqN and a registry for them (``registry``: the ssh_info.json path)."""
 
-    def __init__(self, workdir: Path, count: int = 2) -> None:
+    def __init__(self, workdir: Path, count: int = 2, *, mode: str | None = None) -> None:
+        """``mode``: "namespace", "loopback", or None for namespaces where they can be made."""
+        if mode not in (None, "namespace", "loopback"):
+            raise ValueError(f"mode must be 'namespace', 'loopback' or None, got {mode!r}")
         self.workdir = workdir
         self.hosts: list[Host] = []
-        self.mode = "namespace" if namespaces_possible() else "loopback"
+        self.mode = mode or ("namespace" if namespaces_possible() else "loopback")
         self.registry = workdir / "ssh_info.json"
         self.known_hosts = workdir / "known_hosts"
         self.user_key = workdir / "id_ed25519"
