@@ -82,7 +82,7 @@ class AcqHosts:
         try:
             self._keygen(self.user_key)
             for i in range(1, count + 1):
-                self.hosts.append(self._make_host(i))
+                self._make_host(i)
             self.known_hosts.write_text("".join(h.host_key_line for h in self.hosts))
             self.write_registry()
         except BaseException:
@@ -105,6 +105,7 @@ class AcqHosts:
             rig_ip, acq_ip = f"198.18.{subnet}.1", f"198.18.{subnet}.2"
             _run("ip", "netns", "add", netns)
             host = Host(name, acq_ip, 22, netns)
+            self.hosts.append(host)  # from here on, close() removes it
             _run("ip", "link", "add", veth, "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns", netns)
             _run("ip", "addr", "add", f"{rig_ip}/24", "dev", veth)
             _run("ip", "link", "set", veth, "up")
@@ -116,6 +117,7 @@ class AcqHosts:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             host = Host(name, "127.0.0.1", port, None)
+            self.hosts.append(host)
         self.start_sshd(host)
         pub = (hdir / "host_key.pub").read_text().split()
         lookup = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
@@ -137,6 +139,8 @@ class AcqHosts:
         return config
 
     def start_sshd(self, host: Host, *, password: bool = False) -> None:
+        if not os.access(SSHD, os.X_OK):
+            raise RuntimeError(f"no sshd at {SSHD}: install it (Debian: apt-get install openssh-server)")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
         cmd = [SSHD, "-D", "-e", "-f", str(self.sshd_config(host, password=password))]
         if host.netns:
