@@ -117,6 +117,10 @@ class WorkerLauncher(ABC):
     def _signal_group(self, sig: signal.Signals) -> bool:
         """Send sig to the worker's process group; False when nothing of it is left."""
 
+    def _running(self) -> bool:
+        """Whether anything of the worker is still running."""
+        return self.returncode() is None
+
     def address(self, port: int) -> str:
         """The endpoint through which this process reaches the worker's loopback ``port``."""
         return f"tcp://127.0.0.1:{port}"
@@ -201,7 +205,7 @@ class WorkerLauncher(ABC):
         try:
             if not self._spawned:
                 return None
-            if self.returncode() is None:
+            if self._running():
                 self.log.info("stopping worker (TERM, KILL after %.1f s)", grace)
                 self._signal_group(signal.SIGTERM)
                 if not self._wait_exit(grace):
@@ -223,7 +227,7 @@ class WorkerLauncher(ABC):
 
     def _wait_exit(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while self.returncode() is None:
+        while self._running():
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)

@@ -50,6 +50,8 @@ class Settings:
     ssh_info: the server registry file (default: $HERON_REMOTE_SSH_INFO, then
         ~/.config/heron_remote/ssh_info.json).
     connect_timeout: seconds an SSH connection may take before the host counts as unreachable.
+    link_timeout: seconds without anything from an SSH host before its connection counts as
+        dropped and is opened again (the tunnels keep their local ports).
     """
 
     heartbeat_rate: float = 1.0
@@ -60,9 +62,10 @@ class Settings:
     ports: ForwarderPorts = field(default_factory=ForwarderPorts)
     ssh_info: str | None = None
     connect_timeout: float = 10.0
+    link_timeout: float = 3.0
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_rate", "start_timeout", "stop_grace", "connect_timeout"):
+        for name in ("heartbeat_rate", "start_timeout", "stop_grace", "connect_timeout", "link_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"Settings.{name} must be a positive number of seconds, got {value!r}")
@@ -89,6 +92,7 @@ class Settings:
             ("stop_grace", float),
             ("forwarder_host", str),
             ("connect_timeout", float),
+            ("link_timeout", float),
         ):
             key = "HERON_REMOTE_" + name.upper()
             if key in env:
@@ -121,6 +125,7 @@ class Settings:
             "HERON_REMOTE_STOP_GRACE": repr(float(self.stop_grace)),
             "HERON_REMOTE_FORWARDER_HOST": self.forwarder_host,
             "HERON_REMOTE_CONNECT_TIMEOUT": repr(float(self.connect_timeout)),
+            "HERON_REMOTE_LINK_TIMEOUT": repr(float(self.link_timeout)),
         }
         if self.ssh_info:
             env["HERON_REMOTE_SSH_INFO"] = self.ssh_info

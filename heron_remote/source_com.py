@@ -165,9 +165,7 @@ class SourceCom:
         from .ssh import Registry, RemoteLauncher
 
         server = Registry.load(self.settings.ssh_info).get(self.ssh_remote_server_id)
-        return RemoteLauncher(
-            self.worker_exec, node=self.node_name, server=server, connect_timeout=self.settings.connect_timeout
-        )
+        return RemoteLauncher(self.worker_exec, node=self.node_name, server=server, settings=self.settings)
 
     # -- sockets -------------------------------------------------------------------
     def connect_sockets(self) -> None:

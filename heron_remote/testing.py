@@ -55,6 +55,13 @@ def _wait_port(host: str, port: int, timeout: float = 10) -> None:
             time.sleep(0.05)
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 @dataclass
 class Host:
     name: str
@@ -159,6 +166,17 @@ class AcqHosts:
                 host.sshd.kill()
                 host.sshd.wait(5)
         host.sshd = None
+
+    def kill_sshd(self, host: Host) -> int:
+        """SIGKILL every sshd of ``host``, its sessions too (a crashed SSH service); how many there were."""
+        pids = [p for p in self.netns_pids(host) if _comm(p) in ("sshd", "sshd-session")]
+        self.stop_sshd(host)
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        return len(pids)
 
     def write_registry(self, **extra: dict) -> Path:
         servers = {

@@ -34,6 +34,7 @@ from typing import Any
 import zmq
 
 from ._protocol import PULSE, ReadyLine, WorkerArgs, liveness
+from ._streams import guard_std_streams
 from ._version import __version__
 from .relic import Relic
 from .wire import encode_output
@@ -343,13 +344,15 @@ def start_the_source_worker_process(
     Never returns: the process ends when the work function returns (status 0), raises
     (status 1), the com stops it (SIGTERM) or the com's heartbeat stops (status 3).
     """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = WorkerArgs.parse(sys.argv[1:])
     except ValueError as exc:
         print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
         os._exit(EXIT_BAD_START)
+    node = args.parameters_topic.split("##")[-2] if "##" in args.parameters_topic else "worker"
+    guard_std_streams(node)  # before logging takes hold of sys.stderr
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     worker = SourceWorker(
         args.port,
         args.parameters_topic,

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -365,3 +366,79 @@ def test_a_link_cut_longer_than_the_death_window_is_reported_and_the_worker_ends
     print(f"link cut noticed after {noticed:.2f} s (death window {remote_settings.death_window:g} s)")
     assert noticed < remote_settings.death_window + 2
     wait_until(lambda: not remote_alive(acq, "acq1", pid), 10, "the cut-off worker to be gone")
+
+
+def _link(acq: AcqHosts, name: str, state: str) -> None:
+    host = next(h for h in acq.hosts if h.name == name)
+    subprocess.run(["ip", "-n", host.netns, "link", "set", "eth0", state], check=True, timeout=10)
+
+
+def test_a_short_link_cut_is_bridged_on_the_same_ports_and_the_lost_frames_counted(
+    acq: Hosts, remote_settings: Settings
+) -> None:
+    if acq.mode != "namespace":
+        pytest.skip("cutting a link needs network namespaces (CI has them)")
+    # A 6 s death window; the link counts as dropped after 1.5 s, well inside the 3 s cut.
+    settings = remote_settings.replace(heartbeat_rate=0.5, heartbeats_to_death=12, link_timeout=1.5)
+    cut_s = 3.0
+    with Source(CAMERA, parameters={"shape": [4, 4], "fps": 100}, **remote(settings)) as cam:
+        frames = cam.frames(timeout=20)
+        seen = [next(frames).index for _ in range(20)]
+        pid = cam.stats.worker_pid
+        launcher = cam._com.launcher
+        ports = sorted(t.local_port for t in launcher._tunnels)
+        _link(acq, "acq1", "down")
+        up = threading.Timer(cut_s, _link, args=(acq, "acq1", "up"))
+        up.start()
+        up_at = time.monotonic() + cut_s
+        try:
+            for frame in frames:
+                seen.append(frame.index)
+                if time.monotonic() > up_at:
+                    break
+            back = time.monotonic() - up_at
+            seen += [next(frames).index for _ in range(100)]
+        finally:
+            up.join()
+            _link(acq, "acq1", "up")
+        stats = cam.stats
+        missing = set(range(seen[0], seen[-1] + 1)) - set(seen)
+        print(f"data back {back:.2f} s after the link returned; {len(missing)} frames lost in the cut")
+        assert back < 3.0
+        assert launcher.connection.reconnects == 1
+        assert sorted(t.local_port for t in launcher._tunnels) == ports
+        assert stats.worker_pid == pid and remote_alive(acq, "acq1", pid)  # not restarted
+        assert len(missing) == stats.lost + stats.malformed == cam.gaps
+        assert stats.lost > 0  # frames were in flight on the dead connection
+
+
+def test_sshd_killed_and_restarted_on_the_host_is_recovered_and_the_worker_keeps_its_output(
+    acq: Hosts, remote_settings: Settings
+) -> None:
+    if acq.mode != "namespace":
+        pytest.skip("killing the host's sshd needs the namespace hosts (CI has them)")
+    settings = remote_settings.replace(heartbeat_rate=0.5, heartbeats_to_death=12)  # a 6 s death window
+    host = acq.hosts[0]
+    with Source(CAMERA, parameters={"shape": [4, 4], "fps": 100}, **remote(settings)) as cam:
+        frames = cam.frames(timeout=20)
+        seen = [next(frames).index for _ in range(10)]
+        pid = cam.stats.worker_pid
+        try:
+            assert acq.kill_sshd(host) >= 2  # the listener and the session of our connection
+            time.sleep(1.0)
+        finally:
+            acq.start_sshd(host)
+        restarted = time.monotonic()
+        seen.append(next(frames).index)
+        back = time.monotonic() - restarted
+        # The worker's stderr pipe died with its session: its next log line must not end it.
+        cam.set_parameters({"shape": [4, 4], "fps": 100})
+        seen += [next(frames).index for _ in range(50)]
+        print(f"data back {back:.2f} s after sshd restarted")
+        assert back < 3.0
+        assert cam._com.launcher.connection.reconnects == 1
+        assert cam.stats.worker_pid == pid and remote_alive(acq, "acq1", pid)
+        missing = set(range(seen[0], seen[-1] + 1)) - set(seen)
+        assert len(missing) == cam.stats.lost == cam.gaps
+        _, log, _ = on_host(acq, "acq1", f"cat /tmp/heron_remote/source-{pid}.log")
+        assert "the com's pipe broke" in log and "synthetic camera" in log

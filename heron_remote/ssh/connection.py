@@ -4,6 +4,13 @@
 check the host key against known_hosts and say exactly why a login failed), then
 carries everything over it: sshtunnel's forward servers for the workers' ports, and
 fabric for commands (starting, signalling and checking workers).
+
+A watch thread keeps it alive: when nothing has come from the host for
+``link_timeout`` seconds (a probe asks for a reply whenever the link is quiet) or the
+transport ends, it drops the transport and connects again, with back-off, for as long
+as the connection is held. The tunnels keep their local ports throughout; a client
+that connects to one while the link is down waits for the new transport, so ZeroMQ's
+reconnect finds the path open again the moment the host is back.
 """
 
 from __future__ import annotations
@@ -40,8 +47,25 @@ MAX_PACKET_SIZE = 128 * 1024
 READ_CHUNK = 1024 * 1024
 #: Fastest first: AES-GCM beats AES-CTR + HMAC where the CPU has AES-NI.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
-KEEPALIVE_S = 5
+#: Seconds one connection attempt may take while reconnecting: on a LAN a SYN is answered in
+#: milliseconds, and a short attempt means a fresh SYN soon after the link returns.
+RECONNECT_ATTEMPT_S = 1.0
+RECONNECT_BACKOFF_MAX_S = 2.0
+#: Seconds a client of a tunnel waits for the connection to come back before it is closed.
+TUNNEL_WAIT_S = 20.0
 _DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
+class _RidingConnection(fabric.Connection):
+    """A fabric Connection on our transport that never opens one of its own.
+
+    fabric would open a fresh connection, with its own host key policy and keys, when
+    the transport it was given has ended; that must fail instead.
+    """
+
+    def open(self) -> None:
+        if not self.is_connected:
+            raise SSHError(f"the connection to {self.host} ended under a command")
 
 
 class _StreamingRemote(Remote):
@@ -55,6 +79,23 @@ class _StreamingRemote(Remote):
         for data in self.read_proc_output(reader):
             if not hide:
                 self.write_our_output(stream=output, string=data)
+
+
+class _WatchedSocket:
+    """The transport's socket, noting when bytes last arrived: any traffic proves the link alive."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.last_received = time.monotonic()
+
+    def recv(self, n: int) -> bytes:
+        data = self._sock.recv(n)
+        if data:
+            self.last_received = time.monotonic()
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def _pump(sock: socket.socket, chan: paramiko.Channel) -> None:
@@ -87,7 +128,7 @@ class Tunnel:
 
             @property
             def ssh_transport(self) -> paramiko.Transport:  # the live one, also after a reconnect
-                return conn.transport
+                return conn.wait_transport(TUNNEL_WAIT_S)
 
             def _redirect(self, chan: paramiko.Channel) -> None:
                 _pump(self.request, chan)
@@ -123,25 +164,36 @@ class HostConnection:
     _pool: dict[tuple[str, int, str | None], HostConnection] = {}
     _pool_lock = threading.Lock()
 
-    def __init__(self, server: Server, *, timeout: float = 10.0) -> None:
+    def __init__(self, server: Server, *, timeout: float = 10.0, link_timeout: float = 3.0) -> None:
         self.server = server.with_ssh_config()
         self.username = self.server.username or getpass.getuser()
         self.timeout = timeout
+        self.link_timeout = link_timeout
+        #: How many times the watch thread has connected again after losing the link.
+        self.reconnects = 0
+        #: Why the watch thread gave up (a changed host key, a refused login); raised to users.
+        self.error: SSHError | None = None
         self._transport: paramiko.Transport | None = None
+        self._sock: _WatchedSocket | None = None
+        self._up = threading.Event()
+        self._closing = threading.Event()
+        self._watch_thread: threading.Thread | None = None
+        self._probing = False
         self._tunnels: set[Tunnel] = set()
         self._refs = 0
         self._pool_key: tuple[str, int, str | None] | None = None
         self._lock = threading.Lock()
+        self.log = logging.LoggerAdapter(logger, {"host": self.server.name})
 
     # -- sharing ---------------------------------------------------------------
     @classmethod
-    def acquire(cls, server: Server, *, timeout: float = 10.0) -> HostConnection:
+    def acquire(cls, server: Server, *, timeout: float = 10.0, link_timeout: float = 3.0) -> HostConnection:
         """The connection to ``server`` this process already has, or a new one."""
         key = (server.host, server.port, server.username)
         with cls._pool_lock:
             conn = cls._pool.get(key)
             if conn is None:
-                conn = cls._pool[key] = cls(server, timeout=timeout)
+                conn = cls._pool[key] = cls(server, timeout=timeout, link_timeout=link_timeout)
                 conn._pool_key = key
             conn._refs += 1
         try:
@@ -173,20 +225,126 @@ class HostConnection:
 
     @property
     def transport(self) -> paramiko.Transport:
-        if self._transport is None:
-            raise SSHError(f"the connection to {self.server.label} is closed")
-        return self._transport
+        transport = self._transport
+        if transport is None:
+            raise self.error or SSHError(f"the connection to {self.server.label} is down (reconnecting) or closed")
+        return transport
+
+    def wait_transport(self, timeout: float) -> paramiko.Transport:
+        """The live transport, waiting up to ``timeout`` s for a reconnect to finish."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._up.wait(max(0.0, min(0.05, deadline - time.monotonic()))):
+                transport = self._transport
+                if transport is not None and transport.is_active():
+                    return transport
+                if self._closing.is_set() or self.error is not None:
+                    return self.transport  # raises why
+                # Ended, and the watch has not seen it yet: it reconnects within its interval.
+            if time.monotonic() >= deadline:
+                raise self.error or SSHError(f"no connection to {self.server.label} for {timeout:g} s (reconnecting)")
 
     def open(self) -> None:
+        """Connect, unless connected; while the watch thread reconnects, wait for it (``timeout``)."""
         with self._lock:
-            if not self.is_active:
-                self._transport = self._connect()
+            if self._closing.is_set():
+                raise SSHError(f"the connection to {self.server.label} is closed")
+            if self.error is not None:
+                raise self.error
+            if self._watch_thread is None:
+                self._use(self._connect(self.timeout))
+                self._watch_thread = threading.Thread(
+                    target=self._watch, name=f"heron-ssh-watch-{self.server.name}", daemon=True
+                )
+                self._watch_thread.start()
+                return
+        self.wait_transport(self.timeout)
 
-    def _connect(self) -> paramiko.Transport:
+    def _use(self, transport: paramiko.Transport) -> None:
+        self._transport = transport
+        self._sock = transport.sock  # type: ignore[assignment]
+        self._up.set()
+
+    # -- keeping it alive --------------------------------------------------------------
+    def _watch(self) -> None:
+        """Probe a quiet link; reconnect when the host stays silent or the transport ends."""
+        interval = min(1.0, self.link_timeout / 3)
+        try:
+            while not self._closing.wait(interval):
+                transport, sock = self._transport, self._sock
+                if transport is None or sock is None:
+                    return  # gave up: self.error says why
+                silent = time.monotonic() - sock.last_received
+                if not transport.is_active():
+                    self._reconnect("the host closed it")
+                elif silent > self.link_timeout:
+                    self._reconnect(f"nothing from the host for {silent:.1f} s")
+                elif silent > interval and not self._probing:
+                    self._probe(transport)
+        except BaseException as exc:  # kept for wait_transport(), and said now
+            self.error = SSHError(f"the watch of the connection to {self.server.label} failed: {exc!r}")
+            self._up.set()
+            self.log.exception("watch thread of the connection to %s failed", self.server.label)
+
+    def _probe(self, transport: paramiko.Transport) -> None:
+        """Ask the host for a reply without waiting here: the reply itself is what is watched."""
+
+        def ask() -> None:
+            try:
+                transport.global_request("keepalive@openssh.com", wait=True)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                self.log.debug("probe of %s failed: %s", self.server.label, exc)
+            finally:
+                self._probing = False
+
+        self._probing = True
+        threading.Thread(target=ask, name=f"heron-ssh-probe-{self.server.name}", daemon=True).start()
+
+    def _reconnect(self, why: str) -> None:
+        with self._lock:
+            old, self._transport, self._sock = self._transport, None, None
+            self._up.clear()
+        lost_at = time.monotonic()
+        self.log.warning("lost the SSH connection to %s (%s): reconnecting", self.server.label, why)
+        if old is not None:
+            old.close()  # ends its channels: the tunnels' clients reconnect through the new transport
+        delay = 0.1
+        next_note = lost_at + 10
+        while not self._closing.is_set():
+            try:
+                transport = self._connect(min(self.timeout, RECONNECT_ATTEMPT_S))
+            except HostUnreachableError as exc:
+                if time.monotonic() > next_note:
+                    next_note = time.monotonic() + 10
+                    self.log.warning(
+                        "%s still unreachable after %.0f s: %s", self.server.label, time.monotonic() - lost_at, exc
+                    )
+                self._closing.wait(delay)
+                delay = min(delay * 2, RECONNECT_BACKOFF_MAX_S)
+                continue
+            except SSHError as exc:  # a changed host key or a refused login: retrying cannot help
+                self.error = exc
+                self._up.set()
+                self.log.error("cannot reconnect to %s, giving up: %s", self.server.label, exc)
+                return
+            with self._lock:
+                if self._closing.is_set():
+                    transport.close()
+                    return
+                self._use(transport)
+                self.reconnects += 1
+            self.log.warning(
+                "reconnected to %s after %.2f s; tunnels kept their local ports",
+                self.server.label,
+                time.monotonic() - lost_at,
+            )
+            return
+
+    def _connect(self, timeout: float) -> paramiko.Transport:
         s = self.server
         started = time.monotonic()
         try:
-            sock = socket.create_connection((s.host, s.port), timeout=self.timeout)
+            sock = socket.create_connection((s.host, s.port), timeout=timeout)
         except socket.gaierror as exc:
             raise HostUnreachableError(f"cannot resolve the host name of {s.label}: {exc.strerror}") from exc
         except ConnectionRefusedError as exc:
@@ -195,11 +353,13 @@ class HostConnection:
             ) from exc
         except TimeoutError as exc:
             raise HostUnreachableError(
-                f"no answer from {s.label} within {self.timeout:g} s: is the PC on and the address right?"
+                f"no answer from {s.label} within {timeout:g} s: is the PC on and the address right?"
             ) from exc
         except OSError as exc:
             raise HostUnreachableError(f"cannot reach {s.label}: {exc.strerror or exc}") from exc
-        transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
+        transport = paramiko.Transport(
+            _WatchedSocket(sock), default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
+        )
         try:
             known = HostKeys(s)
             options = transport.get_security_options()
@@ -214,11 +374,10 @@ class HostConnection:
                 raise HostUnreachableError(f"SSH handshake with {s.label} failed: {exc}") from exc
             known.verify(transport.get_remote_server_key())
             self._authenticate(transport)
-            transport.set_keepalive(KEEPALIVE_S)
         except BaseException:
             transport.close()
             raise
-        logger.info(
+        self.log.info(
             "connected to %s in %.0f ms (%s)",
             s.label,
             (time.monotonic() - started) * 1000,
@@ -299,11 +458,11 @@ class HostConnection:
         ``streaming``: output goes only to the given streams, for commands that run
         for hours; otherwise it is also kept for the result, for short commands.
         """
-        conn = fabric.Connection(host=self.server.host, user=self.username, port=self.server.port)
+        conn = _RidingConnection(host=self.server.host, user=self.username, port=self.server.port)
         if streaming:
             conn.config.runners.remote = _StreamingRemote
         # Never opened by fabric (so its own host key policy never applies): it rides ours.
-        conn.transport = self.transport
+        conn.transport = self.wait_transport(self.link_timeout)
         return conn
 
     def run(self, command: str, *, timeout: float = 30.0) -> tuple[int, str, str]:
@@ -344,14 +503,20 @@ class HostConnection:
         return time.perf_counter() - started
 
     def close(self) -> None:
+        """Close the tunnels and the transport, and stop the watch. Idempotent."""
         with self._lock:
+            self._closing.set()
             tunnels, self._tunnels = self._tunnels, set()
-            transport, self._transport = self._transport, None
+            transport, self._transport, self._sock = self._transport, None, None
+        self._up.set()  # wakes tunnel clients waiting for a reconnect: they find it closed
         for tunnel in tunnels:
             tunnel.close()
         if transport is not None:
             transport.close()
-            logger.info("closed the connection to %s", self.server.label)
+            self.log.info("closed the connection to %s", self.server.label)
+        watch = self._watch_thread
+        if watch is not None and watch is not threading.current_thread():
+            watch.join(RECONNECT_ATTEMPT_S + 1)
 
     def __enter__(self) -> HostConnection:
         self.open()

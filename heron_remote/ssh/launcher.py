@@ -4,6 +4,10 @@ The command is ``echo HERON_REMOTE_PID $$; exec env PYTHONUNBUFFERED=1 python3 â
 sshd makes the shell a session leader and ``exec`` keeps its pid, so the pid the
 first line reports is the worker's pid and its process group, which stop() signals
 over a fresh channel of the same connection.
+
+When the SSH connection drops, the worker's session ends with it but the worker does
+not: it runs on, reached again through the reconnected tunnels. From then on its state
+is asked of the host (``kill -0``), and its end is seen by the com's heartbeat watch.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from .._protocol import PID_PREFIX, WorkerArgs
 from ..errors import SSHError
 from ..launcher import WorkerLauncher
+from ..settings import Settings
 from .connection import HostConnection, Tunnel
 from .registry import Server
 
@@ -44,14 +49,15 @@ class _LineSink:
 class RemoteLauncher(WorkerLauncher):
     """Runs the worker on ``server`` over the process's one SSH connection to it."""
 
-    def __init__(self, worker_exec: str, *, node: str, server: Server, connect_timeout: float = 10.0) -> None:
+    def __init__(self, worker_exec: str, *, node: str, server: Server, settings: Settings | None = None) -> None:
         self.where = server.name
         super().__init__(worker_exec, node=node)
         self.server = server
-        self.connect_timeout = connect_timeout
+        self.settings = settings or Settings()
         self.connection: HostConnection | None = None
         self._promise: Any = None
         self._tunnels: list[Tunnel] = []
+        self._session_lost = False
 
     def _python(self) -> str:
         return self.server.python
@@ -64,7 +70,9 @@ class RemoteLauncher(WorkerLauncher):
         return super().argv(dataclasses.replace(args, port=0))
 
     def _spawn(self, argv: list[str]) -> None:
-        self.connection = HostConnection.acquire(self.server, timeout=self.connect_timeout)
+        self.connection = HostConnection.acquire(
+            self.server, timeout=self.settings.connect_timeout, link_timeout=self.settings.link_timeout
+        )
         command = f"echo {PID_PREFIX}$$; exec env PYTHONUNBUFFERED=1 {shlex.join(argv)}"
         self._promise = self.connection.start(
             command, out_stream=_LineSink(self, "stdout"), err_stream=_LineSink(self, "stderr")
@@ -75,12 +83,39 @@ class RemoteLauncher(WorkerLauncher):
         return self.output.pid
 
     def returncode(self) -> int | None:
+        """The status sshd reported; None while the worker runs, and once its session is lost."""
         if self._promise is None:
             return None
         channel = self._promise.runner.channel
-        if channel.exit_status_ready():
-            return channel.recv_exit_status()
+        if not channel.status_event.is_set():
+            return None
+        # paramiko ends every channel of a transport that closes, with status -1, as if by a signal.
+        if channel.exit_status != -1 or channel.get_transport().is_active():
+            return channel.exit_status
+        if not self._session_lost:
+            self._session_lost = True
+            self.log.warning(
+                "the SSH session of worker %s ended with the connection; the worker runs on, watched by its "
+                "heartbeat, and its output is no longer seen here",
+                self.output.pid,
+            )
         return None
+
+    def _running(self) -> bool:
+        if self.returncode() is not None:
+            return False
+        return self._group_alive() if self._session_lost else True
+
+    def _group_alive(self) -> bool:
+        pid = self.output.pid
+        if pid is None or self.connection is None:
+            return False
+        try:
+            code, _, _ = self.connection.run(f"kill -0 -- -{pid} 2>/dev/null", timeout=10)
+        except SSHError as exc:
+            self.log.warning("cannot ask %s whether worker group %d is alive: %s", self.where, pid, exc)
+            return False
+        return code == 0
 
     def describe_exit(self, code: int) -> str:
         # sshd reports a death by signal without a status; paramiko shows it as -1.

@@ -1,0 +1,73 @@
+"""A worker's stdout and stderr that outlive their pipe.
+
+A remote worker's output travels over its SSH session. When the link drops, that
+session ends but the worker runs on (it is reached again through the reconnected
+tunnels); a plain ``print`` would then raise BrokenPipeError and end the work. These
+streams catch the first failed write and carry on into a file on the worker's host.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TextIO
+
+__all__ = ["guard_std_streams"]
+
+
+class _Rerouting(io.TextIOBase):
+    def __init__(self, stream: TextIO, fallback: Path) -> None:
+        self._stream = stream
+        self._fallback = fallback
+        self._file: TextIO | None = None
+
+    @property
+    def rerouted(self) -> bool:
+        return self._file is not None
+
+    def _reroute(self, exc: OSError) -> TextIO:
+        if self._file is None:
+            self._fallback.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._fallback, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+            self._file.write(f"--- output continues here: the com's pipe broke ({exc}) ---\n")
+        return self._file
+
+    def write(self, text: str) -> int:
+        if self._file is None:
+            try:
+                n = self._stream.write(text)
+                self._stream.flush()
+                return n
+            except OSError as exc:  # EPIPE, or EIO: the reader is gone
+                self._reroute(exc)
+        assert self._file is not None
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        try:
+            (self._file or self._stream).flush()
+        except OSError as exc:
+            self._reroute(exc)
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return (self._file or self._stream).fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+def guard_std_streams(name: str) -> Path:
+    """Wrap sys.stdout and sys.stderr; returns the file they fall back to."""
+    fallback = Path(tempfile.gettempdir()) / "heron_remote" / f"{name}-{os.getpid()}.log"
+    if not isinstance(sys.stdout, _Rerouting):
+        sys.stdout = _Rerouting(sys.stdout, fallback)
+    if not isinstance(sys.stderr, _Rerouting):
+        sys.stderr = _Rerouting(sys.stderr, fallback)
+    return fallback

@@ -1,0 +1,169 @@
+"""The links a benchmark runs over: this machine, a namespace host (veth) and a loopback sshd.
+
+A :class:`Link` knows how to start a raw sender on its host (``ip netns exec`` for a
+namespace, a plain process for loopback) and carries what SSH needs to reach it.
+:func:`open_links` makes the hosts with :class:`heron_remote.testing.AcqHosts` and
+removes them on exit, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..testing import AcqHosts, Host
+from .protocol import Plan
+
+logger = logging.getLogger(__name__)
+
+LOCAL, NAMESPACE, LOOPBACK = "local", "ns", "lo"
+#: The rig-side address AcqHosts gives its first namespace host's veth; two sets of hosts made at
+#: once would both claim it, and SSH would reach the wrong sshd.
+_RIG_SIDE_ADDRESS = "198.18.11.1"
+_FREE_WAIT_S = 20.0
+_START_TIMEOUT_S = 20.0
+
+
+class LinkUnavailable(RuntimeError):
+    """A link's hosts cannot be made here (not root, no sshd, address taken)."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """Where a sender runs and how SSH reaches it."""
+
+    name: str
+    host: Host | None = None
+    registry: Path | None = None
+    known_hosts: Path | None = None
+    key: Path | None = None
+    server_id: str = "None"
+
+    @property
+    def ssh_target(self) -> str:
+        assert self.host is not None
+        return f"root@{self.host.address}:{self.host.port}"
+
+    def sender_argv(self, plan: Plan, hwm: int) -> list[str]:
+        argv = [sys.executable, "-m", "heron_remote.bench.sender", json.dumps(plan.to_dict()), str(hwm)]
+        if self.host is not None and self.host.netns:
+            argv = ["ip", "netns", "exec", self.host.netns, *argv]
+        return argv
+
+
+class Sender:
+    """A raw sender process on a link; a context manager that always ends it."""
+
+    def __init__(self, link: Link, plan: Plan, hwm: int) -> None:
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            link.sender_argv(plan, hwm), stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL
+        )
+        try:
+            self.port = self._read_port()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_port(self) -> int:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise RuntimeError(f"the bench sender did not report its port: {self.stderr_tail()}")
+            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 0.2))
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 256)
+                if not chunk:
+                    continue
+                line += chunk
+        word, port = line.split()[:2]
+        if word != b"PORT":
+            raise RuntimeError(f"the bench sender said {line!r}, not its port")
+        return int(port)
+
+    def stderr_tail(self, lines: int = 5) -> str:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:]) or "(nothing on stderr)"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _address_taken(address: str) -> bool:
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10)
+    return f" {address}/" in out.stdout
+
+
+def _make_hosts(mode: str, stack: ExitStack, quick: bool) -> Link:
+    if mode == "namespace":
+        if os.geteuid() != 0:
+            raise LinkUnavailable("network namespaces need root")
+        # Tests may be making their namespace hosts right now, on the same addresses: wait for them.
+        deadline = time.monotonic() + (_FREE_WAIT_S / 4 if quick else _FREE_WAIT_S)
+        while _address_taken(_RIG_SIDE_ADDRESS):
+            if time.monotonic() > deadline:
+                raise LinkUnavailable(f"{_RIG_SIDE_ADDRESS} is in use by other namespace hosts (tests running?)")
+            time.sleep(0.5)
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"heron-bench-{mode}-")))
+    try:
+        hosts = AcqHosts(workdir, count=1, mode=mode)
+    except (OSError, subprocess.SubprocessError, RuntimeError, AssertionError) as exc:
+        raise LinkUnavailable(f"cannot make a {mode} host: {exc}") from exc
+    stack.callback(hosts.close)
+    # The workers must run this interpreter, which has heron_remote, whatever the host's PATH holds.
+    hosts.write_registry(acq1={"python": sys.executable})
+    return Link(
+        NAMESPACE if mode == "namespace" else LOOPBACK,
+        hosts.hosts[0],
+        hosts.registry,
+        hosts.known_hosts,
+        hosts.user_key,
+        server_id="acq1",
+    )
+
+
+@contextmanager
+def open_links(names: set[str], *, quick: bool = False) -> Iterator[dict[str, Link | LinkUnavailable]]:
+    """The links named (``local``, ``ns``, ``lo``), each a Link or the reason it is unavailable."""
+    with ExitStack() as stack:
+        links: dict[str, Link | LinkUnavailable] = {}
+        for name in sorted(names):
+            if name == LOCAL:
+                links[name] = Link(LOCAL)
+                continue
+            mode = "namespace" if name == NAMESPACE else "loopback"
+            try:
+                links[name] = _make_hosts(mode, stack, quick)
+            except LinkUnavailable as exc:
+                logger.warning("link %s unavailable: %s", name, exc)
+                links[name] = exc
+        yield links

@@ -1,0 +1,67 @@
+"""A raw pyzmq sender for the transport baselines: PUSH bound on this host's loopback.
+
+Run as ``python -m heron_remote.bench.sender '<plan JSON>' HWM``, here or inside a
+namespace host (``ip netns exec``). It prints ``PORT <n>`` once bound, sends the plan
+(see :mod:`heron_remote.bench.protocol`) and exits; it gives up when no receiver takes
+its messages for a while, so it never outlives a harness that died.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import zmq
+
+from .protocol import Plan, run_plan
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_MS = 30_000
+STALL_TIMEOUT_MS = 10_000
+
+
+def serve(plan: Plan, hwm: int) -> int:
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    sock.sndhwm = hwm
+    sock.linger = 2000  # the END message must leave before the process does
+    sock.sndtimeo = CONNECT_TIMEOUT_MS
+    sock.bind("tcp://127.0.0.1:0")
+    port = int(sock.last_endpoint.decode().rsplit(":", 1)[1])
+    print(f"PORT {port}", flush=True)
+    copy = plan.size < 64 * 1024
+    first = True
+
+    def send(payload: Any) -> None:
+        nonlocal first
+        sock.send(payload, copy=copy)
+        if first:
+            first = False
+            sock.sndtimeo = STALL_TIMEOUT_MS
+
+    try:
+        seen = run_plan(send, plan)
+    except zmq.Again:
+        logger.error("no receiver took a message for %d ms: giving up", sock.sndtimeo)
+        return 1
+    finally:
+        sock.close()
+        context.term()
+    logger.info("sent: %s", seen)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m heron_remote.bench.sender '<plan JSON>' HWM", file=sys.stderr)
+        return 2
+    return serve(Plan(**json.loads(args[0])), int(args[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
