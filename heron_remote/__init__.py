@@ -16,7 +16,7 @@ from .errors import (
 )
 from .forwarders import Forwarders
 from .relic import read_relic
-from .settings import ForwarderPorts, Settings
+from .settings import ForwarderPorts, RestartPolicy, Settings
 from .source import Frame, NoDataError, Source
 from .source_com import ComStats, SourceCom
 from .wire import IGNORE, DecodeError, Packet, decode_published
@@ -34,6 +34,7 @@ __all__ = [
     "HeronRemoteError",
     "NoDataError",
     "Packet",
+    "RestartPolicy",
     "SSHError",
     "Settings",
     "Source",

@@ -147,8 +147,11 @@ class WorkerLauncher(ABC):
         argv = self.argv(args)
         self._check_exec(argv)
         self.log.info("starting worker: %s", shlex.join(argv))
-        self._spawn(argv)
-        self._spawned = True
+        with self._stop_lock:  # a stop() that came first wins; one that comes later finds the process
+            if self._stopped:
+                raise WorkerStartError(f"worker of node {self.node!r} was stopped before it started", node=self.node)
+            self._spawn(argv)
+            self._spawned = True
 
     def wait_ready(self, timeout: float) -> ReadyLine:
         """Block until the worker announced its ports; WorkerStartError if it exits or times out."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-__all__ = ["ForwarderPorts", "Settings"]
+__all__ = ["ForwarderPorts", "RestartPolicy", "Settings"]
 
 #: Heron reserves this many ports per node; kept for port-group arithmetic.
 PORTS_PER_NODE = 20
@@ -37,6 +37,45 @@ class ForwarderPorts:
                 raise ConfigError(f"ForwarderPorts.{f.name} must be an int from 0 to 65535, got {value!r}")
 
 
+_RESTART_MODES = ("never", "on-failure")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestartPolicy:
+    """Whether a com starts its worker again after a crash or a lost link.
+
+    mode: "never" (the default: the error reaches the user) or "on-failure" (a worker
+        that ends with a non-zero status, or is lost, is started again; status 0 is an end).
+    max_restarts: restarts allowed in one run; the next failure is raised.
+    backoff: seconds before the first restart, doubled for each one after, up to max_backoff.
+    reach_timeout: seconds a restart keeps trying to reach an acquisition PC that is down.
+    """
+
+    mode: str = "never"
+    max_restarts: int = 3
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+    reach_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in _RESTART_MODES:
+            raise ConfigError(f"RestartPolicy.mode must be one of {', '.join(_RESTART_MODES)}, got {self.mode!r}")
+        if not isinstance(self.max_restarts, int) or isinstance(self.max_restarts, bool) or self.max_restarts < 0:
+            raise ConfigError(f"RestartPolicy.max_restarts must be an int >= 0, got {self.max_restarts!r}")
+        for name in ("backoff", "max_backoff", "reach_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"RestartPolicy.{name} must be a number of seconds >= 0, got {value!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "never" and self.max_restarts > 0
+
+    def delay(self, restart: int) -> float:
+        """Seconds to wait before restart number ``restart`` (from 1)."""
+        return min(self.backoff * 2 ** (restart - 1), self.max_backoff)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """How a com and its worker talk.
@@ -52,6 +91,7 @@ class Settings:
     connect_timeout: seconds an SSH connection may take before the host counts as unreachable.
     link_timeout: seconds without anything from an SSH host before its connection counts as
         dropped and is opened again (the tunnels keep their local ports).
+    restart: a :class:`RestartPolicy`, or its mode as a string ("never", "on-failure").
     """
 
     heartbeat_rate: float = 1.0
@@ -63,8 +103,13 @@ class Settings:
     ssh_info: str | None = None
     connect_timeout: float = 10.0
     link_timeout: float = 3.0
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
     def __post_init__(self) -> None:
+        if isinstance(self.restart, str):
+            object.__setattr__(self, "restart", RestartPolicy(mode=self.restart))
+        elif not isinstance(self.restart, RestartPolicy):
+            raise ConfigError(f"Settings.restart must be a RestartPolicy or a mode string, got {self.restart!r}")
         for name in ("heartbeat_rate", "start_timeout", "stop_grace", "connect_timeout", "link_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
@@ -112,6 +157,24 @@ class Settings:
                     raise ConfigError(f"environment variable {key}={env[key]!r} is not a port number") from exc
         if port_kwargs:
             kwargs["ports"] = ForwarderPorts(**port_kwargs)
+        restart_kwargs: dict[str, object] = {}
+        for name, kind in (
+            ("mode", str),
+            ("max_restarts", int),
+            ("backoff", float),
+            ("max_backoff", float),
+            ("reach_timeout", float),
+        ):
+            key = "HERON_REMOTE_RESTART" + ("" if name == "mode" else "_" + name.upper())
+            if key in env:
+                try:
+                    restart_kwargs[name] = kind(env[key])
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"environment variable {key}={env[key]!r} is not a valid {kind.__name__}"
+                    ) from exc
+        if restart_kwargs:
+            kwargs["restart"] = RestartPolicy(**restart_kwargs)  # type: ignore[arg-type]
         if env.get("HERON_REMOTE_SSH_INFO"):
             kwargs["ssh_info"] = env["HERON_REMOTE_SSH_INFO"]
         return cls(**kwargs)  # type: ignore[arg-type]
@@ -129,6 +192,11 @@ class Settings:
         }
         if self.ssh_info:
             env["HERON_REMOTE_SSH_INFO"] = self.ssh_info
+        r = self.restart
+        env["HERON_REMOTE_RESTART"] = r.mode
+        env["HERON_REMOTE_RESTART_MAX_RESTARTS"] = str(r.max_restarts)
+        for name in ("backoff", "max_backoff", "reach_timeout"):
+            env["HERON_REMOTE_RESTART_" + name.upper()] = repr(float(getattr(r, name)))
         for f in dataclasses.fields(ForwarderPorts):
             env["HERON_REMOTE_PORT_" + f.name.upper()] = str(getattr(self.ports, f.name))
         return env

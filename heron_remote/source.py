@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import zmq
@@ -62,6 +62,7 @@ class Source:
         settings: Settings | None = None,
         ssh_local_server_id: str = "None",
         ssh_remote_server_id: str = "None",
+        on_worker_error: Callable[[WorkerError], None] | None = None,
     ) -> None:
         if not outputs or any(not isinstance(o, str) or not o or "##" in o for o in outputs):
             raise ConfigError(f"outputs must be a non-empty tuple of output names without '##', got {outputs!r}")
@@ -83,6 +84,7 @@ class Source:
             ssh_remote_server_id=ssh_remote_server_id,
             outputs=list(self.outputs),
         )
+        self._com.on_worker_error = on_worker_error
         self._initial_parameters = parameters
         if parameters is not None:
             self._com.send_parameters(parameters)  # fails now, not later, if not JSON

@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ import zmq
 from ._logging import NodeLogger
 from ._protocol import WorkerArgs, parse_liveness, pulse
 from ._verbosity import PacketLog, PacketTimer, parse_verbosity
-from .errors import ConfigError, WorkerError, WorkerLostError, WorkerStartError
+from .errors import ConfigError, HostUnreachableError, WorkerError, WorkerLostError, WorkerStartError
 from .launcher import LocalLauncher, WorkerLauncher
 from .settings import Settings
 from .wire import DecodeError, check_output
@@ -52,6 +53,7 @@ class ComStats:
 
     ``lost`` counts packets the worker sent that never reached the com; ``malformed``
     those that arrived but did not follow the wire format (both show as index gaps).
+    ``restarts`` counts workers started again under the restart policy.
     """
 
     received: int = 0
@@ -64,6 +66,9 @@ class ComStats:
     heartbeat_rtt_s: float | None = None
     worker_pid: int | None = None
     last_error: str | None = None
+    #: "starting", "running", "lost", "restarting", "stopped" or "failed".
+    state: str = "starting"
+    restarts: int = 0
 
 
 class SourceCom:
@@ -103,6 +108,8 @@ class SourceCom:
         self._last_seq = 0
         self.stats = ComStats()
         self.worker_error: WorkerError | None = None
+        #: Called (from the com's thread) with each WorkerError, also those a restart recovers from.
+        self.on_worker_error: Callable[[WorkerError], None] | None = None
 
         self.node_name = parameters_topic.split("##")[-2] if "##" in parameters_topic else parameters_topic
         self.log = NodeLogger(logger, node=self.node_name, host="com")
@@ -111,6 +118,7 @@ class SourceCom:
 
         self._context: zmq.Context | None = None
         self._sockets: dict[str, zmq.Socket] = {}
+        self._endpoints: list[tuple[str, str]] = []
         self._owner_thread: int | None = None
         self._heartbeat_target: str | None = None
         self._heartbeat_thread: threading.Thread | None = None
@@ -209,9 +217,20 @@ class SourceCom:
         assert self.launcher is not None and self.launcher.ready is not None
         ports = self.launcher.ready.ports
         for name, channel in (("data", "data"), ("liveness", "liveness"), ("parameters_out", "parameters")):
-            self._sockets[name].connect(self.launcher.address(ports[channel]))
+            endpoint = self.launcher.address(ports[channel])
+            self._sockets[name].connect(endpoint)
+            self._endpoints.append((name, endpoint))
         self._heartbeat_target = self.launcher.address(ports["heartbeat"])
         self.stats.worker_pid = self.launcher.ready.pid
+
+    def _disconnect_worker(self) -> None:
+        """Forget a gone worker's endpoints: a freed tunnel port may soon lead to another worker."""
+        for name, endpoint in self._endpoints:
+            try:
+                self._sockets[name].disconnect(endpoint)
+            except zmq.ZMQError:
+                pass  # already gone
+        self._endpoints.clear()
 
     # -- data path -------------------------------------------------------------
     def on_receive_data_from_worker(self, msg: list[Any]) -> None:
@@ -335,7 +354,13 @@ class SourceCom:
             raise ConfigError("call connect_sockets() before start_worker_process()")
         if self.launcher is not None:
             return
-        self.launcher = self._make_launcher()
+        self._launch()
+
+    def _launch(self) -> None:
+        with self._kill_lock:
+            if self._killed:
+                raise WorkerStartError(f"node {self.node_name!r} was stopped before its worker started")
+            self.launcher = self._make_launcher()
         self.log = NodeLogger(logger, node=self.node_name, host=self.launcher.where)
         args = WorkerArgs.from_settings(
             port=self.port,
@@ -353,6 +378,7 @@ class SourceCom:
         except BaseException:
             self.launcher.stop(grace=1.0)
             raise
+        self.stats.state = "running"
         self.log.info("worker running, ready after %.3f s", time.monotonic() - started)
         if self._last_parameters is not None:
             self._sockets["parameters_out"].send(self._last_parameters)
@@ -419,42 +445,20 @@ class SourceCom:
     def start_ioloop(self) -> None:
         """Receive and publish worker data until :meth:`on_kill`; then close the sockets and return.
 
-        Raises WorkerExitedError (with the worker's stderr) if the worker dies on its own.
+        Raises WorkerExitedError or WorkerLostError (with the worker's stderr) if the worker
+        dies on its own and the restart policy does not, or no longer may, start it again.
         """
         if self.launcher is None:
             raise ConfigError("call start_worker_process() before start_ioloop()")
-        s = self._sockets
-        poller = zmq.Poller()
-        for name in ("data", "liveness", "parameters_in"):
-            poller.register(s[name], zmq.POLLIN)
         self._loop_running.set()
-        self._last_heard = time.monotonic()
-        # A worker that pulses do not reach ends itself after the death window; a beat later, so does hope.
-        lost_after = self.settings.death_window + self.settings.heartbeat_rate
         try:
             while not self._stopping.is_set():
-                events = dict(poller.poll(_LOOP_TICK_MS))
-                if s["data"] in events:
-                    self._drain_data()
-                if s["liveness"] in events:
-                    while s["liveness"].poll(0):
-                        self._on_liveness(s["liveness"].recv_multipart())
-                if s["parameters_in"] in events:
-                    while s["parameters_in"].poll(0):
-                        frames = s["parameters_in"].recv_multipart()
-                        if len(frames) == 2:
-                            self._relay_parameters(frames[1])
-                while not self._parameters.empty():
-                    self._relay_parameters(self._parameters.get_nowait())
-                code = self.launcher.returncode()
-                if code is not None and not self._stopping.is_set():
-                    self._worker_ended(code)
-                    break
-                if time.monotonic() - self._last_heard > lost_after and not self._stopping.is_set():
-                    self._worker_lost(lost_after)
+                self._serve()
+                if self.worker_error is None or self._stopping.is_set() or not self._relaunch():
                     break
         finally:
             self._stopping.set()
+            self.stats.state = "failed" if self.worker_error is not None and not self._killed else "stopped"
             hb = self._heartbeat_thread
             if hb is not None:
                 hb.join(self.settings.heartbeat_rate + 1)
@@ -462,6 +466,80 @@ class SourceCom:
             self._loop_done.set()
         if self.worker_error is not None and not self._killed:
             raise self.worker_error
+
+    def _serve(self) -> None:
+        """Relay until the com stops, or the worker ends or is lost (then ``worker_error`` says why)."""
+        assert self.launcher is not None
+        s = self._sockets
+        poller = zmq.Poller()
+        for name in ("data", "liveness", "parameters_in"):
+            poller.register(s[name], zmq.POLLIN)
+        self._last_heard = time.monotonic()
+        # A worker that pulses do not reach ends itself after the death window; a beat later, so does hope.
+        lost_after = self.settings.death_window + self.settings.heartbeat_rate
+        while not self._stopping.is_set():
+            events = dict(poller.poll(_LOOP_TICK_MS))
+            if s["data"] in events:
+                self._drain_data()
+            if s["liveness"] in events:
+                while s["liveness"].poll(0):
+                    self._on_liveness(s["liveness"].recv_multipart())
+            if s["parameters_in"] in events:
+                while s["parameters_in"].poll(0):
+                    frames = s["parameters_in"].recv_multipart()
+                    if len(frames) == 2:
+                        self._relay_parameters(frames[1])
+            while not self._parameters.empty():
+                self._relay_parameters(self._parameters.get_nowait())
+            code = self.launcher.returncode()
+            if code is not None and not self._stopping.is_set():
+                self._worker_ended(code)
+                return
+            if time.monotonic() - self._last_heard > lost_after and not self._stopping.is_set():
+                self._worker_lost(lost_after)
+                return
+
+    def _relaunch(self) -> bool:
+        """Start the worker again if the restart policy allows; False leaves ``worker_error`` to raise."""
+        policy = self.settings.restart
+        while policy.enabled and self.stats.restarts < policy.max_restarts and not self._stopping.is_set():
+            self.stats.restarts += 1
+            self.stats.state = "restarting"
+            delay = policy.delay(self.stats.restarts)
+            self.log.warning(
+                "restarting the worker in %.1f s (restart %d of %d)", delay, self.stats.restarts, policy.max_restarts
+            )
+            if self._stopping.wait(delay):
+                return False
+            self._disconnect_worker()
+            # The new worker numbers its packets from 1: the index goes on where it stood.
+            self._index_base, self._last_seq = self.index, 0
+            try:
+                self._launch_when_reachable(policy.reach_timeout)
+            except WorkerError as exc:
+                self._report(exc)
+                continue
+            except HostUnreachableError as exc:
+                self.log.error("gave up restarting: %s", exc)
+                return False
+            self.worker_error = None
+            self.log.warning("worker restarted (pid %s); index goes on from %d", self.stats.worker_pid, self.index)
+            return True
+        return False
+
+    def _launch_when_reachable(self, reach_timeout: float) -> None:
+        """:meth:`_launch`, retried while the host cannot be reached, for up to ``reach_timeout`` s."""
+        deadline = time.monotonic() + reach_timeout
+        while True:
+            try:
+                self._launch()
+                return
+            except HostUnreachableError as exc:
+                if time.monotonic() >= deadline or self._stopping.is_set():
+                    raise
+                self.log.info("%s; trying again", exc)
+                if self._stopping.wait(1.0):
+                    raise
 
     def _drain_data(self, budget: int = _BATCH) -> int:
         data = self._sockets["data"]
@@ -484,22 +562,31 @@ class SourceCom:
         if code == 0:
             self.log.info("worker finished (status 0) after %d packets", self.stats.received)
             return
-        self.worker_error = self.launcher.exit_error(code)
-        self.stats.last_error = str(self.worker_error)
-        self.log.error("%s", self.worker_error)
+        self._report(self.launcher.exit_error(code))
+
+    def _report(self, error: WorkerError) -> None:
+        self.worker_error = error
+        self.stats.last_error = str(error)
+        self.log.error("%s", error)
+        if self.on_worker_error is not None:
+            try:
+                self.on_worker_error(error)
+            except Exception:
+                self.log.exception("the on_worker_error callback raised")
 
     def _worker_lost(self, silent_for: float) -> None:
         assert self.launcher is not None
+        self.stats.state = "lost"
         self.launcher.abandon()
-        self.worker_error = WorkerLostError(
-            f"nothing came from the worker of node {self.node_name!r} on {self.launcher.where} for "
-            f"{silent_for:g} s: the link or the PC is down. The worker ends itself after "
-            f"{self.settings.death_window:g} s without pulses.",
-            node=self.node_name,
-            stderr_tail=self.launcher.output.tail(),
+        self._report(
+            WorkerLostError(
+                f"nothing came from the worker of node {self.node_name!r} on {self.launcher.where} for "
+                f"{silent_for:g} s: the link or the PC is down. The worker ends itself after "
+                f"{self.settings.death_window:g} s without pulses.",
+                node=self.node_name,
+                stderr_tail=self.launcher.output.tail(),
+            )
         )
-        self.stats.last_error = str(self.worker_error)
-        self.log.error("%s", self.worker_error)
 
     # -- shutdown --------------------------------------------------------------
     def on_kill(self, signal: int | None = None, frame: Any = None) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heron_remote import Settings, Source, WorkerLostError, WorkerStartError
+from heron_remote import RestartPolicy, Settings, Source, WorkerError, WorkerLostError, WorkerStartError
 from heron_remote.errors import AuthenticationError, HostKeyError, HostUnreachableError
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 from heron_remote.ssh import HostConnection, Registry
@@ -442,3 +442,33 @@ def test_sshd_killed_and_restarted_on_the_host_is_recovered_and_the_worker_keeps
         assert len(missing) == cam.stats.lost == cam.gaps
         _, log, _ = on_host(acq, "acq1", f"cat /tmp/heron_remote/source-{pid}.log")
         assert "the com's pipe broke" in log and "synthetic camera" in log
+
+
+def test_after_a_cut_longer_than_the_death_window_the_restart_policy_resumes_the_stream(
+    acq: Hosts, remote_settings: Settings
+) -> None:
+    if acq.mode != "namespace":
+        pytest.skip("cutting a link needs network namespaces (CI has them)")
+    policy = RestartPolicy(mode="on-failure", max_restarts=1, backoff=0.5, reach_timeout=30)
+    settings = remote_settings.replace(restart=policy, connect_timeout=2)  # a 1 s death window
+    errors: list[WorkerError] = []
+    with Source(
+        CAMERA, parameters={"shape": [4, 4], "fps": 50}, on_worker_error=errors.append, **remote(settings)
+    ) as cam:
+        frames = cam.frames(timeout=30)
+        last = [next(frames).index for _ in range(10)][-1]
+        old_pid = cam.stats.worker_pid
+        _link(acq, "acq1", "down")
+        try:
+            wait_until(lambda: cam.stats.state in ("lost", "restarting"), 10, "the com to lose the worker")
+            time.sleep(2.0)  # the host stays away a while after the worker is given up
+        finally:
+            _link(acq, "acq1", "up")
+        back = time.monotonic()
+        resumed = next(frames)
+        print(f"stream resumed {time.monotonic() - back:.2f} s after the link returned")
+        assert resumed.index > last  # the index goes on; nothing is numbered twice
+        assert cam.stats.restarts == 1 and cam.stats.state == "running"
+        assert cam.stats.worker_pid != old_pid
+        assert len(errors) == 1 and isinstance(errors[0], WorkerLostError)
+        assert not remote_alive(acq, "acq1", old_pid)  # the cut-off worker ended itself

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import sys
 import time
 
 import numpy as np
 import pytest
 
-from heron_remote import ConfigError, NoDataError, Settings, Source, WorkerError, WorkerStartError
+from heron_remote import ConfigError, NoDataError, RestartPolicy, Settings, Source, WorkerError, WorkerStartError
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 
 from .helpers import CAMERA, ECHO_WORKER, WORKERS, pid_alive, wait_until, worker_pids
@@ -157,3 +159,31 @@ def test_a_frozen_worker_is_reported_lost_and_stopped(settings: Settings) -> Non
                 pass
         assert time.monotonic() - started < settings.death_window + 2
     wait_until(lambda: not pid_alive(pid), 5, "the frozen worker to be killed")
+
+
+@pytest.mark.parametrize("death", ["kill", "raise"])
+def test_a_dying_worker_is_noticed_within_two_beats_and_restarted_by_the_policy(settings: Settings, death: str) -> None:
+    """Each death reaches the callback with its status and stderr; the index goes on; the last one is raised."""
+    policy = RestartPolicy(mode="on-failure", max_restarts=2, backoff=0.1)
+    errors: list[tuple[float, WorkerError]] = []
+    src = Source(
+        str(WORKERS / "flaky_worker.py"),
+        parameters={"frames": 5, "death": death},
+        settings=settings.replace(restart=policy),
+        on_worker_error=lambda e: errors.append((time.time(), e)),
+    )
+    indices = []
+    with pytest.raises(WorkerError) as caught, src:
+        for frame in src.frames(timeout=20):
+            indices.append(frame.index)
+    assert indices == list(range(1, 16))  # three workers, five frames each, one index
+    assert src.stats.restarts == 2 and src.stats.state == "failed"
+    assert len(errors) == 3 and caught.value is errors[-1][1]
+    for noticed, error in errors:
+        if death == "kill":
+            assert error.returncode == -signal.SIGKILL and "killed by signal 9" in str(error)
+        else:
+            assert error.returncode == 1 and "RuntimeError: sensor unplugged" in str(error)
+        died = float(re.search(r"DYING AT (\S+)", "\n".join(error.stderr_tail)).group(1))
+        print(f"death ({death}) noticed after {noticed - died:.3f} s")
+        assert noticed - died < 2 * settings.heartbeat_rate
