@@ -142,8 +142,12 @@ def pulse() -> list[bytes]:
     return [PULSE, str(time.time_ns()).encode()]
 
 
-def liveness(pid: int, seq: int, echo_ns: int) -> list[bytes]:
-    return [LIVE, json.dumps({"pid": pid, "seq": seq, "echo_ns": echo_ns}).encode()]
+def liveness(pid: int, seq: int, echo_ns: int, error: str | None = None) -> list[bytes]:
+    """A worker's beacon; ``error`` is what went wrong in it that its com should report."""
+    body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns}
+    if error is not None:
+        body["error"] = error
+    return [LIVE, json.dumps(body).encode()]
 
 
 def parse_liveness(frames: list[bytes]) -> dict[str, Any] | None:

@@ -240,7 +240,11 @@ class Source:
                             raise self._error
                         return
                     if timeout is not None and time.monotonic() - last_frame > timeout:
-                        raise NoDataError(f"no frame from source {self.name!r} for {timeout:g} s")
+                        said = self.stats.last_error
+                        raise NoDataError(
+                            f"no frame from source {self.name!r} for {timeout:g} s"
+                            + (f"; last error: {said}" if said else "")
+                        )
                     continue
                 frames = sub.recv_multipart(copy=False)
                 if len(frames) != 5 or frames[0].bytes not in topic_output:

@@ -420,6 +420,10 @@ class SourceCom:
         echo = body.get("echo_ns")
         if isinstance(echo, int) and echo > 0:
             self.stats.heartbeat_rtt_s = (time.time_ns() - echo) / 1e9
+        error = body.get("error")
+        if isinstance(error, str):
+            self.stats.last_error = f"worker: {error}"
+            self.log.error("%s", error)
         # Heron's node editor waits for this before it sends parameters.
         self._sockets["proof_of_life"].send_multipart((self.parameters_topic.encode(), b"POL"))
 

@@ -105,6 +105,8 @@ class SourceWorker:
         self._ports_lock = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
         self._dying = threading.Lock()
+        self._error_to_report: str | None = None
+        self._beacon_now = threading.Event()
 
     # -- sockets ---------------------------------------------------------------
     def _bind(self, sock: zmq.Socket, channel: str) -> None:
@@ -181,12 +183,18 @@ class SourceWorker:
             else:
                 try:
                     self.initialised = bool(self.initialisation_function(self))
-                except Exception:
+                except Exception as exc:
                     logger.exception("the initialisation function raised; it is retried with the next parameters")
+                    self._report(f"the initialisation function raised {type(exc).__name__}: {exc}")
         if self._relic is not None and self._relic.has("Parameters"):
             self._relic.add_parameters(self.index, parameters=value)
 
     # -- heartbeat and liveness ---------------------------------------------------
+    def _report(self, error: str) -> None:
+        """Tell the com, with the next beacon (sent at once), what went wrong here."""
+        self._error_to_report = error
+        self._beacon_now.set()
+
     def start_heartbeat_thread(self) -> None:
         self._start_thread("heartbeat", self._heartbeat_loop)
 
@@ -205,6 +213,10 @@ class SourceWorker:
         while True:
             now = time.monotonic()
             wait = min(next_beacon, last_pulse + window) - now
+            if self._beacon_now.is_set():
+                self._beacon_now.clear()
+                next_beacon = now
+                wait = 0
             if pulses.poll(max(0, int(wait * 1000) + 1)):
                 frames = pulses.recv_multipart()
                 if frames and frames[0] == PULSE:
@@ -221,10 +233,11 @@ class SourceWorker:
                 )
             if now >= next_beacon:
                 seq += 1
+                error, self._error_to_report = self._error_to_report, None
                 try:
-                    beacon.send_multipart(liveness(pid, seq, echo), zmq.NOBLOCK)
+                    beacon.send_multipart(liveness(pid, seq, echo, error), zmq.NOBLOCK)
                 except zmq.Again:
-                    pass  # no com listening yet; the next beacon follows
+                    self._error_to_report = self._error_to_report or error  # goes with the next beacon
                 next_beacon = now + (self.heartbeat_rate if connected else min(0.1, self.heartbeat_rate))
 
     def _start_thread(self, name: str, target: Callable[[], None]) -> None:

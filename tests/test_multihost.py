@@ -472,3 +472,24 @@ def test_after_a_cut_longer_than_the_death_window_the_restart_policy_resumes_the
         assert cam.stats.worker_pid != old_pid
         assert len(errors) == 1 and isinstance(errors[0], WorkerLostError)
         assert not remote_alive(acq, "acq1", old_pid)  # the cut-off worker ended itself
+
+
+def test_a_port_taken_on_the_remote_does_not_stop_the_worker(acq: Hosts, remote_settings: Settings) -> None:
+    """Remote workers bind free ports: a fixed port group that is busy on the PC is no clash."""
+    if acq.mode != "namespace":
+        pytest.skip("holding a port on the host needs the namespace hosts (CI has them)")
+    port = 47810
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", acq.hosts[0].netns, PYTHON, "-c",
+         f"import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',{port}))\ns.listen()\n"
+         "print('held',flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with Source(CAMERA, port=port, parameters={"shape": [4, 4]}, **remote(remote_settings)) as src:
+            assert next(src.frames(timeout=15)).index == 1
+            assert port not in src._com.launcher.ready.ports.values()
+    finally:
+        holder.kill()
+        holder.wait(5)

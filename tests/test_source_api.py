@@ -187,3 +187,17 @@ def test_a_dying_worker_is_noticed_within_two_beats_and_restarted_by_the_policy(
         died = float(re.search(r"DYING AT (\S+)", "\n".join(error.stderr_tail)).group(1))
         print(f"death ({death}) noticed after {noticed - died:.3f} s")
         assert noticed - died < 2 * settings.heartbeat_rate
+
+
+def test_a_worker_raising_in_its_initialisation_is_reported_and_retried_with_new_parameters(
+    settings: Settings,
+) -> None:
+    with Source(str(WORKERS / "init_error_worker.py"), parameters={"ok": False}, settings=settings) as src:
+        started = time.monotonic()
+        wait_until(lambda: src.stats.last_error, 2, "the com to hear of the initialisation error")
+        print(f"initialisation error reported after {time.monotonic() - started:.2f} s")
+        assert "initialisation function raised RuntimeError: camera 7 not found" in src.stats.last_error
+        with pytest.raises(NoDataError, match="camera 7 not found"):
+            next(src.frames(timeout=0.5))
+        src.set_parameters({"ok": True})
+        assert next(src.frames(timeout=10)).arrays[0].shape == (4,)

@@ -103,3 +103,25 @@ def test_fuzzed_frames_decode_or_raise_decode_error(meta: bytes, payload: bytes)
             decode_output(meta, payload)
     except DecodeError:
         pass
+
+
+def test_no_module_can_unpickle() -> None:
+    """No pickle anywhere: no module imports it, and no socket uses pyzmq's pickling helpers."""
+    import ast
+    from pathlib import Path
+
+    import heron_remote
+
+    offenders = []
+    for path in Path(heron_remote.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Attribute):
+                names = [node.attr]
+            if any(n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle") or "pyobj" in n for n in names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
