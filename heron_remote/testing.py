@@ -12,12 +12,16 @@ that registry instead and create nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +57,20 @@ def _wait_port(host: str, port: int, timeout: float = 10) -> None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"sshd on {host}:{port} did not come up within {timeout} s") from None
             time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _subnet_lock() -> Iterator[None]:
+    with open("/run/heron_remote_testing.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _free_subnet() -> int:
+    """A /24 of 198.18.0.0/16 that no interface here uses yet."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
+    used = {int(m) for m in re.findall(r"inet 198\.18\.(\d+)\.", out)}
+    return next(n for n in range(10, 250) if n not in used)
 
 
 def _comm(pid: int) -> str:
@@ -108,13 +126,15 @@ class AcqHosts:
         if self.mode == "namespace":
             netns = f"hr{self._tag}-{name}"
             veth = f"hr{self._tag}a{i}"
-            subnet = 10 + i
-            rig_ip, acq_ip = f"198.18.{subnet}.1", f"198.18.{subnet}.2"
             _run("ip", "netns", "add", netns)
-            host = Host(name, acq_ip, 22, netns)
+            host = Host(name, "", 22, netns)
             self.hosts.append(host)  # from here on, close() removes it
             _run("ip", "link", "add", veth, "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns", netns)
-            _run("ip", "addr", "add", f"{rig_ip}/24", "dev", veth)
+            with _subnet_lock():  # tests and a benchmark may make hosts at the same time
+                subnet = _free_subnet()
+                rig_ip, acq_ip = f"198.18.{subnet}.1", f"198.18.{subnet}.2"
+                _run("ip", "addr", "add", f"{rig_ip}/24", "dev", veth)
+            host.address = acq_ip
             _run("ip", "link", "set", veth, "up")
             _run("ip", "-n", netns, "addr", "add", f"{acq_ip}/24", "dev", "eth0")
             _run("ip", "-n", netns, "link", "set", "eth0", "up")
@@ -212,12 +232,16 @@ class AcqHosts:
         if not any(h.name == "void" for h in self.hosts):
             netns, veth = f"hr{self._tag}-void", f"hr{self._tag}v"
             _run("ip", "netns", "add", netns)
-            self.hosts.append(Host("void", "198.18.30.2", 22, netns))
+            void = Host("void", "", 22, netns)
+            self.hosts.append(void)
             _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
-            _run("ip", "addr", "add", "198.18.30.1/24", "dev", veth)
+            with _subnet_lock():
+                subnet = _free_subnet()
+                _run("ip", "addr", "add", f"198.18.{subnet}.1/24", "dev", veth)
+            void.address = f"198.18.{subnet}.2"
             _run("ip", "link", "set", veth, "up")
             _run("ip", "-n", netns, "link", "set", "eth0", "up")
-        return "198.18.30.2"
+        return next(h.address for h in self.hosts if h.name == "void")
 
     def netns_pids(self, host: Host) -> set[int]:
         if not host.netns:
