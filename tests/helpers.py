@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -81,3 +82,14 @@ def com_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def edit_registry(acq: object, tmp_path: Path, name: str, **changes: object) -> str:
+    """A copy of the hosts' registry (``acq.registry``) with some keys of server ``name`` changed."""
+    raw = json.loads(Path(acq.registry).read_text())  # type: ignore[attr-defined]
+    for entry in raw.values():
+        if entry["Name"] == name:
+            entry.update(changes)
+    path = tmp_path / "ssh_info.json"
+    path.write_text(json.dumps(raw))
+    return str(path)
