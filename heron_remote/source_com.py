@@ -560,13 +560,13 @@ class SourceCom:
     def _worker_ended(self, code: int) -> None:
         assert self.launcher is not None
         # What the worker sent before it ended is still queued: publish it.
-        while self._sockets["data"].poll(200):
+        while self._sockets["data"].poll(100):
             self._drain_data()
-        self.launcher.stop(grace=0.5)  # reaps anything its group left behind
         if code == 0:
             self.log.info("worker finished (status 0) after %d packets", self.stats.received)
-            return
-        self._report(self.launcher.exit_error(code))
+        else:
+            self._report(self.launcher.exit_error(code))  # first: the user hears of it at once
+        self.launcher.stop(grace=0.5)  # reaps anything its group left behind
 
     def _report(self, error: WorkerError) -> None:
         self.worker_error = error

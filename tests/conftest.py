@@ -22,10 +22,18 @@ def no_leaked_workers() -> Iterator[None]:
     try:
         wait_until(lambda: not (worker_pids() - before), 5, "the test's workers to end")
     except AssertionError:
-        leaked = worker_pids() - before
+        leaked = {pid: _cmdline(pid) for pid in worker_pids() - before}
         for pid in leaked:
             os.kill(pid, signal.SIGKILL)
-        pytest.fail(f"worker processes left running: {sorted(leaked)}")
+        pytest.fail(f"worker processes left running: {leaked}")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
 
 
 @pytest.fixture

@@ -47,18 +47,28 @@ def pid_alive(pid: int) -> bool:
     return state != b"Z"
 
 
+#: Set in this test run's environment, so that its local workers (and only they) can be told apart.
+RUN_MARK = f"HERON_REMOTE_TEST_RUN={os.getpid()}"
+os.environ["HERON_REMOTE_TEST_RUN"] = str(os.getpid())
+
+
 def worker_pids() -> set[int]:
-    """Every live heron_remote worker on this machine (recognised by its argv)."""
+    """Every live heron_remote worker this test run started on this machine (argv and environment)."""
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if _WORKER_MARK in f.read() and pid_alive(int(entry)):
-                    found.add(int(entry))
+                if _WORKER_MARK not in f.read():
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if RUN_MARK.encode() not in f.read().split(b"\0"):
+                    continue
         except OSError:
             continue
+        if pid_alive(int(entry)):
+            found.add(int(entry))
     return found
 
 

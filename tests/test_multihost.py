@@ -410,3 +410,24 @@ def test_a_port_taken_on_the_remote_does_not_stop_the_worker(acq: Hosts, remote_
     finally:
         holder.kill()
         holder.wait(5)
+
+
+def test_a_remote_worker_killed_on_its_pc_is_noticed_within_two_beats_and_restarted(
+    remote_settings: Settings,
+) -> None:
+    policy = RestartPolicy(mode="on-failure", max_restarts=1, backoff=0.1)
+    errors: list[tuple[float, WorkerError]] = []
+    src = Source(
+        str(WORKERS / "flaky_worker.py"),
+        parameters={"frames": 5, "death": "kill"},
+        on_worker_error=lambda e: errors.append((time.time(), e)),
+        **remote(remote_settings.replace(restart=policy)),
+    )
+    indices: list[int] = []
+    with pytest.raises(WorkerError, match="was killed by a signal"), src:
+        indices += (f.index for f in src.frames(timeout=20))
+    assert indices == list(range(1, 11)) and src.stats.restarts == 1
+    for noticed, error in errors:
+        died = float(re.search(r"DYING AT (\S+)", "\n".join(error.stderr_tail)).group(1))
+        print(f"remote SIGKILL noticed after {noticed - died:.3f} s")
+        assert noticed - died < 2 * remote_settings.heartbeat_rate

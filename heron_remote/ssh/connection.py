@@ -122,16 +122,28 @@ class Tunnel:
         tlog = logging.getLogger(__name__ + ".tunnel")
         conn = connection
 
+        remote = self.remote
+
         class Handler(sshtunnel._ForwardHandler):
-            remote_address = self.remote
+            remote_address = remote
             logger = tlog
 
-            @property
-            def ssh_transport(self) -> paramiko.Transport:  # the live one, also after a reconnect
-                return conn.wait_transport(TUNNEL_WAIT_S)
-
-            def _redirect(self, chan: paramiko.Channel) -> None:
-                _pump(self.request, chan)
+            def handle(self) -> None:
+                try:
+                    # The live transport, also after a reconnect (waiting for one in progress).
+                    chan = conn.wait_transport(TUNNEL_WAIT_S).open_channel(
+                        "direct-tcpip", dest_addr=remote, src_addr=self.request.getpeername(), timeout=10
+                    )
+                except (paramiko.SSHException, SSHError, OSError, EOFError) as exc:
+                    # ZeroMQ retries on its own; a worker that has ended refuses until the tunnel closes.
+                    tlog.debug("forward to %s:%d on %s not opened: %s", *remote, conn.server.name, exc)
+                    return
+                try:
+                    _pump(self.request, chan)
+                except OSError as exc:
+                    tlog.debug("forward to %s:%d ended: %s", *remote, exc)
+                finally:
+                    chan.close()
 
         try:
             self._server = sshtunnel._ThreadingForwardServer(("127.0.0.1", 0), Handler, logger=tlog)
