@@ -27,15 +27,11 @@ from .protocol import Plan
 logger = logging.getLogger(__name__)
 
 LOCAL, NAMESPACE, LOOPBACK = "local", "ns", "lo"
-#: The rig-side address AcqHosts gives its first namespace host's veth; two sets of hosts made at
-#: once would both claim it, and SSH would reach the wrong sshd.
-_RIG_SIDE_ADDRESS = "198.18.11.1"
-_FREE_WAIT_S = 20.0
 _START_TIMEOUT_S = 20.0
 
 
 class LinkUnavailable(RuntimeError):
-    """A link's hosts cannot be made here (not root, no sshd, address taken)."""
+    """A link's hosts cannot be made here (not root, no sshd, no ip command)."""
 
 
 @dataclass(frozen=True)
@@ -118,21 +114,9 @@ class Sender:
         self.close()
 
 
-def _address_taken(address: str) -> bool:
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10)
-    return f" {address}/" in out.stdout
-
-
-def _make_hosts(mode: str, stack: ExitStack, quick: bool) -> Link:
-    if mode == "namespace":
-        if os.geteuid() != 0:
-            raise LinkUnavailable("network namespaces need root")
-        # Tests may be making their namespace hosts right now, on the same addresses: wait for them.
-        deadline = time.monotonic() + (_FREE_WAIT_S / 4 if quick else _FREE_WAIT_S)
-        while _address_taken(_RIG_SIDE_ADDRESS):
-            if time.monotonic() > deadline:
-                raise LinkUnavailable(f"{_RIG_SIDE_ADDRESS} is in use by other namespace hosts (tests running?)")
-            time.sleep(0.5)
+def _make_hosts(mode: str, stack: ExitStack) -> Link:
+    if mode == "namespace" and os.geteuid() != 0:
+        raise LinkUnavailable("network namespaces need root")
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"heron-bench-{mode}-")))
     try:
         hosts = AcqHosts(workdir, count=1, mode=mode)
@@ -152,7 +136,7 @@ def _make_hosts(mode: str, stack: ExitStack, quick: bool) -> Link:
 
 
 @contextmanager
-def open_links(names: set[str], *, quick: bool = False) -> Iterator[dict[str, Link | LinkUnavailable]]:
+def open_links(names: set[str]) -> Iterator[dict[str, Link | LinkUnavailable]]:
     """The links named (``local``, ``ns``, ``lo``), each a Link or the reason it is unavailable."""
     with ExitStack() as stack:
         links: dict[str, Link | LinkUnavailable] = {}
@@ -162,7 +146,7 @@ def open_links(names: set[str], *, quick: bool = False) -> Iterator[dict[str, Li
                 continue
             mode = "namespace" if name == NAMESPACE else "loopback"
             try:
-                links[name] = _make_hosts(mode, stack, quick)
+                links[name] = _make_hosts(mode, stack)
             except LinkUnavailable as exc:
                 logger.warning("link %s unavailable: %s", name, exc)
                 links[name] = exc

@@ -3,7 +3,8 @@
 Run by a com as ``python -m heron_remote.bench.worker``; its parameters are a
 :class:`~heron_remote.bench.protocol.Plan` as a dict. It sends the plan's phases with
 ``send_data_to_com(frame, copy=False)`` (every frame a fresh buffer) and returns,
-which ends the worker normally.
+which ends the worker normally. Between its throughput and latency phases it waits for
+parameters ``{"drained": true}``: the subscriber saw the queues empty.
 
 With ``HERON_REMOTE_BENCH_PROFILE=<path>`` in its environment it writes a cProfile of
 its sending to that path (the worker ends with ``os._exit``, so it dumps itself).
@@ -15,6 +16,7 @@ import cProfile
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from heron_remote.worker import SourceWorker, start_the_source_worker_process
 
@@ -30,6 +32,22 @@ def initialise(worker: SourceWorker) -> bool:
     return isinstance(worker.parameters, dict) and "size" in worker.parameters
 
 
+def _drained(worker: SourceWorker) -> Callable[[float], bool]:
+    """The receiver says the queues are empty with new parameters holding ``drained``."""
+
+    def drained(timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            params = worker.parameters
+            if isinstance(params, dict) and params.get("drained"):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+
+    return drained
+
+
 def work(worker: SourceWorker) -> None:
     deadline = time.monotonic() + PARAMETERS_WAIT_S
     while not worker.initialised:
@@ -42,11 +60,12 @@ def work(worker: SourceWorker) -> None:
         worker.send_data_to_com(frame, copy=False)
 
     profile_path = os.environ.get(PROFILE_ENV)
+    drained = _drained(worker)
     if not profile_path:
-        seen = run_plan(send, plan, array=True)
+        seen = run_plan(send, plan, array=True, drained=drained)
     else:
         profiler = cProfile.Profile()
-        seen = profiler.runcall(run_plan, send, plan, array=True)
+        seen = profiler.runcall(run_plan, send, plan, array=True, drained=drained)
         profiler.dump_stats(profile_path)
     logger.info("bench worker sent: %s", seen)
 
