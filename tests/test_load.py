@@ -63,6 +63,7 @@ def test_eight_sources_on_two_hosts_for_a_minute_survive_a_link_cut(
             errors.append(exc)
 
     cut_host = next(h for h in acq.hosts if h.name == "acq2")
+    workers_before = set(_remote_workers(acq))
     with contextlib.ExitStack() as stack:
         for src in sources:
             stack.enter_context(src)
@@ -99,4 +100,4 @@ def test_eight_sources_on_two_hosts_for_a_minute_survive_a_link_cut(
     print(f"{total} frames of {SHAPE} in {RUN_S:g} s ({total * 65536 / RUN_S / 1e6:.1f} MB/s)")
     assert HostConnection.open_connections() == 0
     time.sleep(1)
-    assert _remote_workers(acq) == []
+    assert set(_remote_workers(acq)) <= workers_before
