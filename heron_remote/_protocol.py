@@ -43,11 +43,16 @@ class WorkerArgs:
     relic_dir: str = "_"
     heartbeat_rate: float = 1.0
     heartbeats_to_death: int = 10
+    #: This launch's start token, and the node it runs (for the host's start records).
+    token: str = ""
+    node: str = ""
+    #: Where the host keeps its start records, when not in the default place.
+    run_dir: str = ""
 
     def to_argv(self) -> list[str]:
         # Heron's positional layout first, so Heron's own parser still reads it;
         # our options follow and are stripped before the positional part is read.
-        return [
+        argv = [
             str(self.port),
             self.parameters_topic,
             "0",
@@ -56,10 +61,23 @@ class WorkerArgs:
             f"{_OPTION_PREFIX}heartbeat-rate={self.heartbeat_rate!r}",
             f"{_OPTION_PREFIX}heartbeats-to-death={self.heartbeats_to_death}",
         ]
+        for key in ("token", "node", "run_dir"):
+            value = getattr(self, key)
+            if value:
+                argv.append(f"{_OPTION_PREFIX}{key.replace('_', '-')}={value}")
+        return argv
 
     @classmethod
     def from_settings(
-        cls, *, port: int, parameters_topic: str, num_sending_topics: int, relic_dir: str, settings: Settings
+        cls,
+        *,
+        port: int,
+        parameters_topic: str,
+        num_sending_topics: int,
+        relic_dir: str,
+        settings: Settings,
+        token: str = "",
+        node: str = "",
     ) -> WorkerArgs:
         return cls(
             port=port,
@@ -68,6 +86,8 @@ class WorkerArgs:
             relic_dir=relic_dir,
             heartbeat_rate=settings.heartbeat_rate,
             heartbeats_to_death=settings.heartbeats_to_death,
+            token=token,
+            node=node,
         )
 
     @classmethod
@@ -95,6 +115,9 @@ class WorkerArgs:
                 relic_dir=positional[-1],
                 heartbeat_rate=float(options.get("heartbeat-rate", 1.0)),
                 heartbeats_to_death=int(options.get("heartbeats-to-death", 10)),
+                token=options.get("token", ""),
+                node=options.get("node", ""),
+                run_dir=options.get("run-dir", ""),
             )
         except ValueError as exc:
             raise ConfigError(usage + repr(argv)) from exc
@@ -108,6 +131,8 @@ class ReadyLine:
     ports: dict[str, int]
     version: str
     python: str
+    #: Pids of workers of the same node that an earlier run left and this one ended.
+    reaped: tuple[int, ...] = ()
 
     def to_line(self) -> str:
         body = {
@@ -116,6 +141,7 @@ class ReadyLine:
             "ports": self.ports,
             "version": self.version,
             "python": self.python,
+            "reaped": list(self.reaped),
         }
         return READY_PREFIX + json.dumps(body, separators=(",", ":"))
 
@@ -133,6 +159,7 @@ class ReadyLine:
                 ports=ports,
                 version=str(body.get("version", "?")),
                 python=str(body.get("python", "?")),
+                reaped=tuple(int(p) for p in body.get("reaped", ())),
             )
         except (ValueError, KeyError, TypeError):
             return None

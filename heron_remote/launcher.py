@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 
 from ._logging import NodeLogger
+from ._procs import group_members
 from ._protocol import PID_PREFIX, ReadyLine, WorkerArgs
 from .errors import ConfigError, WorkerError, WorkerExitedError, WorkerStartError
 
@@ -118,8 +119,17 @@ class WorkerLauncher(ABC):
         """Send sig to the worker's process group; False when nothing of it is left."""
 
     def _running(self) -> bool:
-        """Whether anything of the worker is still running."""
+        """Whether the worker itself is still running."""
         return self.returncode() is None
+
+    def _group_alive(self) -> bool:
+        """Whether any process of the worker's group still runs (helpers it spawned included)."""
+        return False
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's pid, which is also its process group."""
+        return None
 
     def address(self, port: int) -> str:
         """The endpoint through which this process reaches the worker's loopback ``port``."""
@@ -208,15 +218,18 @@ class WorkerLauncher(ABC):
         try:
             if not self._spawned:
                 return None
-            if self._running():
-                self.log.info("stopping worker (TERM, KILL after %.1f s)", grace)
+            if self._running() or self._group_alive():
+                self.log.info("stopping worker (TERM to its group, KILL after %.1f s)", grace)
                 self._signal_group(signal.SIGTERM)
                 if not self._wait_exit(grace):
-                    self.log.warning("worker ignored TERM for %.1f s: sending KILL", grace)
-            # The leader may be gone while helpers it spawned live on: KILL the rest.
-            self._signal_group(signal.SIGKILL)
-            if not self._wait_exit(5.0):
-                raise WorkerError(f"worker of node {self.node!r} on {self.where} survived KILL", node=self.node)
+                    self.log.warning("worker or its helpers ignored TERM for %.1f s: sending KILL", grace)
+                    # The leader may be gone while helpers it spawned live on: KILL the rest.
+                    self._signal_group(signal.SIGKILL)
+                    if not self._wait_exit(5.0):
+                        raise WorkerError(
+                            f"worker of node {self.node!r} on {self.where} (group {self.pid}) survived KILL",
+                            node=self.node,
+                        )
             self._settle_output()
             code = self.returncode()
             self.log.info("worker stopped (status %s)", code)
@@ -229,8 +242,9 @@ class WorkerLauncher(ABC):
         self.stop(grace=0.5)
 
     def _wait_exit(self, timeout: float) -> bool:
+        """Wait until the worker and everything of its process group has ended."""
         deadline = time.monotonic() + timeout
-        while self._running():
+        while self._running() or self._group_alive():
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
@@ -311,6 +325,9 @@ class LocalLauncher(WorkerLauncher):
 
     def returncode(self) -> int | None:
         return None if self._proc is None else self._proc.poll()
+
+    def _group_alive(self) -> bool:
+        return self._proc is not None and bool(group_members(self._proc.pid))
 
     def _signal_group(self, sig: signal.Signals) -> bool:
         if self._proc is None:

@@ -33,6 +33,9 @@ __all__ = ["Frame", "NoDataError", "Source"]
 logger = logging.getLogger(__name__)
 
 _instances = itertools.count(1)
+#: Names of the Sources running in this process: a name is a node on its PC, so it must be unique.
+_running: set[str] = set()
+_running_lock = threading.Lock()
 
 
 class NoDataError(HeronRemoteError, TimeoutError):
@@ -85,6 +88,9 @@ class Source:
             outputs=list(self.outputs),
         )
         self._com.on_worker_error = on_worker_error
+        # The topics carry this process's id (two scripts may share forwarders); the node on a
+        # host is its name, so that a rerun ends a worker its crashed predecessor left there.
+        self._com.node_key = f"Source##{name}"
         self._initial_parameters = parameters
         if parameters is not None:
             self._com.send_parameters(parameters)  # fails now, not later, if not JSON
@@ -100,12 +106,21 @@ class Source:
         self.gaps = 0
         self.received = 0
         self._last_index: int | None = None
+        self._registered = False
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> Source:
         """Start forwarders (if none run), the com and the worker; returns once data can flow."""
         if self._thread is not None:
             return self
+        with _running_lock:
+            if self.name in _running:
+                raise ConfigError(
+                    f"a Source named {self.name!r} already runs in this process: give each source its own name "
+                    "(on its PC the name identifies the node, and a new worker of a node ends the old one)"
+                )
+            _running.add(self.name)
+            self._registered = True
         try:
             self._ensure_forwarders()
             self._com.settings = self.settings
@@ -182,6 +197,9 @@ class Source:
                 self._sub.close()
             if self._forwarders is not None:
                 self._forwarders.close()
+            if self._registered:
+                with _running_lock:
+                    _running.discard(self.name)
         logger.info("source %s stopped: %s", self.name, self.stats)
 
     close = stop

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -112,6 +113,9 @@ class SourceCom:
         self.on_worker_error: Callable[[WorkerError], None] | None = None
 
         self.node_name = parameters_topic.split("##")[-2] if "##" in parameters_topic else parameters_topic
+        #: What identifies this node on a host for the start records: a new worker of the same
+        #: node ends one an earlier run left there.
+        self.node_key = parameters_topic
         self.log = NodeLogger(logger, node=self.node_name, host="com")
         self._routes = self._route_topics()
         self.launcher: WorkerLauncher | None = None
@@ -368,6 +372,8 @@ class SourceCom:
             num_sending_topics=len(self.sending_topics),
             relic_dir=self.relic,
             settings=self.settings,
+            token=secrets.token_hex(8),
+            node=self.node_key,
         )
         started = time.monotonic()
         try:
@@ -380,6 +386,8 @@ class SourceCom:
             raise
         self.stats.state = "running"
         self.log.info("worker running, ready after %.3f s", time.monotonic() - started)
+        for pid in self.launcher.ready.reaped if self.launcher.ready else ():
+            self.log.warning("ended worker pid %d of this node, left on %s by an earlier run", pid, self.launcher.where)
         if self._last_parameters is not None:
             self._sockets["parameters_out"].send(self._last_parameters)
 

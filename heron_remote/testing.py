@@ -208,6 +208,8 @@ class AcqHosts:
                 "password": "None",
                 "key_file": str(self.user_key),
                 "known_hosts": str(self.known_hosts),
+                # Namespace hosts share this machine's files: each keeps its start records apart.
+                "run_dir": str(self.workdir / h.name / "run"),
                 **extra.get(h.name, {}),
             }
             for i, h in enumerate(self.hosts)

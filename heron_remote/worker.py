@@ -29,10 +29,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
 
+from . import _records as records
 from ._protocol import PULSE, ReadyLine, WorkerArgs, liveness
 from ._streams import guard_std_streams
 from ._version import __version__
@@ -107,6 +109,20 @@ class SourceWorker:
         self._dying = threading.Lock()
         self._error_to_report: str | None = None
         self._beacon_now = threading.Event()
+        self._reaped: tuple[int, ...] = ()
+        self._record: tuple[str, str, Path] | None = None  # node, token, run dir
+
+    # -- start record ----------------------------------------------------------
+    def claim_node(self, node: str, token: str, run_dir: str = "") -> None:
+        """End any worker of ``node`` an earlier run left on this host, and record this one."""
+        folder = records.run_dir(run_dir or None)
+        self._reaped = tuple(r.pid for r in records.claim(node, token, folder=folder))
+        self._record = (node, token, folder)
+
+    def _release_node(self) -> None:
+        if self._record is not None:
+            node, token, folder = self._record
+            records.release(node, token, folder=folder)
 
     # -- sockets ---------------------------------------------------------------
     def _bind(self, sock: zmq.Socket, channel: str) -> None:
@@ -125,7 +141,11 @@ class SourceWorker:
             complete = len(self._ports) == len(_CHANNEL_OFFSET)
         if complete:
             line = ReadyLine(
-                pid=os.getpid(), ports=dict(self._ports), version=__version__, python=platform.python_version()
+                pid=os.getpid(),
+                ports=dict(self._ports),
+                version=__version__,
+                python=platform.python_version(),
+                reaped=self._reaped,
             )
             print(line.to_line(), flush=True)
 
@@ -320,6 +340,7 @@ class SourceWorker:
             reason,
         )
         self._end_of_life(timeout=_END_OF_LIFE_S / 2 if code == EXIT_NO_HEARTBEAT else _END_OF_LIFE_S)
+        self._release_node()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -330,6 +351,7 @@ class SourceWorker:
             time.sleep(3600)
         _hard_exit_after(_END_OF_LIFE_S + _DELIVER_S + 1, EXIT_OK)
         self._end_of_life(timeout=_END_OF_LIFE_S)
+        self._release_node()
         if self._data is not None and self._data_context is not None:
             self._data.close(linger=int(_DELIVER_S * 1000))
             self._data_context.term()
@@ -378,6 +400,8 @@ def start_the_source_worker_process(
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, worker.on_kill)
+    if args.token:
+        worker.claim_node(args.node or args.parameters_topic, args.token, args.run_dir)
     worker.connect_socket()
     worker.start_heartbeat_thread()
     worker.start_parameters_thread()

@@ -14,6 +14,14 @@ from heron_remote.testing import AcqHosts, ExternalHosts, acquisition_hosts
 from .helpers import FREE_PORTS, wait_until, worker_pids
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Start records of this run's local workers in a folder of its own, apart from other runs here."""
+    os.environ["HERON_REMOTE_RUN_DIR"] = str(tmp_path_factory.mktemp("run"))
+    yield
+    del os.environ["HERON_REMOTE_RUN_DIR"]
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_workers() -> Iterator[None]:
     """Fail any test that leaves a worker process running."""

@@ -140,9 +140,9 @@ def test_sources_share_one_connection_per_host_and_ports_never_collide(remote_se
     other_rig, _ = start_remote_com(remote_settings, "acq1")
     try:
         with (
-            Source(CAMERA, parameters={"shape": [4, 4]}, port=6600, **remote(remote_settings)) as a,
-            Source(CAMERA, parameters={"shape": [8, 8]}, port=6600, **remote(remote_settings)) as b,
-            Source(CAMERA, parameters={"shape": [2, 2]}, **remote(remote_settings, "acq2")) as c,
+            Source(CAMERA, name="a", parameters={"shape": [4, 4]}, port=6600, **remote(remote_settings)) as a,
+            Source(CAMERA, name="b", parameters={"shape": [8, 8]}, port=6600, **remote(remote_settings)) as b,
+            Source(CAMERA, name="c", parameters={"shape": [2, 2]}, **remote(remote_settings, "acq2")) as c,
         ):
             for src, shape in ((a, (4, 4)), (b, (8, 8)), (c, (2, 2))):
                 assert next(f for f in src.frames(timeout=10) if f.arrays[0].shape == shape)

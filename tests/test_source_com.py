@@ -205,14 +205,14 @@ def test_fixed_port_group_and_a_clash_names_the_port(settings: Settings) -> None
     from heron_remote import Source, WorkerStartError
 
     base = _free_port_group()
-    with Source(ECHO_WORKER, outputs=("Counter", "Echo"), port=base, settings=settings) as first:
+    with Source(ECHO_WORKER, name="first", outputs=("Counter", "Echo"), port=base, settings=settings) as first:
         assert first._com.launcher.ready.ports == {
             "data": base,
             "heartbeat": base + 1,
             "parameters": base + 2,
             "liveness": base + 3,
         }
-        second = Source(ECHO_WORKER, outputs=("Counter", "Echo"), port=base, settings=settings)
+        second = Source(ECHO_WORKER, name="second", outputs=("Counter", "Echo"), port=base, settings=settings)
         with pytest.raises(WorkerStartError, match=f"cannot bind the data socket on 127.0.0.1:{base}"):
             second.start()
 

@@ -67,7 +67,7 @@ class RemoteLauncher(WorkerLauncher):
             self.log.info(
                 "port %d is not used on %s: remote workers bind free ports, so none collide", args.port, self.where
             )
-        return super().argv(dataclasses.replace(args, port=0))
+        return super().argv(dataclasses.replace(args, port=0, run_dir=self.server.run_dir or ""))
 
     def _spawn(self, argv: list[str]) -> None:
         self.connection = HostConnection.acquire(
@@ -106,12 +106,30 @@ class RemoteLauncher(WorkerLauncher):
             return False
         return self._group_alive() if self._session_lost else True
 
+    def _wait_exit(self, timeout: float) -> bool:
+        # Ask the PC about the group only once the leader is gone: one command, not one per poll.
+        deadline = time.monotonic() + timeout
+        while self._running():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        while self._group_alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def _group_alive(self) -> bool:
         pid = self.output.pid
         if pid is None or self.connection is None:
             return False
+        # Zombies do not count: the PC's init may be slow to reap what the worker left.
+        command = (
+            f"if command -v ps >/dev/null; then ps -e -o pgid=,stat= | awk '$1 == {pid} && $2 !~ /^Z/ {{n++}} "
+            f"END {{exit n ? 0 : 1}}'; else kill -0 -- -{pid} 2>/dev/null; fi"
+        )
         try:
-            code, _, _ = self.connection.run(f"kill -0 -- -{pid} 2>/dev/null", timeout=10)
+            code, _, _ = self.connection.run(command, timeout=10)
         except SSHError as exc:
             self.log.warning("cannot ask %s whether worker group %d is alive: %s", self.where, pid, exc)
             return False

@@ -29,7 +29,18 @@ __all__ = ["Registry", "Server", "default_registry_path"]
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "HERON_REMOTE_SSH_INFO"
-_KEYS = {"Name", "IP", "Port", "username", "password", "key_file", "known_hosts", "python", "trust_on_first_use"}
+_KEYS = {
+    "Name",
+    "IP",
+    "Port",
+    "username",
+    "password",
+    "key_file",
+    "known_hosts",
+    "python",
+    "trust_on_first_use",
+    "run_dir",
+}
 
 
 def default_registry_path() -> Path:
@@ -59,6 +70,8 @@ class Server:
     known_hosts: str | None = None
     python: str = "python3"
     trust_on_first_use: bool = False
+    #: Where the PC keeps its start records (default: its temp dir, per user).
+    run_dir: str | None = None
 
     @property
     def label(self) -> str:
@@ -100,6 +113,7 @@ class Server:
             known_hosts=self.known_hosts,
             python=self.python,
             trust_on_first_use=self.trust_on_first_use,
+            run_dir=self.run_dir,
         )
 
 
@@ -196,4 +210,5 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
         known_hosts=file_key("known_hosts"),
         python=str(entry.get("python") or "python3"),
         trust_on_first_use=tofu,
+        run_dir=_optional(entry.get("run_dir")),
     )

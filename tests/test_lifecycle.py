@@ -1,0 +1,82 @@
+"""Worker lifecycle: the whole process group ends on stop; a rerun ends what a crashed run left."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from heron_remote import Settings, Source
+from heron_remote.testing import AcqHosts, ExternalHosts
+
+from .helpers import ECHO_WORKER, PYTHON, WORKERS, com_env, pid_alive, wait_until
+
+Hosts = AcqHosts | ExternalHosts
+SPAWNING = str(WORKERS / "spawning_worker.py")
+
+
+def _on_host_alive(acq: Hosts, host: str, pid: int) -> bool:
+    from .test_multihost import remote_alive
+
+    return remote_alive(acq, host, pid)
+
+
+@pytest.mark.parametrize("where", ["local", "acq1"])
+def test_stop_ends_the_worker_and_the_helper_it_spawned(
+    where: str, settings: Settings, remote_settings: Settings, acq: Hosts
+) -> None:
+    if where == "local":
+        src = Source(SPAWNING, settings=settings)
+        alive = pid_alive
+    else:
+        src = Source(SPAWNING, settings=remote_settings, ssh_local_server_id="rig", ssh_remote_server_id=where)
+        alive = lambda pid: _on_host_alive(acq, where, pid)  # noqa: E731
+    with src:
+        first = next(src.frames(timeout=15)).arrays[0]
+        worker, helper = src.stats.worker_pid, first["helper"]
+        assert alive(worker) and alive(helper)
+        stopping = time.monotonic()
+    took = time.monotonic() - stopping
+    print(f"{where}: worker and a TERM-ignoring helper ended in {took:.2f} s (grace {settings.stop_grace:g} s)")
+    assert not alive(worker) and not alive(helper)
+
+
+def _start_com(settings: Settings, host: str | None) -> tuple[subprocess.Popen, int]:
+    """A Heron com script (node Parameters##echo##1) in another process, as a rig's experiment runs it."""
+    args = [PYTHON, str(WORKERS / "heron_com.py"), ECHO_WORKER, "||"] + ([host] if host else [])
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=com_env(settings))
+    line = proc.stdout.readline()
+    if not line.startswith("COM READY"):
+        proc.kill()
+        raise AssertionError(f"com did not start: {line!r}\n{proc.stderr.read()}")
+    return proc, int(line.split()[2])
+
+
+@pytest.mark.parametrize("where", ["local", "acq1"])
+def test_a_relaunch_ends_the_worker_a_killed_com_left_without_waiting_for_its_heartbeat(
+    where: str, settings: Settings, remote_settings: Settings, acq: Hosts
+) -> None:
+    # A 30 s death window: waiting it out is not what makes the relaunch work.
+    slow = (settings if where == "local" else remote_settings).replace(heartbeat_rate=1.0, heartbeats_to_death=30)
+    host = None if where == "local" else where
+    alive = pid_alive if where == "local" else (lambda pid: _on_host_alive(acq, where, pid))
+    crashed, orphan = _start_com(slow, host)
+    crashed.kill()  # the rig's experiment dies: its worker runs on, holding the camera
+    crashed.wait(5)
+    assert alive(orphan)
+    started = time.monotonic()
+    rerun, worker = _start_com(slow, host)
+    try:
+        took = time.monotonic() - started
+        print(f"{where}: relaunch ready in {took:.2f} s, the orphan {orphan} ended")
+        assert worker != orphan and alive(worker)
+        assert not alive(orphan)
+        assert took < 10
+    finally:
+        rerun.terminate()
+        code = rerun.wait(15)
+    log = rerun.stderr.read()
+    assert code == 0, log
+    assert f"ended worker pid {orphan} of this node, left on" in log
+    wait_until(lambda: not alive(worker), 10, "the relaunched worker to stop")
