@@ -1,0 +1,201 @@
+"""``heron-remote bench``: run the measurements, print the table, write bench.json and bench.png."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import paths, raw
+from .links import LOCAL, LOOPBACK, NAMESPACE, Link, LinkUnavailable, open_links
+from .protocol import Plan, Result
+from .report import format_table, machine_info, progress_line, write_json, write_plot
+
+__all__ = ["MEASUREMENTS", "Measurement", "main"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SIZES = (64, 1024 * 1024, 6 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One kind of measurement on one link; ``bases``: the raw runs it is compared with, first is its own."""
+
+    name: str
+    link: str
+    run: Callable[[str, Link, Plan], Result]
+    bases: tuple[str, ...] = ()
+
+
+def _measurements() -> list[Measurement]:
+    found = [Measurement("zmq", LOCAL, raw.direct)]
+    for link in (NAMESPACE, LOOPBACK):
+        found += [
+            Measurement(f"sshtunnel-{link}", link, raw.sshtunnel_forward, ("zmq",)),
+            Measurement(f"openssh-{link}", link, raw.openssh_forward, ("zmq",)),
+            Measurement(f"zmq-paramiko-{link}", link, raw.zmq_paramiko, ("zmq",)),
+        ]
+    found.append(Measurement("path-local", LOCAL, paths.whole_path, ("zmq",)))
+    for link in (NAMESPACE, LOOPBACK):
+        bases = (f"sshtunnel-{link}", f"zmq-paramiko-{link}", f"openssh-{link}")
+        found.append(Measurement(f"path-{link}", link, paths.whole_path, bases))
+    return found
+
+
+MEASUREMENTS = _measurements()
+
+
+def _plan(size: int, args: argparse.Namespace) -> Plan:
+    if args.quick:
+        return Plan(
+            size=size,
+            warmup_s=0.1,
+            seconds=args.seconds or 0.5,
+            margin_s=0.2,
+            latency_samples=500,
+            latency_s=0.4,
+            idle_timeout_s=5.0,
+            max_drain_s=2.0,
+        )
+    return Plan(size=size, seconds=args.seconds or 3.0)
+
+
+def _select(patterns: list[str] | None) -> list[Measurement]:
+    if not patterns:
+        return list(MEASUREMENTS)
+    wanted = [p.strip() for arg in patterns for p in arg.split(",") if p.strip()]
+    unknown = [p for p in wanted if not any(fnmatch.fnmatchcase(m.name, p) for m in MEASUREMENTS)]
+    if unknown:
+        names = ", ".join(m.name for m in MEASUREMENTS)
+        raise SystemExit(f"heron-remote bench: no measurement matches {', '.join(unknown)} (known: {names})")
+    return [m for m in MEASUREMENTS if any(fnmatch.fnmatchcase(m.name, p) for p in wanted)]
+
+
+def _ratios(results: list[Result], chosen: list[Measurement]) -> list[dict[str, Any]]:
+    by_key = {(r.name, r.size): r for r in results if r.ok}
+    ratios = []
+    for m in chosen:
+        for (name, size), res in by_key.items():
+            if name != m.name:
+                continue
+            for base in m.bases:
+                ref = by_key.get((base, size))
+                if ref is not None and ref.mb_per_s > 0:
+                    ratios.append({"name": name, "base": base, "size": size, "ratio": res.mb_per_s / ref.mb_per_s})
+    return ratios
+
+
+MIB = 1024 * 1024
+
+
+def _targets(results: list[Result], ratios: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 5's targets, for whatever this run measured (1 MiB ratios, 64 B rate)."""
+    ratio = {(r["name"], r["base"], r["size"]): r["ratio"] for r in ratios}
+    rate = {(r.name, r.size): r.msg_per_s for r in results if r.ok}
+    wanted: list[tuple[str, float | None, float]] = [
+        ("path-local >= 0.5 x zmq (1 MiB)", ratio.get(("path-local", "zmq", MIB)), 0.5),
+        ("path-local >= 50000 msg/s (64 B)", rate.get(("path-local", 64)), 50_000),
+    ]
+    for link in (NAMESPACE, LOOPBACK):
+        wanted += [
+            (
+                f"path-{link} >= 0.9 x sshtunnel-{link} (1 MiB)",
+                ratio.get((f"path-{link}", f"sshtunnel-{link}", MIB)),
+                0.9,
+            ),
+            (
+                f"path-{link} >= 6 x zmq-paramiko-{link} (1 MiB)",
+                ratio.get((f"path-{link}", f"zmq-paramiko-{link}", MIB)),
+                6,
+            ),
+        ]
+    return [{"target": t, "value": v, "goal": g, "met": v >= g} for t, v, g in wanted if v is not None]
+
+
+def _run_one(m: Measurement, link: Link | LinkUnavailable, plan: Plan) -> Result:
+    if isinstance(link, LinkUnavailable):
+        return Result(m.name, plan.size, error=f"link {m.link} unavailable: {link}")
+    started = time.monotonic()
+    try:
+        result = m.run(m.name, link, plan)
+    except Exception as exc:  # one failed path must not cost the others their figures
+        logger.debug("measurement %s failed", m.name, exc_info=True)
+        result = Result(m.name, plan.size, error=f"{type(exc).__name__}: {exc}")
+    result.notes["wall_s"] = round(time.monotonic() - started, 2)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="heron-remote bench",
+        description="Measure the source path against raw pyzmq and SSH forwards on this machine.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="directory for bench.json, bench.png")
+    parser.add_argument("--quick", action="store_true", help="tiny runs (a smoke test), not figures to quote")
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=list(DEFAULT_SIZES),
+        help="frame sizes in bytes, comma-separated (default 64,1048576,6291456; at least 16)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAMES",
+        help="measurements to run, comma-separated, shell patterns allowed (e.g. 'zmq,path-*'); "
+        f"known: {', '.join(m.name for m in MEASUREMENTS)}",
+    )
+    parser.add_argument("--seconds", type=float, default=None, help="measuring window per run (default 3, quick 0.5)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; 0 when every chosen measurement produced figures, 1 otherwise."""
+    args = build_parser().parse_args(argv)
+    if any(s < 16 for s in args.sizes):
+        raise SystemExit("heron-remote bench: every size must be at least 16 bytes (the timing header)")
+    chosen = _select(args.only)
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results: list[Result] = []
+    print(f"heron_remote bench: {len(chosen)} path(s) x {len(args.sizes)} size(s){' (quick)' if args.quick else ''}")
+    with open_links({m.link for m in chosen}) as links:
+        for m in chosen:
+            for size in args.sizes:
+                result = _run_one(m, links[m.link], _plan(size, args))
+                results.append(result)
+                print(progress_line(result), flush=True)
+    ratios = _ratios(results, chosen)
+    targets = _targets(results, ratios)
+    print()
+    print(format_table(results, ratios))
+    if targets:
+        print("\ntargets (issue 5):")
+        for t in targets:
+            print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.2f}")
+    plot, plot_note = write_plot(out_dir, results)
+    payload = {
+        "machine": machine_info(),
+        "config": {
+            "quick": args.quick,
+            "sizes": args.sizes,
+            "measurements": [m.name for m in chosen],
+            "plan": _plan(args.sizes[0], args).to_dict() | {"size": None},
+            "wall_s": round(time.monotonic() - started, 1),
+        },
+        "results": [r.to_dict() for r in results],
+        "ratios": ratios,
+        "targets": targets,
+        "plot": plot,
+        "plot_note": plot_note,
+    }
+    json_path = write_json(out_dir / "bench.json", payload)
+    print(f"\nwrote {json_path}" + (f" and {out_dir / plot}" if plot else f" ({plot_note})"))
+    return 0 if all(r.ok for r in results) else 1
