@@ -1,12 +1,14 @@
-"""The ``heron-remote`` command: ``forwarders``, ``demo`` and ``check``."""
+"""The ``heron-remote`` command: ``forwarders``, ``demo``, ``check``, ``status`` and ``bench``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
+import time
 
 from ._version import __version__
 from .errors import HeronRemoteError
@@ -73,6 +75,37 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _status(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .status import StatusBoard, render
+
+    port = args.port or Settings.from_env().ports.proof_of_life_publish
+    with StatusBoard(args.host, port) as board:
+        if args.json or args.once:
+            sources = board.poll(args.wait)
+            if args.json:
+                print(json.dumps([asdict(s) for s in sources.values()], indent=2))
+            else:
+                print(render(sources))
+            return 0 if sources else 1
+        try:
+            while True:
+                sources = board.poll(1.0)
+                # Clear the screen and go home: a live table, refreshed each second.
+                print("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S ") + f"sources on {args.host}:{port}\n", flush=True)
+                print(render(sources), flush=True)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    rest = args.bench_args
+    return bench_main(rest[1:] if rest[:1] == ["--"] else rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heron-remote", description=__doc__)
     parser.add_argument("--version", action="version", version=f"heron_remote {__version__}")
@@ -105,10 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--ssh-info", metavar="PATH", help="the server registry")
     check.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the connection")
     check.set_defaults(run=_check)
+
+    status = sub.add_parser("status", help="live table of the running sources (state, rates, gaps, RTT, errors)")
+    status.add_argument("--host", default="127.0.0.1", help="where the proof-of-life forwarder runs")
+    status.add_argument("--port", type=int, default=0, help="its publish port (default 6570, or from the environment)")
+    status.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
+    status.add_argument("--once", action="store_true", help="print the table once and exit")
+    status.add_argument("--wait", type=float, default=2.5, help="seconds to listen for --json and --once")
+    status.set_defaults(run=_status)
+
+    bench = sub.add_parser(
+        "bench", help="measure the source path against raw transports (bench --help)", add_help=False
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options for the benchmark")
+    bench.set_defaults(run=_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # all its options, --help included, are the benchmark's own
+        argv = ["bench", "--", *argv[1:]]
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

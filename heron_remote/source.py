@@ -26,6 +26,7 @@ from .errors import ConfigError, ForwarderError, HeronRemoteError, WorkerError
 from .forwarders import Forwarders
 from .settings import Settings
 from .source_com import ComStats, SourceCom
+from .status import SourceStatus, status_of
 from .wire import DecodeError, decode_output
 
 __all__ = ["Frame", "NoDataError", "Source"]
@@ -107,6 +108,7 @@ class Source:
         self.received = 0
         self._last_index: int | None = None
         self._registered = False
+        self._status_mark: tuple[float, int, int] | None = None
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> Source:
@@ -218,6 +220,11 @@ class Source:
     @property
     def stats(self) -> ComStats:
         return self._com.stats
+
+    def status(self) -> SourceStatus:
+        """This source now: host, worker pid, state, rates since the last call, gaps, heartbeat RTT."""
+        status, self._status_mark = status_of(self._com, self._status_mark)
+        return status
 
     @property
     def error(self) -> BaseException | None:

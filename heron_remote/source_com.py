@@ -35,6 +35,7 @@ from ._verbosity import PacketLog, PacketTimer, parse_verbosity
 from .errors import ConfigError, HostUnreachableError, WorkerError, WorkerLostError, WorkerStartError
 from .launcher import LocalLauncher, WorkerLauncher
 from .settings import Settings
+from .status import STATUS_TOPIC, SourceStatus, status_of
 from .wire import DecodeError, check_output
 
 __all__ = ["ComStats", "SourceCom"]
@@ -46,6 +47,7 @@ _DATA_RCVHWM = 8
 _PUB_SNDHWM = 200
 _BATCH = 256
 _LOOP_TICK_MS = 50
+_STATUS_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -138,6 +140,8 @@ class SourceCom:
         self._packet_log: PacketLog | None = None
         self._packet_timer: PacketTimer | None = None
         self._warned_malformed = 0
+        self._next_status = 0.0
+        self._status_mark: tuple[float, int, int] | None = None
 
     # -- configuration helpers ---------------------------------------------------
     def define_verbosity_and_relic(self, verbosity_string: str) -> tuple[int | str, str]:
@@ -490,6 +494,8 @@ class SourceCom:
         # A worker that pulses do not reach ends itself after the death window; a beat later, so does hope.
         lost_after = self.settings.death_window + self.settings.heartbeat_rate
         while not self._stopping.is_set():
+            if time.monotonic() >= self._next_status:
+                self.publish_status()
             events = dict(poller.poll(_LOOP_TICK_MS))
             if s["data"] in events:
                 self._drain_data()
@@ -511,12 +517,20 @@ class SourceCom:
                 self._worker_lost(lost_after)
                 return
 
+    def publish_status(self) -> SourceStatus:
+        """Publish this com's status on the proof-of-life forwarder (``heron-remote status`` reads it)."""
+        status, self._status_mark = status_of(self, self._status_mark)
+        self._next_status = time.monotonic() + _STATUS_INTERVAL_S
+        self._sockets["proof_of_life"].send_multipart((STATUS_TOPIC + self.node_name.encode(), status.to_json()))
+        return status
+
     def _relaunch(self) -> bool:
         """Start the worker again if the restart policy allows; False leaves ``worker_error`` to raise."""
         policy = self.settings.restart
         while policy.enabled and self.stats.restarts < policy.max_restarts and not self._stopping.is_set():
             self.stats.restarts += 1
             self.stats.state = "restarting"
+            self.publish_status()
             delay = policy.delay(self.stats.restarts)
             self.log.warning(
                 "restarting the worker in %.1f s (restart %d of %d)", delay, self.stats.restarts, policy.max_restarts
@@ -589,6 +603,7 @@ class SourceCom:
     def _worker_lost(self, silent_for: float) -> None:
         assert self.launcher is not None
         self.stats.state = "lost"
+        self.publish_status()
         self.launcher.abandon()
         self._report(
             WorkerLostError(

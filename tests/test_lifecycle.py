@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -80,3 +81,36 @@ def test_a_relaunch_ends_the_worker_a_killed_com_left_without_waiting_for_its_he
     assert code == 0, log
     assert f"ended worker pid {orphan} of this node, left on" in log
     wait_until(lambda: not alive(worker), 10, "the relaunched worker to stop")
+
+
+def test_status_shows_each_remote_source_live_and_as_json(remote_settings: Settings, acq: Hosts) -> None:
+    port = str(remote_settings.ports.proof_of_life_publish)
+    camera = "python -m heron_remote.examples.synthetic_camera"
+    with (
+        Source(camera, name="cam-left", parameters={"shape": [64, 64], "fps": 50}, settings=remote_settings,
+               ssh_local_server_id="rig", ssh_remote_server_id="acq1") as left,
+        Source(camera, name="cam-right", parameters={"shape": [32, 32], "fps": 20}, settings=remote_settings,
+               ssh_local_server_id="rig", ssh_remote_server_id="acq2") as right,
+    ):  # fmt: skip
+        time.sleep(2.5)  # rates over whole seconds
+        out = subprocess.run(
+            ["heron-remote", "status", "--json", "--port", port], capture_output=True, text=True, timeout=30
+        )
+        screen = subprocess.run(
+            ["heron-remote", "status", "--once", "--port", port], capture_output=True, text=True, timeout=30
+        ).stdout
+        mine = left.status()
+    print(screen)
+    assert out.returncode == 0, out.stderr
+    rows = {row["node"]: row for row in json.loads(out.stdout)}
+    assert set(rows) == {"cam-left", "cam-right"}
+    for row, host, pid, fps in (
+        (rows["cam-left"], "acq1", left.stats.worker_pid, 50),
+        (rows["cam-right"], "acq2", right.stats.worker_pid, 20),
+    ):
+        assert (row["host"], row["worker_pid"], row["state"], row["gaps"]) == (host, pid, "running", 0)
+        assert 0.6 * fps < row["frames_per_s"] < 1.4 * fps
+        assert row["heartbeat_rtt_ms"] is not None and 0 < row["heartbeat_rtt_ms"] < 1000
+    assert rows["cam-left"]["mb_per_s"] > rows["cam-right"]["mb_per_s"] > 0
+    assert "cam-left" in screen and "acq2" in screen and "running" in screen
+    assert mine.node == "cam-left" and mine.state == "running"

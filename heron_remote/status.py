@@ -1,0 +1,134 @@
+"""Live status of the sources a rig runs: what ``heron-remote status`` shows.
+
+Every com publishes a status message about once a second on the proof-of-life
+forwarder (``[b"heron_remote.status##" + node, JSON]``), next to Heron's proof-of-life
+messages. :class:`StatusBoard` subscribes to them from any process; a
+:class:`SourceStatus` is one source's latest report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import zmq
+
+__all__ = ["STATUS_TOPIC", "SourceStatus", "StatusBoard", "render"]
+
+logger = logging.getLogger(__name__)
+
+STATUS_TOPIC = b"heron_remote.status##"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceStatus:
+    """One source as its com last reported it. Rates cover the second before ``time``."""
+
+    node: str
+    host: str
+    worker_pid: int | None
+    state: str
+    frames_per_s: float
+    mb_per_s: float
+    received: int
+    gaps: int
+    restarts: int
+    heartbeat_rtt_ms: float | None
+    last_error: str | None
+    time: float
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> SourceStatus | None:
+        try:
+            body = json.loads(raw)
+            return cls(**{f.name: body[f.name] for f in fields(cls)})
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class StatusBoard:
+    """Collects the status messages of every com on one proof-of-life forwarder. Use in one thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6570) -> None:
+        self._context = zmq.Context.instance()
+        self._sub = self._context.socket(zmq.SUB)
+        self._sub.linger = 0
+        self._sub.subscribe(STATUS_TOPIC)
+        self._sub.connect(f"tcp://{host}:{port}")
+        self.sources: dict[str, SourceStatus] = {}
+
+    def poll(self, timeout: float) -> dict[str, SourceStatus]:
+        """Take in what arrives for ``timeout`` seconds; the latest status per node."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._sub.poll(int(left * 1000) + 1):
+                break
+            frames = self._sub.recv_multipart()
+            status = SourceStatus.from_json(frames[1]) if len(frames) == 2 else None
+            if status is None:
+                logger.debug("ignored a malformed status message")
+                continue
+            self.sources[status.node] = status
+        return dict(self.sources)
+
+    def close(self) -> None:
+        self._sub.close()
+
+    def __enter__(self) -> StatusBoard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def render(sources: dict[str, SourceStatus], *, now: float | None = None) -> str:
+    """A table for a terminal; a source silent for 3 s is marked stale."""
+    now = time.time() if now is None else now
+    head = f"{'node':<16} {'host':<12} {'pid':>7} {'state':<10} {'frames/s':>9} {'MB/s':>8} {'gaps':>6} "
+    head += f"{'restarts':>8} {'rtt ms':>7}  last error"
+    lines = [head]
+    for name in sorted(sources):
+        s = sources[name]
+        state = s.state if now - s.time < 3 else f"{s.state}?"
+        rtt = "-" if s.heartbeat_rtt_ms is None else f"{s.heartbeat_rtt_ms:.1f}"
+        error = (s.last_error or "").splitlines()[0][:60] if s.last_error else ""
+        lines.append(
+            f"{s.node:<16} {s.host:<12} {s.worker_pid or '-':>7} {state:<10} {s.frames_per_s:>9.1f} "
+            f"{s.mb_per_s:>8.2f} {s.gaps:>6} {s.restarts:>8} {rtt:>7}  {error}"
+        )
+    if not sources:
+        lines.append("(no source has reported yet)")
+    return "\n".join(lines)
+
+
+def _rate(now: float, then: float, delta: int | float) -> float:
+    return delta / (now - then) if now > then else 0.0
+
+
+def status_of(com: Any, previous: tuple[float, int, int] | None) -> tuple[SourceStatus, tuple[float, int, int]]:
+    """A com's status now, with rates since ``previous`` (time, received, bytes); and the new mark."""
+    st = com.stats
+    now = time.time()
+    mark = (now, st.received, st.bytes_received)
+    then, received, size = previous or mark
+    status = SourceStatus(
+        node=com.node_name,
+        host=com.launcher.where if com.launcher is not None else "-",
+        worker_pid=st.worker_pid,
+        state=st.state,
+        frames_per_s=round(_rate(now, then, st.received - received), 2),
+        mb_per_s=round(_rate(now, then, st.bytes_received - size) / 1e6, 3),
+        received=st.received,
+        gaps=st.lost + st.malformed,
+        restarts=st.restarts,
+        heartbeat_rtt_ms=None if st.heartbeat_rtt_s is None else round(st.heartbeat_rtt_s * 1000, 3),
+        last_error=st.last_error,
+        time=now,
+    )
+    return status, mark
