@@ -32,7 +32,9 @@ from fabric.runners import Remote
 
 from ..errors import AuthenticationError, ConfigError, HostUnreachableError, SSHError, TunnelError
 from .hostkeys import HostKeys
+from .openssh import OpenSSHTunnel, openssh_forward
 from .registry import Server
+from .shells import PROBE, Shell, shell_from_probe
 
 __all__ = ["HostConnection", "Tunnel"]
 
@@ -191,6 +193,7 @@ class HostConnection:
         self._closing = threading.Event()
         self._watch_thread: threading.Thread | None = None
         self._probing = False
+        self._shell: Shell | None = None
         self._tunnels: set[Tunnel] = set()
         self._refs = 0
         self._pool_key: tuple[str, int, str | None] | None = None
@@ -452,9 +455,13 @@ class HostConnection:
         return keys
 
     # -- using it ------------------------------------------------------------------
-    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> Tunnel:
-        """A local port that reaches ``remote_host:remote_port`` on the server."""
-        tunnel = Tunnel(self, remote_port, remote_host)
+    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> Tunnel | OpenSSHTunnel:
+        """A local port that reaches ``remote_host:remote_port`` on the server, by the server's backend."""
+        tunnel: Tunnel | OpenSSHTunnel
+        if self.server.tunnel == "openssh":
+            tunnel = openssh_forward(self, remote_port, remote_host)
+        else:
+            tunnel = Tunnel(self, remote_port, remote_host)
         with self._lock:
             self._tunnels.add(tunnel)
         return tunnel
@@ -506,6 +513,18 @@ class HostConnection:
             )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SSHError(f"cannot start a command on {self.server.label}: {exc}") from exc
+
+    @property
+    def shell(self) -> Shell:
+        """The PC's command shell (POSIX, cmd or PowerShell), probed once per connection."""
+        if self._shell is None:
+            code, out, err = self.run(PROBE, timeout=self.timeout)
+            if code != 0:
+                raise SSHError(f"cannot tell the shell of {self.server.label}: {err.strip() or out.strip()}")
+            self._shell = shell_from_probe(out)
+            if self._shell.name != "posix":
+                self.log.info("%s runs commands in %s", self.server.label, self._shell.name)
+        return self._shell
 
     def round_trip(self) -> float:
         """Seconds for one SSH-level request and its reply."""

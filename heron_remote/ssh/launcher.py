@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shlex
 import signal
 import time
 from typing import Any
 
-from .._protocol import PID_PREFIX, WorkerArgs
+from .._protocol import WorkerArgs
 from ..errors import SSHError
 from ..launcher import WorkerLauncher
 from ..settings import Settings
 from .connection import HostConnection, Tunnel
 from .registry import Server
+from .shells import Shell
 
 __all__ = ["RemoteLauncher"]
 
@@ -58,6 +58,7 @@ class RemoteLauncher(WorkerLauncher):
         self._promise: Any = None
         self._tunnels: list[Tunnel] = []
         self._session_lost = False
+        self._shell: Shell | None = None
 
     def _python(self) -> str:
         return self.server.python
@@ -73,14 +74,18 @@ class RemoteLauncher(WorkerLauncher):
         self.connection = HostConnection.acquire(
             self.server, timeout=self.settings.connect_timeout, link_timeout=self.settings.link_timeout
         )
-        command = f"echo {PID_PREFIX}$$; exec env PYTHONUNBUFFERED=1 {shlex.join(argv)}"
+        self._shell = self.connection.shell
+        command = self._shell.start(argv)
         self._promise = self.connection.start(
             command, out_stream=_LineSink(self, "stdout"), err_stream=_LineSink(self, "stderr")
         )
 
     @property
     def pid(self) -> int | None:
-        return self.output.pid
+        # POSIX shells report it first; on Windows the worker's ready line is the first word of it.
+        if self.output.pid is not None:
+            return self.output.pid
+        return self.output.ready.pid if self.output.ready is not None else None
 
     def returncode(self) -> int | None:
         """The status sshd reported; None while the worker runs, and once its session is lost."""
@@ -120,16 +125,11 @@ class RemoteLauncher(WorkerLauncher):
         return True
 
     def _group_alive(self) -> bool:
-        pid = self.output.pid
-        if pid is None or self.connection is None:
+        pid = self.pid
+        if pid is None or self.connection is None or self._shell is None:
             return False
-        # Zombies do not count: the PC's init may be slow to reap what the worker left.
-        command = (
-            f"if command -v ps >/dev/null; then ps -e -o pgid=,stat= | awk '$1 == {pid} && $2 !~ /^Z/ {{n++}} "
-            f"END {{exit n ? 0 : 1}}'; else kill -0 -- -{pid} 2>/dev/null; fi"
-        )
         try:
-            code, _, _ = self.connection.run(command, timeout=10)
+            code, _, _ = self.connection.run(self._shell.alive(pid), timeout=10)
         except SSHError as exc:
             self.log.warning("cannot ask %s whether worker group %d is alive: %s", self.where, pid, exc)
             return False
@@ -140,11 +140,11 @@ class RemoteLauncher(WorkerLauncher):
         return "was killed by a signal" if code == -1 else super().describe_exit(code)
 
     def _signal_group(self, sig: signal.Signals) -> bool:
-        pid = self.output.pid
-        if pid is None or self.connection is None:
+        pid = self.pid
+        if pid is None or self.connection is None or self._shell is None:
             return False
         try:
-            code, _, _ = self.connection.run(f"kill -{sig.name.removeprefix('SIG')} -- -{pid} 2>/dev/null", timeout=10)
+            code, _, _ = self.connection.run(self._shell.signal(pid, sig), timeout=10)
         except SSHError as exc:
             self.log.error("cannot signal the worker's group %d on %s: %s", pid, self.where, exc)
             return False

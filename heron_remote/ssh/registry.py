@@ -10,7 +10,9 @@ else ``$HERON_REMOTE_SSH_INFO``, else ``~/.config/heron_remote/ssh_info.json``.
 ``"password"`` is best ``"env:VARNAME"`` (read from the rig's environment when
 connecting) so that no secret sits in the file; ``"None"`` means not used. ``"IP"``
 may be a host alias of ``~/.ssh/config``, whose HostName, User, Port and
-IdentityFile then apply where the registry gives none.
+IdentityFile then apply where the registry gives none. ``"tunnel"`` picks the port-forward
+backend: ``"sshtunnel"`` (default, paramiko in this process) or ``"openssh"`` (the ``ssh``
+binary, see :mod:`heron_remote.ssh.openssh`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["Registry", "Server", "default_registry_path"]
+__all__ = ["TUNNEL_BACKENDS", "Registry", "Server", "default_registry_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,10 @@ _KEYS = {
     "python",
     "trust_on_first_use",
     "run_dir",
+    "tunnel",
 }
+#: The port-forward backends a server may name in ``"tunnel"``; the first is the default.
+TUNNEL_BACKENDS = ("sshtunnel", "openssh")
 
 
 def default_registry_path() -> Path:
@@ -72,6 +77,8 @@ class Server:
     trust_on_first_use: bool = False
     #: Where the PC keeps its start records (default: its temp dir, per user).
     run_dir: str | None = None
+    #: The port-forward backend: "sshtunnel" (paramiko, in this process) or "openssh" (the ssh binary).
+    tunnel: str = TUNNEL_BACKENDS[0]
 
     @property
     def label(self) -> str:
@@ -114,6 +121,7 @@ class Server:
             python=self.python,
             trust_on_first_use=self.trust_on_first_use,
             run_dir=self.run_dir,
+            tunnel=self.tunnel,
         )
 
 
@@ -199,6 +207,11 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
     tofu = entry.get("trust_on_first_use", False)
     if not isinstance(tofu, bool):
         raise ConfigError(f'{where}: server {sid!r} has "trust_on_first_use" {tofu!r}; it must be true or false')
+    tunnel = entry.get("tunnel", TUNNEL_BACKENDS[0])
+    if tunnel not in TUNNEL_BACKENDS:
+        allowed = " or ".join(f'"{b}"' for b in TUNNEL_BACKENDS)
+        who = f"{sid!r} ({entry['Name']})" if entry.get("Name") else repr(sid)
+        raise ConfigError(f'{where}: server {who} has "tunnel" {tunnel!r}; it must be {allowed}')
     return Server(
         id=sid,
         name=str(entry.get("Name") or sid),
@@ -211,4 +224,5 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
         python=str(entry.get("python") or "python3"),
         trust_on_first_use=tofu,
         run_dir=_optional(entry.get("run_dir")),
+        tunnel=tunnel,
     )

@@ -1,0 +1,104 @@
+"""The commands that start, signal and check a worker, in the remote PC's shell.
+
+An acquisition PC's SSH server runs commands in a POSIX shell (Linux, macOS, a
+Raspberry Pi) or, with Windows' OpenSSH server, in cmd.exe or PowerShell. One probe
+tells them apart; each :class:`Shell` then builds the same three commands. On POSIX a
+worker leads its own process group (sshd makes the session; ``exec`` keeps its pid);
+on Windows ``taskkill /T`` ends the worker's process tree instead.
+
+Windows support is built from Microsoft's documentation and unit-tested; it has not
+been run against a real Windows PC.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+from abc import ABC, abstractmethod
+
+from .._protocol import PID_PREFIX
+
+__all__ = ["PROBE", "CmdShell", "PosixShell", "PowerShell", "Shell", "shell_from_probe"]
+
+#: cmd expands %OS%, PowerShell $env:OS, a POSIX shell neither (and prints $0).
+PROBE = 'echo "%OS%|$env:OS|"'
+
+
+class Shell(ABC):
+    name: str
+    #: Whether the start command reports the worker's pid before it runs (else the ready line does).
+    reports_pid: bool = False
+
+    @abstractmethod
+    def start(self, argv: list[str]) -> str:
+        """Run argv unbuffered, as the session's process (or process tree) that stop() can end."""
+
+    @abstractmethod
+    def signal(self, pid: int, sig: signal.Signals) -> str:
+        """Send sig to the worker's group (or tree); exit status 0 when something received it."""
+
+    @abstractmethod
+    def alive(self, pid: int) -> str:
+        """Exit status 0 while anything of the worker's group (or tree) runs."""
+
+
+class PosixShell(Shell):
+    name = "posix"
+    reports_pid = True
+
+    def start(self, argv: list[str]) -> str:
+        return f"echo {PID_PREFIX}$$; exec env PYTHONUNBUFFERED=1 {shlex.join(argv)}"
+
+    def signal(self, pid: int, sig: signal.Signals) -> str:
+        return f"kill -{sig.name.removeprefix('SIG')} -- -{pid} 2>/dev/null"
+
+    def alive(self, pid: int) -> str:
+        # Zombies do not count: the PC's init may be slow to reap what the worker left.
+        return (
+            f"if command -v ps >/dev/null; then ps -e -o pgid=,stat= | awk '$1 == {pid} && $2 !~ /^Z/ {{n++}} "
+            f"END {{exit n ? 0 : 1}}'; else kill -0 -- -{pid} 2>/dev/null; fi"
+        )
+
+
+class _WindowsShell(Shell):
+    def signal(self, pid: int, sig: signal.Signals) -> str:
+        # A console program has no window to close: a polite taskkill fails for it, so TERM
+        # asks and KILL forces, each for the whole tree the worker started.
+        force = " /F" if sig == signal.SIGKILL else ""
+        return f"taskkill /PID {pid} /T{force}"
+
+
+class CmdShell(_WindowsShell):
+    name = "cmd"
+
+    def start(self, argv: list[str]) -> str:
+        return f"set PYTHONUNBUFFERED=1&& {subprocess.list2cmdline(argv)}"
+
+    def alive(self, pid: int) -> str:
+        # tasklist prints an INFO line, not the pid, when nothing matches: find then fails.
+        return f'tasklist /FI "PID eq {pid}" /NH | find "{pid}" >nul'
+
+
+def _ps_quote(word: str) -> str:
+    return "'" + word.replace("'", "''") + "'"
+
+
+class PowerShell(_WindowsShell):
+    name = "powershell"
+
+    def start(self, argv: list[str]) -> str:
+        return "$env:PYTHONUNBUFFERED = '1'; & " + " ".join(_ps_quote(w) for w in argv)
+
+    def alive(self, pid: int) -> str:
+        return f"if (Get-Process -Id {pid} -ErrorAction SilentlyContinue) {{ exit 0 }} else {{ exit 1 }}"
+
+
+def shell_from_probe(output: str) -> Shell:
+    """The shell that printed ``output`` in answer to :data:`PROBE`."""
+    text = output.strip().strip('"')
+    if text.startswith("Windows_NT|"):
+        return CmdShell()
+    if text.startswith("%OS%|Windows_NT"):
+        return PowerShell()
+    return PosixShell()
