@@ -1,23 +1,29 @@
 """The three forwarders (data, parameters, proof of life): XSUB -> XPUB proxies.
 
 Publishers connect to a forwarder's submit port, subscribers to its publish port.
-Each proxy runs in a thread of its own, with a ZeroMQ context of its own: the thread
-creates, binds and closes its sockets, and terminating its context is what stops it.
-They bind 127.0.0.1 unless another interface is asked for.
+Each proxy runs in a thread of its own, which creates, binds and closes its sockets;
+a TERMINATE on its control socket stops it. They bind 127.0.0.1 unless another
+interface is asked for.
+
+Each port is also bound in-process (``inproc://``) on the process's shared ZeroMQ
+context: a com or a subscriber in the same process (a :class:`~heron_remote.Source`)
+reaches the forwarder through :func:`endpoint` without TCP, so a camera frame is not
+copied through the kernel twice more on its way to a subscriber beside it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
 from .errors import ForwarderError
 from .settings import ForwarderPorts
 
-__all__ = ["Forwarders"]
+__all__ = ["Forwarders", "endpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +33,32 @@ _NAMES = ("data", "parameters", "proof_of_life")
 HWM = 200
 
 
+_LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0")
+_ids = itertools.count(1)
+#: Ports this process's forwarders serve, with their in-process endpoints.
+_in_process: dict[int, str] = {}
+_in_process_lock = threading.Lock()
+
+
+def endpoint(host: str, port: int) -> tuple[str, zmq.Context | None]:
+    """Where to connect for a forwarder port: its inproc endpoint and the shared context when a
+    forwarder of this process serves it on loopback, else ``tcp://host:port`` and None."""
+    if host in _LOOPBACK:
+        with _in_process_lock:
+            inproc = _in_process.get(port)
+        if inproc is not None:
+            return inproc, zmq.Context.instance()
+    return f"tcp://{host}:{port}", None
+
+
 @dataclass
 class _Proxy:
     name: str
     submit: int
     publish: int
     thread: threading.Thread | None = None
-    context: zmq.Context = field(default_factory=zmq.Context)
     error: BaseException | None = None
+    control: str = ""
 
 
 class Forwarders:
@@ -113,30 +137,43 @@ class Forwarders:
         return int(sock.last_endpoint.decode().rsplit(":", 1)[1])
 
     def _run(self, proxy: _Proxy, ready: threading.Event) -> None:
-        frontend = proxy.context.socket(zmq.XSUB)
-        backend = proxy.context.socket(zmq.XPUB)
-        for sock in (frontend, backend):
+        context = zmq.Context.instance()
+        frontend = context.socket(zmq.XSUB)
+        backend = context.socket(zmq.XPUB)
+        control = context.socket(zmq.REP)
+        for sock in (frontend, backend, control):
             sock.linger = 0
             sock.sndhwm = sock.rcvhwm = HWM
+        aliases = []
         try:
             try:
                 proxy.submit = self._bind(frontend, proxy.submit, proxy, "submit")
                 proxy.publish = self._bind(backend, proxy.publish, proxy, "publish")
+                if self.host in _LOOPBACK:
+                    for sock, port in ((frontend, proxy.submit), (backend, proxy.publish)):
+                        alias = f"inproc://heron-remote-forwarder-{port}"
+                        sock.bind(alias)
+                        aliases.append((port, alias))
+                proxy.control = f"inproc://heron-remote-forwarder-control-{next(_ids)}"
+                control.bind(proxy.control)
             except BaseException as exc:
                 proxy.error = exc
                 return
             finally:
                 ready.set()
+            with _in_process_lock:
+                _in_process.update(aliases)
             try:
-                zmq.proxy(frontend, backend)
-            except zmq.ContextTerminated:
-                pass  # close() terminated our context: the way a proxy is stopped
+                zmq.proxy_steerable(frontend, backend, None, control)  # returns on TERMINATE
             except zmq.ZMQError as exc:
                 proxy.error = exc
                 logger.error("the %s forwarder stopped: %s", proxy.name, exc)
         finally:
-            frontend.close()
-            backend.close()
+            with _in_process_lock:
+                for port, _ in aliases:
+                    _in_process.pop(port, None)
+            for sock in (frontend, backend, control):
+                sock.close()
 
     @property
     def error(self) -> BaseException | None:
@@ -149,9 +186,14 @@ class Forwarders:
             if self._closed:
                 return
             self._closed = True
+        context = zmq.Context.instance()
         for proxy in self._proxies:
-            # term() blocks until the proxy thread, woken by ETERM, has closed its sockets.
-            proxy.context.term()
+            if proxy.control and proxy.thread is not None and proxy.thread.is_alive():
+                stop = context.socket(zmq.REQ)
+                stop.linger = 1000
+                stop.connect(proxy.control)
+                stop.send(b"TERMINATE")
+                stop.close()
             if proxy.thread is not None:
                 proxy.thread.join(5)
                 if proxy.thread.is_alive():

@@ -22,8 +22,10 @@ from typing import Any, NamedTuple
 
 import zmq
 
+from ._recv import recv_message
 from .errors import ConfigError, ForwarderError, HeronRemoteError, WorkerError
 from .forwarders import Forwarders
+from .forwarders import endpoint as forwarder_endpoint
 from .settings import Settings
 from .source_com import ComStats, SourceCom
 from .status import SourceStatus, status_of
@@ -34,6 +36,7 @@ __all__ = ["Frame", "NoDataError", "Source"]
 logger = logging.getLogger(__name__)
 
 _instances = itertools.count(1)
+_PAYLOAD = frozenset((4,))  # [topic, index, time_us, metadata, payload]
 #: Names of the Sources running in this process: a name is a node on its PC, so it must be unique.
 _running: set[str] = set()
 _running_lock = threading.Lock()
@@ -165,7 +168,7 @@ class Source:
         sub.linger = 0
         for topic in self.topics:
             sub.subscribe(topic.encode())
-        sub.connect(f"tcp://{self.settings.forwarder_host}:{self.settings.ports.data_publish}")
+        sub.connect(forwarder_endpoint(self.settings.forwarder_host, self.settings.ports.data_publish)[0])
         return sub
 
     def _run_com(self) -> None:
@@ -254,7 +257,11 @@ class Source:
         last_frame = time.monotonic()
         try:
             while limit is None or yielded < limit:
-                if not sub.poll(100):
+                try:
+                    frames = recv_message(sub, 5, _PAYLOAD)
+                except zmq.Again:
+                    frames = None
+                if frames is None and not sub.poll(100):
                     if pending_index is not None:  # the rest of the outputs were ignored
                         yield Frame(pending_index, pending_time, tuple(pending))
                         yielded += 1
@@ -271,13 +278,14 @@ class Source:
                             + (f"; last error: {said}" if said else "")
                         )
                     continue
-                frames = sub.recv_multipart(copy=False)
-                if len(frames) != 5 or frames[0].bytes not in topic_output:
+                if frames is None:
+                    continue  # something arrived: the next turn reads it
+                if len(frames) != 5 or frames[0] not in topic_output:
                     continue  # another node whose topic starts like ours
                 try:
-                    index = int(frames[1].bytes)
-                    value = decode_output(frames[3].bytes, frames[4].buffer)
-                    stamp = int(frames[2].bytes) / 1e6
+                    index = int(frames[1])
+                    value = decode_output(frames[3], frames[4])
+                    stamp = int(frames[2]) / 1e6
                 except (DecodeError, ValueError) as exc:
                     logger.warning("dropped an undecodable message from %s: %s", self.name, exc)
                     continue
@@ -291,7 +299,7 @@ class Source:
                 if index != pending_index:
                     self._count(index)
                 pending_index, pending_time = index, stamp
-                pending[topic_output[frames[0].bytes]] = value
+                pending[topic_output[frames[0]]] = value
                 if all(v is not None for v in pending):
                     yield Frame(index, stamp, tuple(pending))
                     yielded += 1

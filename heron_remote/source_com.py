@@ -31,8 +31,10 @@ import zmq
 
 from ._logging import NodeLogger
 from ._protocol import WorkerArgs, parse_liveness, pulse
+from ._recv import recv_message
 from ._verbosity import PacketLog, PacketTimer, parse_verbosity
 from .errors import ConfigError, HostUnreachableError, WorkerError, WorkerLostError, WorkerStartError
+from .forwarders import endpoint as forwarder_endpoint
 from .launcher import LocalLauncher, WorkerLauncher
 from .settings import Settings
 from .status import STATUS_TOPIC, SourceStatus, status_of
@@ -47,6 +49,7 @@ _DATA_RCVHWM = 8
 _PUB_SNDHWM = 200
 _BATCH = 256
 _LOOP_TICK_MS = 50
+_MORE = zmq.SNDMORE
 _STATUS_INTERVAL_S = 1.0
 
 
@@ -120,6 +123,8 @@ class SourceCom:
         self.node_key = parameters_topic
         self.log = NodeLogger(logger, node=self.node_name, host="com")
         self._routes = self._route_topics()
+        self._packet_frames = 1 + 2 * len(self.outputs)
+        self._payload_slots = frozenset(range(2, self._packet_frames, 2))
         self.launcher: WorkerLauncher | None = None
 
         self._context: zmq.Context | None = None
@@ -199,10 +204,13 @@ class SourceCom:
             self._sockets[name] = sock
             return sock
 
-        pub = make(zmq.PUB, "publish")
-        pub.sndhwm = _PUB_SNDHWM
+        # A forwarder in this process is reached in-process (no copies through the kernel).
+        target, shared = forwarder_endpoint(host, s.ports.data_submit)
+        pub = (shared or self._context).socket(zmq.PUB)
         pub.linger = 1000  # what the worker sent last still reaches the forwarder
-        pub.connect(f"tcp://{host}:{s.ports.data_submit}")
+        pub.sndhwm = _PUB_SNDHWM
+        self._sockets["publish"] = pub
+        pub.connect(target)
         params_in = make(zmq.SUB, "parameters_in")
         params_in.subscribe(self.parameters_topic.encode())
         params_in.connect(f"tcp://{host}:{s.ports.parameters_publish}")
@@ -252,7 +260,8 @@ class SourceCom:
         self.stats.received += 1
         n = len(self.outputs)
         try:
-            seq = int(_bytes(msg[0])) if msg and _bytes(msg[0]).isdigit() else None
+            first = _bytes(msg[0]) if msg else b""
+            seq = int(first) if first.isdigit() else None
             self._number_packet(seq)
             if seq is None:
                 raise DecodeError("the first frame must be the packet number (an ascii integer)")
@@ -274,10 +283,16 @@ class SourceCom:
         time_us = time.time_ns() // 1000
         index_b = b"%d" % self.index
         time_b = b"%d" % time_us
-        pub = self._sockets["publish"]
+        send = self._sockets["publish"].send
         for topic, k in self._routes:
             if publish[k]:
-                pub.send_multipart((topic, index_b, time_b, msg[1 + 2 * k], msg[2 + 2 * k]), copy=False)
+                # Frame by frame: cheaper than send_multipart for small packets; a large payload
+                # arrived as a zmq.Frame and goes on without a copy.
+                send(topic, _MORE)
+                send(index_b, _MORE)
+                send(time_b, _MORE)
+                send(msg[1 + 2 * k], _MORE)
+                send(msg[2 + 2 * k])
                 self.stats.published += 1
                 if self._packet_timer is not None:
                     self._packet_timer.packet(topic.decode(), self.index, time_us)
@@ -570,13 +585,15 @@ class SourceCom:
     def _drain_data(self, budget: int = _BATCH) -> int:
         data = self._sockets["data"]
         n = 0
-        for n in range(budget):
+        while n < budget:
             try:
-                msg = data.recv_multipart(zmq.NOBLOCK, copy=False)
+                msg = recv_message(data, self._packet_frames, self._payload_slots)
             except zmq.Again:
-                return n
-            self._last_heard = time.monotonic()
+                break
             self.on_receive_data_from_worker(msg)
+            n += 1
+        if n:
+            self._last_heard = time.monotonic()
         return n
 
     def _worker_ended(self, code: int) -> None:

@@ -25,6 +25,8 @@ __all__ = ["IGNORE", "DecodeError", "Packet", "decode_output", "decode_published
 
 #: The value a worker sends for an output that must not be published (Heron's convention).
 IGNORE = "Ignore"
+#: Payloads from this size on travel as zmq.Frame without copies; smaller ones are cheaper copied.
+ZERO_COPY_MIN = 64 * 1024
 
 _IGNORE_META = b'{"data_type": "ignore"}'
 _DICT_META = b'{"data_type": "dict"}'

@@ -39,7 +39,7 @@ from ._protocol import PULSE, ReadyLine, WorkerArgs, liveness
 from ._streams import guard_std_streams
 from ._version import __version__
 from .relic import Relic
-from .wire import encode_output
+from .wire import ZERO_COPY_MIN, encode_output
 
 __all__ = ["SourceWorker", "start_the_source_worker_process"]
 
@@ -58,6 +58,7 @@ _DELIVER_S = 5.0
 
 _CHANNEL_OFFSET = {"data": 0, "heartbeat": 1, "parameters": 2, "liveness": 3}
 _DATA_HWM = 8
+_MORE = zmq.SNDMORE
 
 
 class SourceWorker:
@@ -174,7 +175,12 @@ class SourceWorker:
             assert self._data is not None, "call connect_socket() first"
             # The packet number lets the com count packets lost on the way (a broken tunnel).
             frames[0] = b"%d" % (self.index + 1)
-            self._data.send_multipart(frames, copy=copy)
+            send = self._data.send
+            last = len(frames) - 1
+            for i, frame in enumerate(frames):
+                # Small frames are cheaper copied; a large one goes as it is unless asked to copy.
+                zero_copy = not copy and len(frame) >= ZERO_COPY_MIN
+                send(frame, _MORE if i < last else 0, copy=not zero_copy)
             self.index += 1
 
     # -- parameters --------------------------------------------------------------
