@@ -1,14 +1,19 @@
 """Processes on this host: who is in a process group, and ending a group for good.
 
-Linux reads ``/proc``; elsewhere only the group leader can be checked (``os.kill(pid, 0)``).
-Zombies count as gone: they hold nothing, and their parent may never reap them.
+Linux reads ``/proc``; other POSIX systems can only check the group leader
+(``os.kill(pid, 0)``). Zombies count as gone: they hold nothing, and their parent may
+never reap them. Windows has no process groups: a worker's command line is read with
+PowerShell and its process tree ended with ``taskkill /T /F`` (built and unit-tested
+here, not run on a real Windows PC).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["cmdline", "end_group", "end_process", "group_members"]
@@ -45,8 +50,37 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+def windows_cmdline_command(pid: int) -> list[str]:
+    return [
+        "powershell",
+        "-NoProfile",
+        "-Command",
+        f'(Get-CimInstance Win32_Process -Filter "ProcessId={int(pid)}").CommandLine',
+    ]
+
+
+def windows_end_tree_command(pid: int) -> list[str]:
+    return ["taskkill", "/PID", str(int(pid)), "/T", "/F"]
+
+
+def windows_cmdline(pid: int, run: Runner = subprocess.run) -> str | None:
+    """The command line of ``pid`` on Windows, as one string (None when it does not run)."""
+    try:
+        out = run(windows_cmdline_command(pid), capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    line = out.stdout.strip()
+    return line or None
+
+
 def cmdline(pid: int) -> list[str] | None:
-    """The argv of ``pid`` (None when unknown, a zombie, or not Linux)."""
+    """The argv of ``pid`` (None when unknown or a zombie). On Windows, one string, split on spaces."""
+    if os.name == "nt":
+        line = windows_cmdline(pid)
+        return None if line is None else line.split()
     st = _stat(pid)
     if st is None or st[0] == "Z":
         return None
@@ -66,8 +100,17 @@ def _wait_empty(pgid: int, timeout: float) -> bool:
     return True
 
 
-def end_group(pgid: int, grace: float) -> bool:
-    """TERM group ``pgid``, KILL what is left after ``grace`` s; True once nothing of it runs."""
+def end_group(pgid: int, grace: float, run: Runner = subprocess.run) -> bool:
+    """TERM group ``pgid``, KILL what is left after ``grace`` s; True once nothing of it runs.
+
+    On Windows ``pgid`` is the worker's pid and its process tree is ended at once.
+    """
+    if os.name == "nt":
+        try:
+            run(windows_end_tree_command(pgid), capture_output=True, text=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return windows_cmdline(pgid, run) is None
     if pgid == os.getpgrp():
         raise ValueError("refusing to end this process's own group")
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):

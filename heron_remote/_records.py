@@ -52,7 +52,7 @@ class StartRecord:
     def runs(self) -> bool:
         """Whether the recorded worker still runs (same pid *and* the same token in its argv)."""
         argv = cmdline(self.pid)
-        return argv is not None and TOKEN_OPTION + self.token in argv
+        return argv is not None and any(TOKEN_OPTION + self.token in word for word in argv)
 
 
 def _path(folder: Path, node: str) -> Path:
@@ -91,11 +91,13 @@ def claim(node: str, token: str, *, folder: Path, grace: float = 1.0) -> list[St
                 node,
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(old.started)),
             )
-            ended = end_process(old.pid, grace) if old.pgid == os.getpgrp() else end_group(old.pgid, grace)
+            same_group = os.name != "nt" and old.pgid == os.getpgrp()
+            ended = end_process(old.pid, grace) if same_group else end_group(old.pgid, grace)
             if not ended:
                 logger.error("worker pid %d of node %s survived KILL", old.pid, node)
             reaped.append(old)
-        record = StartRecord(node, os.getpid(), os.getpgrp(), token, time.time())
+        pgid = os.getpid() if os.name == "nt" else os.getpgrp()  # Windows: the tree under this pid
+        record = StartRecord(node, os.getpid(), pgid, token, time.time())
         path = _path(folder, node)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(record)))
