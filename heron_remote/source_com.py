@@ -50,6 +50,9 @@ _PUB_SNDHWM = 200
 _BATCH = 256
 _LOOP_TICK_MS = 50
 _MORE = zmq.SNDMORE
+#: pyzmq's compiled send, without the Python layer over it (which only adds DRAFT-socket
+#: options): a third of the cost of a small frame.
+_send = zmq.backend.Socket.send
 _STATUS_INTERVAL_S = 1.0
 
 
@@ -257,7 +260,8 @@ class SourceCom:
         and is counted here (``stats.lost``); a worker that starts its numbering again
         (a new worker) continues the index where it stood.
         """
-        self.stats.received += 1
+        stats = self.stats
+        stats.received += 1
         n = len(self.outputs)
         try:
             first = _bytes(msg[0]) if msg else b""
@@ -279,25 +283,25 @@ class SourceCom:
         except DecodeError as exc:
             self._malformed(exc)
             return
-        self.stats.bytes_received += size
+        stats.bytes_received += size
         time_us = time.time_ns() // 1000
         index_b = b"%d" % self.index
         time_b = b"%d" % time_us
-        send = self._sockets["publish"].send
+        pub = self._sockets["publish"]
         for topic, k in self._routes:
             if publish[k]:
                 # Frame by frame: cheaper than send_multipart for small packets; a large payload
                 # arrived as a zmq.Frame and goes on without a copy.
-                send(topic, _MORE)
-                send(index_b, _MORE)
-                send(time_b, _MORE)
-                send(msg[1 + 2 * k], _MORE)
-                send(msg[2 + 2 * k])
-                self.stats.published += 1
+                _send(pub, topic, _MORE)
+                _send(pub, index_b, _MORE)
+                _send(pub, time_b, _MORE)
+                _send(pub, msg[1 + 2 * k], _MORE)
+                _send(pub, msg[2 + 2 * k])
+                stats.published += 1
                 if self._packet_timer is not None:
                     self._packet_timer.packet(topic.decode(), self.index, time_us)
             else:
-                self.stats.ignored += 1
+                stats.ignored += 1
         if self._packet_log is not None:
             self._packet_log.write(self.index)
 

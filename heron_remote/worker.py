@@ -59,6 +59,7 @@ _DELIVER_S = 5.0
 _CHANNEL_OFFSET = {"data": 0, "heartbeat": 1, "parameters": 2, "liveness": 3}
 _DATA_HWM = 8
 _MORE = zmq.SNDMORE
+_send = zmq.backend.Socket.send  # pyzmq's compiled send: see source_com
 
 
 class SourceWorker:
@@ -175,12 +176,12 @@ class SourceWorker:
             assert self._data is not None, "call connect_socket() first"
             # The packet number lets the com count packets lost on the way (a broken tunnel).
             frames[0] = b"%d" % (self.index + 1)
-            send = self._data.send
+            sock = self._data
             last = len(frames) - 1
             for i, frame in enumerate(frames):
                 # Small frames are cheaper copied; a large one goes as it is unless asked to copy.
                 zero_copy = not copy and len(frame) >= ZERO_COPY_MIN
-                send(frame, _MORE if i < last else 0, copy=not zero_copy)
+                _send(sock, frame, _MORE if i < last else 0, copy=not zero_copy)
             self.index += 1
 
     # -- parameters --------------------------------------------------------------
