@@ -9,8 +9,10 @@ import pytest
 
 from heron_remote.bench import main
 
-# Cheap: no SSH host, two small sizes, and the whole local path (bench worker, com, forwarder).
-ONLY = "zmq,path-local"
+# Cheap: no SSH host, two small sizes, the whole local path (bench worker, com, forwarder) and
+# the local launch latency (a study: runs once, fills its own section).
+STREAMS = "zmq,path-local"
+ONLY = STREAMS + ",launch-local"
 SIZES = [64, 65536]
 
 
@@ -26,7 +28,7 @@ def test_quick_bench_writes_json_and_plot(tmp_path: Path, capsys: pytest.Capture
     assert report["config"]["measurements"] == ONLY.split(",")
 
     results = {(r["name"], r["size"]): r for r in report["results"]}
-    assert set(results) == {(name, size) for name in ONLY.split(",") for size in SIZES}
+    assert set(results) == {(name, size) for name in STREAMS.split(",") for size in SIZES}
     for key, r in results.items():
         assert r["ok"], (key, r["error"])
         assert r["messages"] > 1 and r["msg_per_s"] > 0 and r["mb_per_s"] > 0, key
@@ -39,6 +41,9 @@ def test_quick_bench_writes_json_and_plot(tmp_path: Path, capsys: pytest.Capture
     ratios = {(r["name"], r["base"], r["size"]) for r in report["ratios"]}
     assert {("path-local", "zmq", size) for size in SIZES} <= ratios
     assert [t["target"] for t in report["targets"]] == ["path-local >= 50000 msg/s (64 B)"]  # no 1 MiB run here
+    launch = report["launch"]["launch-local"]["cold"]
+    assert launch["runs"] == 3 and 0 < launch["min_s"] <= launch["median_s"] <= launch["max_s"]
+    assert 0 < launch["ready_median_s"] <= launch["max_s"]
 
     if report["plot"]:
         assert (tmp_path / report["plot"]).stat().st_size > 0

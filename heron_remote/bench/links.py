@@ -3,11 +3,13 @@
 A :class:`Link` knows how to start a raw sender on its host (``ip netns exec`` for a
 namespace, a plain process for loopback) and carries what SSH needs to reach it.
 :func:`open_links` makes the hosts with :class:`heron_remote.testing.AcqHosts` and
-removes them on exit, whatever happened.
+removes them on exit, whatever happened. The namespace link has two hosts (the scale
+study spreads sources over both); every other measurement uses the first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -44,6 +46,18 @@ class Link:
     known_hosts: Path | None = None
     key: Path | None = None
     server_id: str = "None"
+    #: Every host of the link, by registry name; ``server_id`` is the first.
+    server_ids: tuple[str, ...] = ()
+
+    def with_tunnel(self, backend: str) -> Link:
+        """This link with every server's ``"tunnel"`` set to ``backend``, in a registry of its own."""
+        assert self.registry is not None
+        raw = json.loads(self.registry.read_text())
+        for entry in raw.values():
+            entry["tunnel"] = backend
+        path = self.registry.with_name(f"{self.registry.stem}-{backend}.json")
+        path.write_text(json.dumps(raw, indent=2))
+        return dataclasses.replace(self, registry=path)
 
     @property
     def ssh_target(self) -> str:
@@ -119,19 +133,21 @@ def _make_hosts(mode: str, stack: ExitStack) -> Link:
         raise LinkUnavailable("network namespaces need root")
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"heron-bench-{mode}-")))
     try:
-        hosts = AcqHosts(workdir, count=1, mode=mode)
+        hosts = AcqHosts(workdir, count=2 if mode == "namespace" else 1, mode=mode)
     except (OSError, subprocess.SubprocessError, RuntimeError, AssertionError) as exc:
         raise LinkUnavailable(f"cannot make a {mode} host: {exc}") from exc
     stack.callback(hosts.close)
+    names = tuple(h.name for h in hosts.hosts)
     # The workers must run this interpreter, which has heron_remote, whatever the host's PATH holds.
-    hosts.write_registry(acq1={"python": sys.executable})
+    hosts.write_registry(**{name: {"python": sys.executable} for name in names})
     return Link(
         NAMESPACE if mode == "namespace" else LOOPBACK,
         hosts.hosts[0],
         hosts.registry,
         hosts.known_hosts,
         hosts.user_key,
-        server_id="acq1",
+        server_id=names[0],
+        server_ids=names,
     )
 
 

@@ -18,7 +18,16 @@ from ..source import Source
 from .links import Link
 from .protocol import Plan, Result, measure
 
-__all__ = ["WORKER", "Stream", "StreamOpener", "measure_stream", "source_stream", "whole_path"]
+__all__ = [
+    "FREE_PORTS",
+    "WORKER",
+    "Stream",
+    "StreamOpener",
+    "measure_stream",
+    "source_stream",
+    "whole_path",
+    "whole_path_openssh",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -127,4 +136,11 @@ def whole_path(name: str, link: Link, plan: Plan) -> Result:
     notes: dict[str, Any] = {}
     result = measure_stream(name, path_plan(plan), source_stream(link, notes))
     result.notes.update(notes)
+    return result
+
+
+def whole_path_openssh(name: str, link: Link, plan: Plan) -> Result:
+    """The whole source path with the worker on ``link``'s host, its forwards made by OpenSSH."""
+    result = whole_path(name, link.with_tunnel("openssh"), plan)
+    result.notes["tunnel"] = "openssh"
     return result

@@ -3,7 +3,8 @@
 Each function takes a link and a plan, starts a raw sender on the link's host, opens
 its forward (or none), receives with a PULL socket here and returns the figures. Every
 forward is the library's as users meet it: sshtunnel and pyzmq with paramiko's
-defaults, OpenSSH's ``ssh -L`` with its own.
+defaults, OpenSSH's ``ssh -L`` with its own; and ``ssh -L`` with AES-GCM, the cipher the
+OpenSSH tunnel backend asks for, so that the backend is also compared with its own transport.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import zmq
 from .links import Link, Sender
 from .protocol import ZERO_COPY_FROM, Plan, Result, measure
 
-__all__ = ["RAW", "direct", "hwm_for", "openssh_forward", "sshtunnel_forward", "zmq_paramiko"]
+__all__ = ["RAW", "direct", "hwm_for", "openssh_forward", "openssh_gcm_forward", "sshtunnel_forward", "zmq_paramiko"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +141,12 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) ->
 
 
 @contextmanager
-def _openssh(link: Link, remote_port: int) -> Iterator[tuple[int, dict[str, Any]]]:
+def _openssh(link: Link, remote_port: int, cipher: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     assert link.host is not None and link.key is not None and link.known_hosts is not None
     local_port = _free_port()
     argv = [
         "ssh",
+        *(["-c", cipher] if cipher else []),
         "-F",
         "/dev/null",  # the user's ~/.ssh/config must not change the baseline
         "-o",
@@ -169,7 +171,7 @@ def _openssh(link: Link, remote_port: int) -> Iterator[tuple[int, dict[str, Any]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_listening(local_port, proc, _FORWARD_UP_TIMEOUT_S)
-        yield local_port, {}
+        yield local_port, {"cipher": cipher or "OpenSSH's default"}
     finally:
         proc.terminate()
         try:
@@ -252,9 +254,20 @@ def openssh_forward(name: str, link: Link, plan: Plan) -> Result:
     return _run(name, link, plan, _openssh)
 
 
+def openssh_gcm_forward(name: str, link: Link, plan: Plan) -> Result:
+    """Through ``ssh -N -L`` with aes128-gcm, as the OpenSSH tunnel backend asks for."""
+    return _run(name, link, plan, lambda lk, port: _openssh(lk, port, "aes128-gcm@openssh.com"))
+
+
 def zmq_paramiko(name: str, link: Link, plan: Plan) -> Result:
     """Through ``zmq.ssh.tunnel_connection(..., paramiko=True)``, Heron's mechanism."""
     return _zmq_paramiko_run(name, link, plan)
 
 
-RAW = {"zmq": direct, "sshtunnel": sshtunnel_forward, "openssh": openssh_forward, "zmq-paramiko": zmq_paramiko}
+RAW = {
+    "zmq": direct,
+    "sshtunnel": sshtunnel_forward,
+    "openssh": openssh_forward,
+    "openssh-gcm": openssh_gcm_forward,
+    "zmq-paramiko": zmq_paramiko,
+}

@@ -1,4 +1,8 @@
-"""``heron-remote bench``: run the measurements, print the table, write bench.json and bench.png."""
+"""``heron-remote bench``: run the measurements, print the tables, write bench.json and bench.png.
+
+Measurements run once per frame size (figures in ``results``); studies run once (launch
+latency, scale) and fill sections of their own (``launch``, ``scale``).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from . import paths, raw
+from .launch import format_launch, launch_latency
 from .links import LOCAL, LOOPBACK, NAMESPACE, Link, LinkUnavailable, open_links
 from .protocol import Plan, Result
 from .report import format_table, machine_info, progress_line, write_json, write_plot
+from .scale import format_scale, scale
 
-__all__ = ["MEASUREMENTS", "Measurement", "main"]
+__all__ = ["MEASUREMENTS", "STUDIES", "Measurement", "Study", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +45,46 @@ def _measurements() -> list[Measurement]:
         found += [
             Measurement(f"sshtunnel-{link}", link, raw.sshtunnel_forward, ("zmq",)),
             Measurement(f"openssh-{link}", link, raw.openssh_forward, ("zmq",)),
+            Measurement(f"openssh-gcm-{link}", link, raw.openssh_gcm_forward, ("zmq",)),
             Measurement(f"zmq-paramiko-{link}", link, raw.zmq_paramiko, ("zmq",)),
         ]
     found.append(Measurement("path-local", LOCAL, paths.whole_path, ("zmq",)))
     for link in (NAMESPACE, LOOPBACK):
         bases = (f"sshtunnel-{link}", f"zmq-paramiko-{link}", f"openssh-{link}")
         found.append(Measurement(f"path-{link}", link, paths.whole_path, bases))
+    for link in (NAMESPACE, LOOPBACK):
+        bases = (f"openssh-{link}", f"openssh-gcm-{link}", f"path-{link}")
+        found.append(Measurement(f"path-{link}-openssh", link, paths.whole_path_openssh, bases))
     return found
 
 
 MEASUREMENTS = _measurements()
+
+
+@dataclass(frozen=True)
+class Study:
+    """A measurement made once, not per frame size; its figures go to section ``section`` of bench.json."""
+
+    name: str
+    link: str
+    section: str
+    run: Callable[[Link, bool], dict[str, Any]]
+
+
+def _launch(backend: str | None = None) -> Callable[[Link, bool], dict[str, Any]]:
+    def run(link: Link, quick: bool) -> dict[str, Any]:
+        return launch_latency(link.with_tunnel(backend) if backend else link, runs=3 if quick else 5)
+
+    return run
+
+
+STUDIES = [
+    Study("launch-local", LOCAL, "launch", _launch()),
+    Study(f"launch-{NAMESPACE}", NAMESPACE, "launch", _launch()),
+    Study(f"launch-{NAMESPACE}-openssh", NAMESPACE, "launch", _launch("openssh")),
+    Study("scale", NAMESPACE, "scale", lambda link, quick: scale(link, quick=quick)),
+    Study("scale-openssh", NAMESPACE, "scale_openssh", lambda link, quick: scale(link, quick=quick, tunnel="openssh")),
+]
 
 
 def _plan(size: int, args: argparse.Namespace) -> Plan:
@@ -66,15 +102,16 @@ def _plan(size: int, args: argparse.Namespace) -> Plan:
     return Plan(size=size, seconds=args.seconds or 3.0)
 
 
-def _select(patterns: list[str] | None) -> list[Measurement]:
+def _select(patterns: list[str] | None) -> list[Measurement | Study]:
+    known: list[Measurement | Study] = [*MEASUREMENTS, *STUDIES]
     if not patterns:
-        return list(MEASUREMENTS)
+        return known
     wanted = [p.strip() for arg in patterns for p in arg.split(",") if p.strip()]
-    unknown = [p for p in wanted if not any(fnmatch.fnmatchcase(m.name, p) for m in MEASUREMENTS)]
+    unknown = [p for p in wanted if not any(fnmatch.fnmatchcase(m.name, p) for m in known)]
     if unknown:
-        names = ", ".join(m.name for m in MEASUREMENTS)
+        names = ", ".join(m.name for m in known)
         raise SystemExit(f"heron-remote bench: no measurement matches {', '.join(unknown)} (known: {names})")
-    return [m for m in MEASUREMENTS if any(fnmatch.fnmatchcase(m.name, p) for p in wanted)]
+    return [m for m in known if any(fnmatch.fnmatchcase(m.name, p) for p in wanted)]
 
 
 def _ratios(results: list[Result], chosen: list[Measurement]) -> list[dict[str, Any]]:
@@ -94,8 +131,8 @@ def _ratios(results: list[Result], chosen: list[Measurement]) -> list[dict[str, 
 MIB = 1024 * 1024
 
 
-def _targets(results: list[Result], ratios: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 5's targets, for whatever this run measured (1 MiB ratios, 64 B rate)."""
+def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 5's targets, for whatever this run measured (1 MiB ratios, 64 B rate, launch, scale)."""
     ratio = {(r["name"], r["base"], r["size"]): r["ratio"] for r in ratios}
     rate = {(r.name, r.size): r.msg_per_s for r in results if r.ok}
     wanted: list[tuple[str, float | None, float]] = [
@@ -114,8 +151,46 @@ def _targets(results: list[Result], ratios: list[dict[str, Any]]) -> list[dict[s
                 ratio.get((f"path-{link}", f"zmq-paramiko-{link}", MIB)),
                 6,
             ),
+            (
+                f"path-{link}-openssh >= 0.9 x openssh-{link} (1 MiB)",
+                ratio.get((f"path-{link}-openssh", f"openssh-{link}", MIB)),
+                0.9,
+            ),
         ]
-    return [{"target": t, "value": v, "goal": g, "met": v >= g} for t, v, g in wanted if v is not None]
+    found = [{"target": t, "value": v, "goal": g, "met": v >= g} for t, v, g in wanted if v is not None]
+    launch = studies.get("launch", {}).get(f"launch-{NAMESPACE}", {}).get("cold")
+    if launch is not None:
+        value = launch["median_s"]
+        found.append({"target": f"launch-{NAMESPACE} <= 1.5 s (median, cold)", "value": value, "goal": 1.5})
+        found[-1]["met"] = value <= 1.5
+    rows = [r for r in studies.get("scale", {}).get("rows", []) if "error" not in r]
+    if rows:
+        most = max(max(r["ssh_connections_per_host"].values(), default=0) for r in rows)
+        found.append({"target": "scale: 1 SSH connection per host (1-8 sources)", "value": most, "goal": 1})
+        found[-1]["met"] = most == 1
+    return found
+
+
+def _run_study(study: Study, link: Link | LinkUnavailable, quick: bool) -> dict[str, Any]:
+    if isinstance(link, LinkUnavailable):
+        return {"error": f"link {study.link} unavailable: {link}"}
+    started = time.monotonic()
+    try:
+        found = study.run(link, quick)
+    except Exception as exc:  # as for measurements: the others still run
+        logger.debug("study %s failed", study.name, exc_info=True)
+        found = {"error": f"{type(exc).__name__}: {exc}"}
+    found["wall_s"] = round(time.monotonic() - started, 2)
+    return found
+
+
+def _study_line(name: str, found: dict[str, Any]) -> str:
+    if "error" in found:
+        return f"  {name:<16} FAILED: {found['error']}"
+    if "rows" in found:
+        return f"  {name:<16} {len(found['rows'])} rows in {found['wall_s']:.0f} s"
+    kinds = [f"{k} median {found[k]['median_s']:.3f} s" for k in ("cold", "warm") if k in found]
+    return f"  {name:<16} {', '.join(kinds)}"
 
 
 def _run_one(m: Measurement, link: Link | LinkUnavailable, plan: Plan) -> Result:
@@ -149,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAMES",
         help="measurements to run, comma-separated, shell patterns allowed (e.g. 'zmq,path-*'); "
-        f"known: {', '.join(m.name for m in MEASUREMENTS)}",
+        f"known: {', '.join(m.name for m in [*MEASUREMENTS, *STUDIES])}",
     )
     parser.add_argument("--seconds", type=float, default=None, help="measuring window per run (default 3, quick 0.5)")
     return parser
@@ -161,21 +236,42 @@ def main(argv: list[str] | None = None) -> int:
     if any(s < 16 for s in args.sizes):
         raise SystemExit("heron-remote bench: every size must be at least 16 bytes (the timing header)")
     chosen = _select(args.only)
+    measurements = [m for m in chosen if isinstance(m, Measurement)]
+    studies = [m for m in chosen if isinstance(m, Study)]
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results: list[Result] = []
-    print(f"heron_remote bench: {len(chosen)} path(s) x {len(args.sizes)} size(s){' (quick)' if args.quick else ''}")
+    sections: dict[str, Any] = {}
+    print(
+        f"heron_remote bench: {len(measurements)} path(s) x {len(args.sizes)} size(s), {len(studies)} study(ies)"
+        f"{' (quick)' if args.quick else ''}"
+    )
     with open_links({m.link for m in chosen}) as links:
-        for m in chosen:
+        for m in measurements:
             for size in args.sizes:
                 result = _run_one(m, links[m.link], _plan(size, args))
                 results.append(result)
                 print(progress_line(result), flush=True)
-    ratios = _ratios(results, chosen)
-    targets = _targets(results, ratios)
-    print()
-    print(format_table(results, ratios))
+        for study in studies:
+            found = _run_study(study, links[study.link], args.quick)
+            if study.section == "launch":
+                sections.setdefault(study.section, {})[study.name] = found
+            else:
+                sections[study.section] = found
+            print(_study_line(study.name, found), flush=True)
+    ratios = _ratios(results, measurements)
+    targets = _targets(results, ratios, sections)
+    if results:
+        print()
+        print(format_table(results, ratios))
+    if "launch" in sections:
+        print()
+        print(format_launch(sections["launch"]))
+    for key, title in (("scale", "scale (sshtunnel, the default)"), ("scale_openssh", "scale (OpenSSH backend)")):
+        if key in sections:
+            print(f"\n{title}:")
+            print(format_scale(sections[key]))
     if targets:
         print("\ntargets (issue 5):")
         for t in targets:
@@ -193,9 +289,20 @@ def main(argv: list[str] | None = None) -> int:
         "results": [r.to_dict() for r in results],
         "ratios": ratios,
         "targets": targets,
+        **sections,
         "plot": plot,
         "plot_note": plot_note,
     }
     json_path = write_json(out_dir / "bench.json", payload)
     print(f"\nwrote {json_path}" + (f" and {out_dir / plot}" if plot else f" ({plot_note})"))
-    return 0 if all(r.ok for r in results) else 1
+    failed = [name for name, found in _study_results(sections) if "error" in found]
+    return 0 if all(r.ok for r in results) and not failed else 1
+
+
+def _study_results(sections: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    found = list(sections.get("launch", {}).items())
+    for key in ("scale", "scale_openssh"):
+        if key in sections:
+            found.append((key, sections[key]))
+            found += [(key, row) for row in sections[key].get("rows", [])]
+    return found
