@@ -31,6 +31,8 @@ TOKEN_OPTION = "--heron-remote-token="
 
 #: Where the records are kept, if not in the default place (a server's ``run_dir`` sets it).
 RUN_DIR_ENV = "HERON_REMOTE_RUN_DIR"
+#: Our folder in the temp dir; not the package's name, or a script run from there would import it.
+TEMP_DIR = "heron-remote"
 
 
 def run_dir(override: str | None = None) -> Path:
@@ -38,7 +40,7 @@ def run_dir(override: str | None = None) -> Path:
     if chosen:
         return Path(chosen).expanduser()
     user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    return Path(tempfile.gettempdir()) / "heron_remote" / f"run-{user}"
+    return Path(tempfile.gettempdir()) / TEMP_DIR / f"run-{user}"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from typing import TextIO
 
 __all__ = ["guard_std_streams"]
 
+_TEMP_DIR = "heron-remote"  # not the package's name: a script run from the temp dir would import it
+
 
 class _Rerouting(io.TextIOBase):
     def __init__(self, stream: TextIO, fallback: Path) -> None:
@@ -65,7 +67,7 @@ class _Rerouting(io.TextIOBase):
 
 def guard_std_streams(name: str) -> Path:
     """Wrap sys.stdout and sys.stderr; returns the file they fall back to."""
-    fallback = Path(tempfile.gettempdir()) / "heron_remote" / f"{name}-{os.getpid()}.log"
+    fallback = Path(tempfile.gettempdir()) / _TEMP_DIR / f"{name}-{os.getpid()}.log"
     if not isinstance(sys.stdout, _Rerouting):
         sys.stdout = _Rerouting(sys.stdout, fallback)
     if not isinstance(sys.stderr, _Rerouting):

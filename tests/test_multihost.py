@@ -357,7 +357,7 @@ def test_sshd_killed_and_restarted_on_the_host_is_recovered_and_the_worker_keeps
         assert cam.stats.worker_pid == pid and remote_alive(acq, "acq1", pid)
         missing = set(range(seen[0], seen[-1] + 1)) - set(seen)
         assert len(missing) == cam.stats.lost == cam.gaps
-        _, log, _ = on_host(acq, "acq1", f"cat /tmp/heron_remote/source-{pid}.log")
+        _, log, _ = on_host(acq, "acq1", f"cat /tmp/heron-remote/source-{pid}.log")
         assert "the com's pipe broke" in log and "synthetic camera" in log
 
 

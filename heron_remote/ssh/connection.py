@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import select
 import socket
 import threading
 import time
@@ -101,19 +100,37 @@ class _WatchedSocket:
 
 
 def _pump(sock: socket.socket, chan: paramiko.Channel) -> None:
-    """Copy both ways between a local socket and a channel until either side closes."""
-    while chan.active:
-        ready, _, _ = select.select([sock, chan], [], [], 5)
-        if sock in ready:
-            data = sock.recv(READ_CHUNK)
-            if not data:
-                return
-            chan.sendall(data)
-        if chan in ready:
-            data = chan.recv(READ_CHUNK)
-            if not data:
-                return
+    """Copy both ways between a local socket and a channel until either side closes.
+
+    Each direction blocks in its own thread. Selecting on the channel would make paramiko
+    open a pipe for it, which it closes from its transport thread while a select may still
+    hold the descriptor; a reused descriptor then corrupts another connection (seen when
+    several streaming sources stopped at once).
+    """
+
+    def upstream() -> None:
+        try:
+            while data := sock.recv(READ_CHUNK):
+                chan.sendall(data)
+        except OSError:
+            pass  # the local side or the channel ended
+        finally:
+            try:
+                chan.shutdown_write()
+            except (OSError, EOFError):
+                pass
+
+    up = threading.Thread(target=upstream, name="heron-tunnel-up", daemon=True)
+    up.start()
+    try:
+        while data := chan.recv(READ_CHUNK):
             sock.sendall(data)
+    finally:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # ends upstream's recv
+        except OSError:
+            pass
+        up.join(5)
 
 
 class Tunnel:
@@ -140,6 +157,8 @@ class Tunnel:
                     # ZeroMQ retries on its own; a worker that has ended refuses until the tunnel closes.
                     tlog.debug("forward to %s:%d on %s not opened: %s", *remote, conn.server.name, exc)
                     return
+                # Small messages (pulses, parameters) go at once, not after a delayed ACK.
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 try:
                     _pump(self.request, chan)
                 except OSError as exc:
@@ -372,6 +391,7 @@ class HostConnection:
             ) from exc
         except OSError as exc:
             raise HostUnreachableError(f"cannot reach {s.label}: {exc.strerror or exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # paramiko writes whole packets
         transport = paramiko.Transport(
             _WatchedSocket(sock), default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
         )
