@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -29,6 +30,11 @@ class ForwarderPorts:
     parameters_publish: int = 6564
     proof_of_life_submit: int = 6569
     proof_of_life_publish: int = 6570
+
+    @classmethod
+    def free(cls) -> ForwarderPorts:
+        """Every port 0: the forwarders bind free ports (read the bound ones from Forwarders.ports)."""
+        return cls(**{f.name: 0 for f in dataclasses.fields(cls)})
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -129,50 +135,31 @@ class Settings:
     def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
         """Defaults overridden by ``HERON_REMOTE_HEARTBEAT_RATE`` and friends."""
         env = os.environ if environ is None else environ
-        kwargs: dict[str, object] = {}
-        for name, kind in (
-            ("heartbeat_rate", float),
-            ("heartbeats_to_death", int),
-            ("start_timeout", float),
-            ("stop_grace", float),
-            ("forwarder_host", str),
-            ("connect_timeout", float),
-            ("link_timeout", float),
-        ):
-            key = "HERON_REMOTE_" + name.upper()
-            if key in env:
-                try:
-                    kwargs[name] = kind(env[key])
-                except ValueError as exc:
-                    raise ConfigError(
-                        f"environment variable {key}={env[key]!r} is not a valid {kind.__name__}"
-                    ) from exc
-        port_kwargs: dict[str, int] = {}
-        for f in dataclasses.fields(ForwarderPorts):
-            key = "HERON_REMOTE_PORT_" + f.name.upper()
-            if key in env:
-                try:
-                    port_kwargs[f.name] = int(env[key])
-                except ValueError as exc:
-                    raise ConfigError(f"environment variable {key}={env[key]!r} is not a port number") from exc
+        kwargs: dict[str, object] = _from_env(
+            env,
+            "HERON_REMOTE_",
+            (
+                ("heartbeat_rate", float),
+                ("heartbeats_to_death", int),
+                ("start_timeout", float),
+                ("stop_grace", float),
+                ("forwarder_host", str),
+                ("connect_timeout", float),
+                ("link_timeout", float),
+            ),
+        )
+        port_kwargs = _from_env(
+            env, "HERON_REMOTE_PORT_", tuple((f.name, int) for f in dataclasses.fields(ForwarderPorts))
+        )
         if port_kwargs:
             kwargs["ports"] = ForwarderPorts(**port_kwargs)
-        restart_kwargs: dict[str, object] = {}
-        for name, kind in (
-            ("mode", str),
-            ("max_restarts", int),
-            ("backoff", float),
-            ("max_backoff", float),
-            ("reach_timeout", float),
-        ):
-            key = "HERON_REMOTE_RESTART" + ("" if name == "mode" else "_" + name.upper())
-            if key in env:
-                try:
-                    restart_kwargs[name] = kind(env[key])
-                except ValueError as exc:
-                    raise ConfigError(
-                        f"environment variable {key}={env[key]!r} is not a valid {kind.__name__}"
-                    ) from exc
+        restart_kwargs = _from_env(
+            env,
+            "HERON_REMOTE_RESTART_",
+            (("max_restarts", int), ("backoff", float), ("max_backoff", float), ("reach_timeout", float)),
+        )
+        if "HERON_REMOTE_RESTART" in env:
+            restart_kwargs["mode"] = env["HERON_REMOTE_RESTART"]
         if restart_kwargs:
             kwargs["restart"] = RestartPolicy(**restart_kwargs)  # type: ignore[arg-type]
         if env.get("HERON_REMOTE_SSH_INFO"):
@@ -200,3 +187,16 @@ class Settings:
         for f in dataclasses.fields(ForwarderPorts):
             env["HERON_REMOTE_PORT_" + f.name.upper()] = str(getattr(self.ports, f.name))
         return env
+
+
+def _from_env(env: Mapping[str, str], prefix: str, names: tuple[tuple[str, type], ...]) -> dict[str, object]:
+    """The values of ``prefix + NAME`` variables that are set, converted; ConfigError names a bad one."""
+    found: dict[str, object] = {}
+    for name, kind in names:
+        key = prefix + name.upper()
+        if key in env:
+            try:
+                found[name] = kind(env[key])
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {key}={env[key]!r} is not a valid {kind.__name__}") from exc
+    return found

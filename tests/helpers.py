@@ -14,14 +14,7 @@ from heron_remote import ForwarderPorts, Settings
 WORKERS = Path(__file__).parent / "workers"
 ECHO_WORKER = str(WORKERS / "echo_worker.py")
 CAMERA = "python -m heron_remote.examples.synthetic_camera"
-FREE_PORTS = ForwarderPorts(
-    data_submit=0,
-    data_publish=0,
-    parameters_submit=0,
-    parameters_publish=0,
-    proof_of_life_submit=0,
-    proof_of_life_publish=0,
-)
+FREE_PORTS = ForwarderPorts.free()
 _WORKER_MARK = b"--heron-remote-heartbeat-rate="
 
 

@@ -33,14 +33,7 @@ logger = logging.getLogger(__name__)
 
 WORKER = "python -m heron_remote.bench.worker"
 #: Free forwarder ports, so that a bench never meets the forwarders of a running experiment.
-FREE_PORTS = ForwarderPorts(
-    data_submit=0,
-    data_publish=0,
-    parameters_submit=0,
-    parameters_publish=0,
-    proof_of_life_submit=0,
-    proof_of_life_publish=0,
-)
+FREE_PORTS = ForwarderPorts.free()
 #: Messages the whole path can queue (worker, com, publisher, forwarder, subscriber high-water marks).
 _PATH_QUEUE_MESSAGES = 8 + 8 + 200 + 2 * 200 + 1000
 _TUNNEL_BUFFER_BYTES = 16 * 1024 * 1024
