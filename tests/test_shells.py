@@ -95,3 +95,13 @@ def test_stopping_a_windows_worker_asks_then_forces_taskkill_on_its_tree() -> No
     assert launcher.stop(grace=0.2) == 1
     kills = [c for c in pc.commands if c.startswith("taskkill")]
     assert kills == ["taskkill /PID 4242 /T", "taskkill /PID 4242 /T /F"]
+
+
+def test_posix_signals_the_group_and_falls_back_to_the_pid() -> None:
+    assert PosixShell().signal(4242, signal.SIGTERM) == "kill -TERM -- -4242 2>/dev/null || kill -TERM 4242 2>/dev/null"
+    alone = subprocess.Popen(["sleep", "30"])  # shares our group: only the pid can reach it
+    try:
+        subprocess.run(["sh", "-c", PosixShell().signal(alone.pid, signal.SIGKILL)], check=True, timeout=10)
+        assert alone.wait(5) == -signal.SIGKILL
+    finally:
+        alone.kill()

@@ -51,7 +51,9 @@ class PosixShell(Shell):
         return f"echo {PID_PREFIX}$$; exec env PYTHONUNBUFFERED=1 {shlex.join(argv)}"
 
     def signal(self, pid: int, sig: signal.Signals) -> str:
-        return f"kill -{sig.name.removeprefix('SIG')} -- -{pid} 2>/dev/null"
+        name = sig.name.removeprefix("SIG")
+        # The group first; the pid alone where the worker does not lead one (a wrapper's exec).
+        return f"kill -{name} -- -{pid} 2>/dev/null || kill -{name} {pid} 2>/dev/null"
 
     def alive(self, pid: int) -> str:
         # Zombies do not count: the PC's init may be slow to reap what the worker left.
