@@ -81,6 +81,15 @@ def cmdline(pid: int) -> list[str] | None:
     if os.name == "nt":
         line = windows_cmdline(pid)
         return None if line is None else line.split()
+    if not _PROC.is_dir():  # macOS, BSD: ask ps
+        try:
+            out = subprocess.run(
+                ["ps", "-ww", "-o", "stat=,args=", "-p", str(pid)], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        stat, _, args = out.stdout.strip().partition(" ")
+        return None if not stat or stat.startswith("Z") else args.split()
     st = _stat(pid)
     if st is None or st[0] == "Z":
         return None

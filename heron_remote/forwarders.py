@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -51,6 +53,21 @@ def endpoint(host: str, port: int) -> tuple[str, zmq.Context | None]:
     return f"tcp://{host}:{port}", None
 
 
+def _released(host: str, port: int, timeout: float) -> bool:
+    """Wait until (host, port) can be bound again, as ZeroMQ binds (SO_REUSEADDR)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host if host != "*" else "0.0.0.0", port))
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+        time.sleep(0.01)
+
+
 @dataclass
 class _Proxy:
     name: str
@@ -59,6 +76,7 @@ class _Proxy:
     thread: threading.Thread | None = None
     error: BaseException | None = None
     control: str = ""
+    bound: list[int] = field(default_factory=list)
 
 
 class Forwarders:
@@ -148,7 +166,9 @@ class Forwarders:
         try:
             try:
                 proxy.submit = self._bind(frontend, proxy.submit, proxy, "submit")
+                proxy.bound.append(proxy.submit)
                 proxy.publish = self._bind(backend, proxy.publish, proxy, "publish")
+                proxy.bound.append(proxy.publish)
                 if self.host in _LOOPBACK:
                     for sock, port in ((frontend, proxy.submit), (backend, proxy.publish)):
                         alias = f"inproc://heron-remote-forwarder-{port}"
@@ -156,13 +176,13 @@ class Forwarders:
                         aliases.append((port, alias))
                 proxy.control = f"inproc://heron-remote-forwarder-control-{next(_ids)}"
                 control.bind(proxy.control)
+                with _in_process_lock:  # before start() returns: a Source made next finds them
+                    _in_process.update(aliases)
             except BaseException as exc:
                 proxy.error = exc
                 return
             finally:
                 ready.set()
-            with _in_process_lock:
-                _in_process.update(aliases)
             try:
                 zmq.proxy_steerable(frontend, backend, None, control)  # returns on TERMINATE
             except zmq.ZMQError as exc:
@@ -198,6 +218,12 @@ class Forwarders:
                 proxy.thread.join(5)
                 if proxy.thread.is_alive():
                     logger.error("the %s forwarder did not stop within 5 s", proxy.name)
+        # ZeroMQ closes listeners in its I/O thread, a moment after close(): wait, so that the
+        # ports can be bound again when this returns.
+        for proxy in self._proxies:
+            for port in proxy.bound:
+                if not _released(self.host, port, timeout=2.0):
+                    logger.warning("port %d on %s still in use after its forwarder stopped", port, self.host)
 
     def __enter__(self) -> Forwarders:
         return self.start()

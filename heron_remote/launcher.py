@@ -99,7 +99,8 @@ class WorkerLauncher(ABC):
         self.ready: ReadyLine | None = None
         self._spawned = False
         self._stopped = False
-        self._stop_lock = threading.Lock()
+        # Re-entrant: stop() may run in a signal handler of the very thread that is starting.
+        self._stop_lock = threading.RLock()
 
     # -- hooks -------------------------------------------------------------
     @abstractmethod
@@ -157,11 +158,17 @@ class WorkerLauncher(ABC):
         argv = self.argv(args)
         self._check_exec(argv)
         self.log.info("starting worker: %s", shlex.join(argv))
-        with self._stop_lock:  # a stop() that came first wins; one that comes later finds the process
+        with self._stop_lock:  # a stop() that came first wins
             if self._stopped:
                 raise WorkerStartError(f"worker of node {self.node!r} was stopped before it started", node=self.node)
-            self._spawn(argv)
+        self._spawn(argv)
+        with self._stop_lock:
             self._spawned = True
+            stopped_meanwhile = self._stopped
+        if stopped_meanwhile:  # a stop() came while spawning and found nothing yet: end it now
+            self._stopped = False
+            self.stop(grace=1.0)
+            raise WorkerStartError(f"worker of node {self.node!r} was stopped while it started", node=self.node)
 
     def wait_ready(self, timeout: float) -> ReadyLine:
         """Block until the worker announced its ports; WorkerStartError if it exits or times out."""

@@ -11,6 +11,7 @@ forwarders unless they are already running, and subscribes to its own topics.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import logging
@@ -26,7 +27,7 @@ from ._recv import recv_message
 from .errors import ConfigError, ForwarderError, HeronRemoteError, WorkerError
 from .forwarders import Forwarders
 from .forwarders import endpoint as forwarder_endpoint
-from .settings import Settings
+from .settings import ForwarderPorts, Settings
 from .source_com import ComStats, SourceCom
 from .status import SourceStatus, status_of
 from .wire import DecodeError, decode_output
@@ -36,6 +37,9 @@ __all__ = ["Frame", "NoDataError", "Source"]
 logger = logging.getLogger(__name__)
 
 _instances = itertools.count(1)
+#: Forwarders this process started, by (host, ports), with how many Sources use them.
+_shared_forwarders: dict[tuple[str, ForwarderPorts], list] = {}
+_shared_lock = threading.Lock()
 _PAYLOAD = frozenset((4,))  # [topic, index, time_us, metadata, payload]
 #: Names of the Sources running in this process: a name is a node on its PC, so it must be unique.
 _running: set[str] = set()
@@ -98,7 +102,8 @@ class Source:
         self._initial_parameters = parameters
         if parameters is not None:
             self._com.send_parameters(parameters)  # fails now, not later, if not JSON
-        self._forwarders: Forwarders | None = None
+        self._forwarders_key: tuple[str, ForwarderPorts] | None = None
+        self._own_forwarders: Forwarders | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -143,6 +148,14 @@ class Source:
         return self
 
     def _ensure_forwarders(self) -> None:
+        key = (self.settings.forwarder_host, self.settings.ports)
+        if 0 not in dataclasses.astuple(self.settings.ports):
+            with _shared_lock:  # another Source of this process runs them: share, counted
+                shared = _shared_forwarders.get(key)
+                if shared is not None:
+                    shared[1] += 1
+                    self._forwarders_key = key
+                    return
         fw = Forwarders(host=self.settings.forwarder_host, ports=self.settings.ports)
         try:
             fw.start()
@@ -160,8 +173,28 @@ class Source:
                 logger.info("forwarders already run on %s; using them", self.settings.forwarder_host)
                 return
             raise
-        self._forwarders = fw
         self.settings = self.settings.replace(ports=fw.ports)
+        if 0 in dataclasses.astuple(key[1]):
+            self._own_forwarders = fw  # free ports: nobody else can ask for these
+            return
+        with _shared_lock:
+            _shared_forwarders[key] = [fw, 1]
+        self._forwarders_key = key
+
+    def _release_forwarders(self) -> None:
+        own, self._own_forwarders = self._own_forwarders, None
+        if own is not None:
+            own.close()
+        key, self._forwarders_key = self._forwarders_key, None
+        if key is None:
+            return
+        with _shared_lock:
+            entry = _shared_forwarders[key]
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del _shared_forwarders[key]
+        entry[0].close()
 
     def _subscribe(self) -> zmq.Socket:
         sub = self._context.socket(zmq.SUB)
@@ -178,14 +211,18 @@ class Source:
                 com.connect_sockets()
                 com.start_heartbeat_thread()
                 com.start_worker_process()
+            except BaseException as exc:
+                self._error = exc  # before start() is woken: it re-raises this
+                raise
             finally:
                 self._started.set()
             com.start_ioloop()
         except BaseException as exc:  # kept for the owner: start(), frames() and stop() re-raise it
-            self._error = exc
-            if not self._started.is_set():
-                self._started.set()
+            self._error = self._error or exc
             com.close()
+            if com._context is not None:
+                # A stop() from another thread during the start closed nothing: these sockets are ours.
+                com._close_sockets()
 
     def stop(self) -> None:
         """Stop the worker and the com, close the subscriber and the forwarders we started. Idempotent."""
@@ -200,8 +237,7 @@ class Source:
         finally:
             if self._sub is not None and self._sub_thread == threading.get_ident():
                 self._sub.close()
-            if self._forwarders is not None:
-                self._forwarders.close()
+            self._release_forwarders()
             if self._registered:
                 with _running_lock:
                     _running.discard(self.name)

@@ -33,7 +33,15 @@ from ._logging import NodeLogger
 from ._protocol import WorkerArgs, parse_liveness, pulse
 from ._recv import recv_message
 from ._verbosity import PacketLog, PacketTimer, parse_verbosity
-from .errors import ConfigError, HostUnreachableError, WorkerError, WorkerLostError, WorkerStartError
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    HostKeyError,
+    SSHError,
+    WorkerError,
+    WorkerLostError,
+    WorkerStartError,
+)
 from .forwarders import endpoint as forwarder_endpoint
 from .launcher import LocalLauncher, WorkerLauncher
 from .settings import Settings
@@ -144,7 +152,7 @@ class SourceCom:
         self._loop_done = threading.Event()
         self._last_heard = 0.0
         self._killed = False
-        self._kill_lock = threading.Lock()
+        self._kill_lock = threading.RLock()  # on_kill may be a signal handler of the locking thread
         self._packet_log: PacketLog | None = None
         self._packet_timer: PacketTimer | None = None
         self._warned_malformed = 0
@@ -562,9 +570,12 @@ class SourceCom:
             try:
                 self._launch_when_reachable(policy.reach_timeout)
             except WorkerError as exc:
+                if self._stopping.is_set():
+                    return False  # stopped on request while it started: no failure to report
                 self._report(exc)
                 continue
-            except HostUnreachableError as exc:
+            except SSHError as exc:
+                self.stats.last_error = f"gave up restarting: {exc}"
                 self.log.error("gave up restarting: %s", exc)
                 return False
             self.worker_error = None
@@ -579,7 +590,9 @@ class SourceCom:
             try:
                 self._launch()
                 return
-            except HostUnreachableError as exc:
+            except (HostKeyError, AuthenticationError):
+                raise  # retrying cannot help
+            except SSHError as exc:  # unreachable, or the link dropped again while starting
                 if time.monotonic() >= deadline or self._stopping.is_set():
                     raise
                 self.log.info("%s; trying again", exc)

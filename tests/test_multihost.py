@@ -395,7 +395,7 @@ def test_a_port_taken_on_the_remote_does_not_stop_the_worker(acq: Hosts, remote_
     """Remote workers bind free ports: a fixed port group that is busy on the PC is no clash."""
     if acq.mode != "namespace":
         pytest.skip("holding a port on the host needs the namespace hosts (CI has them)")
-    port = 47810
+    port = 29810  # below the ephemeral range, where the host's own connections take ports
     holder = subprocess.Popen(
         ["ip", "netns", "exec", acq.hosts[0].netns, PYTHON, "-c",
          f"import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',{port}))\ns.listen()\n"

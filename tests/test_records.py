@@ -76,3 +76,17 @@ def test_windows_reap_commands(monkeypatch) -> None:
     monkeypatch.setattr(_procs.os, "name", "nt")
     assert _procs.end_group(4242, 1.0, run) is True
     assert calls[-2:] == [_procs.windows_end_tree_command(4242), _procs.windows_cmdline_command(4242)]
+
+
+def test_without_proc_the_command_line_comes_from_ps(monkeypatch) -> None:
+    """macOS and the BSDs have no /proc: ps tells a stale worker's argv."""
+    sleeper = _stale_worker("gggg")
+    try:
+        wait_until(lambda: _procs.cmdline(sleeper.pid), 5, "the process to start")
+        monkeypatch.setattr(_procs, "_PROC", Path("/nonexistent-proc"))
+        argv = _procs.cmdline(sleeper.pid)
+        assert argv is not None and f"{_records.TOKEN_OPTION}gggg" in argv
+    finally:
+        sleeper.kill()
+        sleeper.wait(5)
+    assert _procs.cmdline(sleeper.pid) is None

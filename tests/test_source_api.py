@@ -13,7 +13,7 @@ import pytest
 from heron_remote import ConfigError, NoDataError, RestartPolicy, Settings, Source, WorkerError, WorkerStartError
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 
-from .helpers import CAMERA, ECHO_WORKER, WORKERS, pid_alive, wait_until, worker_pids
+from .helpers import CAMERA, ECHO_WORKER, FREE_PORTS, WORKERS, pid_alive, wait_until, worker_pids
 
 
 def test_frames_are_exactly_what_the_camera_made_and_parameters_change_it(settings: Settings) -> None:
@@ -124,7 +124,7 @@ def test_stop_is_idempotent_and_iterating_before_start_is_refused(settings: Sett
 def test_forwarders_already_running_are_used(settings: Settings) -> None:
     # The settings fixture's forwarders already hold these ports: the source uses them.
     with Source(CAMERA, parameters={"shape": [2, 2]}, settings=settings) as cam:
-        assert cam._forwarders is None
+        assert cam._own_forwarders is None and cam._forwarders_key is None
         assert next(iter(cam.frames(timeout=5))).index >= 1
 
 
@@ -201,3 +201,18 @@ def test_a_worker_raising_in_its_initialisation_is_reported_and_retried_with_new
             next(src.frames(timeout=0.5))
         src.set_parameters({"ok": True})
         assert next(src.frames(timeout=10)).arrays[0].shape == (4,)
+
+
+def test_sources_share_the_forwarders_one_of_them_started(settings: Settings) -> None:
+    """Stopping the Source that started them leaves them running for the other (counted)."""
+    from heron_remote import Forwarders
+
+    with Forwarders(ports=FREE_PORTS) as probe:
+        fixed = probe.ports  # free a moment ago; the sources ask for them by number
+    first = Source(CAMERA, name="first", parameters={"shape": [2, 2]}, settings=settings.replace(ports=fixed))
+    second = Source(CAMERA, name="second", parameters={"shape": [3, 3]}, settings=settings.replace(ports=fixed))
+    with first, second:
+        assert first._forwarders_key == second._forwarders_key is not None
+        first.stop()
+        shapes = {f.arrays[0].shape for f in second.frames(timeout=5, limit=5)}
+        assert shapes == {(3, 3)}

@@ -157,9 +157,9 @@ class Tunnel:
                     # ZeroMQ retries on its own; a worker that has ended refuses until the tunnel closes.
                     tlog.debug("forward to %s:%d on %s not opened: %s", *remote, conn.server.name, exc)
                     return
-                # Small messages (pulses, parameters) go at once, not after a delayed ACK.
-                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 try:
+                    # Small messages (pulses, parameters) go at once, not after a delayed ACK.
+                    self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     _pump(self.request, chan)
                 except OSError as exc:
                     tlog.debug("forward to %s:%d ended: %s", *remote, exc)
@@ -275,8 +275,11 @@ class HostConnection:
                 if self._closing.is_set() or self.error is not None:
                     return self.transport  # raises why
                 # Ended, and the watch has not seen it yet: it reconnects within its interval.
+                self._closing.wait(0.05)
             if time.monotonic() >= deadline:
-                raise self.error or SSHError(f"no connection to {self.server.label} for {timeout:g} s (reconnecting)")
+                raise self.error or HostUnreachableError(
+                    f"no connection to {self.server.label} for {timeout:g} s: it is being re-established"
+                )
 
     def open(self) -> None:
         """Connect, unless connected; while the watch thread reconnects, wait for it (``timeout``)."""
@@ -404,7 +407,11 @@ class HostConnection:
             if known.key_types():
                 options.key_types = tuple(t for t in known.key_types() if t in options.key_types)
             try:
-                transport.start_client(timeout=max(1.0, self.timeout - (time.monotonic() - started)))
+                # Reaching the PC has the attempt's bound; the handshake and log-in get the whole
+                # connect timeout (a Raspberry Pi takes a while), the banner and auth included.
+                left = max(1.0, self.timeout - (time.monotonic() - started))
+                transport.banner_timeout = transport.auth_timeout = left
+                transport.start_client(timeout=left)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise HostUnreachableError(f"SSH handshake with {s.label} failed: {exc}") from exc
             known.verify(transport.get_remote_server_key())

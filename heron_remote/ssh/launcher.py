@@ -117,7 +117,7 @@ class RemoteLauncher(WorkerLauncher):
         while self._running():
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.02)
+            time.sleep(0.1 if self._session_lost else 0.02)  # lost: each poll is a command on the PC
         while self._group_alive():
             if time.monotonic() > deadline:
                 return False
