@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["cmdline", "end_group", "end_process", "group_members"]
+__all__ = ["cmdline", "end_group", "end_process", "group_members", "stop_child"]
 
 _PROC = Path("/proc")
 
@@ -130,6 +130,18 @@ def end_group(pgid: int, grace: float, run: Runner = subprocess.run) -> bool:
         if _wait_empty(pgid, wait):
             return True
     return False
+
+
+def stop_child(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """TERM a child process, KILL it after ``grace`` s, and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def end_process(pid: int, grace: float) -> bool:

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._procs import stop_child
+
 __all__ = ["AcqHosts", "ExternalHosts", "Host", "acquisition_hosts"]
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -178,13 +180,8 @@ class AcqHosts:
         _wait_port(host.address, host.port)
 
     def stop_sshd(self, host: Host) -> None:
-        if host.sshd is not None and host.sshd.poll() is None:
-            host.sshd.terminate()
-            try:
-                host.sshd.wait(5)
-            except subprocess.TimeoutExpired:
-                host.sshd.kill()
-                host.sshd.wait(5)
+        if host.sshd is not None:
+            stop_child(host.sshd, grace=5)
         host.sshd = None
 
     def kill_sshd(self, host: Host) -> int:

@@ -23,6 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._procs import stop_child
 from ..testing import AcqHosts, Host
 from .protocol import Plan
 
@@ -110,13 +111,7 @@ class Sender:
         return " | ".join(text[-lines:]) or "(nothing on stderr)"
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_child(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._procs import stop_child
 from ..errors import ConfigError, TunnelError
 from .registry import Server
 
@@ -355,12 +356,7 @@ class OpenSSHMaster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(3)
                 return
-        proc.terminate()
-        try:
-            proc.wait(3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_child(proc)
 
 
 # -- one master per HostConnection ----------------------------------------------------------
