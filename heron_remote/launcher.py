@@ -98,6 +98,7 @@ class WorkerLauncher(ABC):
         self.output = WorkerOutput(self.log)
         self.ready: ReadyLine | None = None
         self._spawned = False
+        self._spawning = False
         self._stopped = False
         # Re-entrant: stop() may run in a signal handler of the very thread that is starting.
         self._stop_lock = threading.RLock()
@@ -161,8 +162,18 @@ class WorkerLauncher(ABC):
         with self._stop_lock:  # a stop() that came first wins
             if self._stopped:
                 raise WorkerStartError(f"worker of node {self.node!r} was stopped before it started", node=self.node)
-        self._spawn(argv)
+            self._spawning = True
+        try:
+            self._spawn(argv)
+        except BaseException:
+            with self._stop_lock:
+                self._spawning = False
+                stopped_meanwhile = self._stopped
+            if stopped_meanwhile:  # that stop() left the clean-up to this thread
+                self._release()
+            raise
         with self._stop_lock:
+            self._spawning = False
             self._spawned = True
             stopped_meanwhile = self._stopped
         if stopped_meanwhile:  # a stop() came while spawning and found nothing yet: end it now
@@ -222,6 +233,8 @@ class WorkerLauncher(ABC):
             if self._stopped:
                 return self.returncode()
             self._stopped = True
+            if self._spawning:
+                return None  # the starting thread finds _stopped after its spawn and stops it then
         try:
             if not self._spawned:
                 return None
