@@ -86,6 +86,8 @@ class WorkerLauncher(ABC):
 
     #: Where the worker runs, for messages ("this machine", a server's name).
     where: str = "this machine"
+    #: Seconds between checks of the worker's group while stopping (a remote check is a command).
+    _group_poll_s: float = 0.02
 
     def __init__(self, worker_exec: str, *, node: str) -> None:
         if not isinstance(worker_exec, str) or not worker_exec.strip():
@@ -262,12 +264,13 @@ class WorkerLauncher(ABC):
         self.stop(grace=0.5)
 
     def _wait_exit(self, timeout: float) -> bool:
-        """Wait until the worker and everything of its process group has ended."""
+        """Wait until the worker, then everything of its process group, has ended."""
         deadline = time.monotonic() + timeout
-        while self._running() or self._group_alive():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
+        for alive, every in ((self._running, 0.02), (self._group_alive, self._group_poll_s)):
+            while alive():
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(every)
         return True
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ over a fresh channel of the same connection.
 
 When the SSH connection drops, the worker's session ends with it but the worker does
 not: it runs on, reached again through the reconnected tunnels. From then on its state
-is asked of the host (``kill -0``), and its end is seen by the com's heartbeat watch.
+is asked of the host (the shell's alive command), and its end is seen by the com's heartbeat watch.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class _LineSink:
 
 class RemoteLauncher(WorkerLauncher):
     """Runs the worker on ``server`` over the process's one SSH connection to it."""
+
+    _group_poll_s = 0.1  # each check is a command on the PC
 
     def __init__(self, worker_exec: str, *, node: str, server: Server, settings: Settings | None = None) -> None:
         self.where = server.name
@@ -107,22 +109,8 @@ class RemoteLauncher(WorkerLauncher):
         return None
 
     def _running(self) -> bool:
-        if self.returncode() is not None:
-            return False
-        return self._group_alive() if self._session_lost else True
-
-    def _wait_exit(self, timeout: float) -> bool:
-        # Ask the PC about the group only once the leader is gone: one command, not one per poll.
-        deadline = time.monotonic() + timeout
-        while self._running():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1 if self._session_lost else 0.02)  # lost: each poll is a command on the PC
-        while self._group_alive():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
+        # Once the session is lost the leader's status is unknown here: the group check says.
+        return self.returncode() is None and not self._session_lost
 
     def _group_alive(self) -> bool:
         pid = self.pid
