@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import zmq
 
-from ._recv import recv_message
+from ._recv import recv_message, resync
 from .errors import ConfigError, ForwarderError, HeronRemoteError, WorkerError
 from .forwarders import Forwarders
 from .forwarders import endpoint as forwarder_endpoint
@@ -41,6 +41,8 @@ _instances = itertools.count(1)
 _shared_forwarders: dict[tuple[str, ForwarderPorts], list] = {}
 _shared_lock = threading.Lock()
 _PAYLOAD = frozenset((4,))  # [topic, index, time_us, metadata, payload]
+#: How long frames() waits for a message before it looks at the com and its own timeout.
+_IDLE_MS = 100
 #: Names of the Sources running in this process: a name is a node on its PC, so it must be unique.
 _running: set[str] = set()
 _running_lock = threading.Lock()
@@ -199,6 +201,7 @@ class Source:
     def _subscribe(self) -> zmq.Socket:
         sub = self._context.socket(zmq.SUB)
         sub.linger = 0
+        sub.rcvtimeo = _IDLE_MS
         for topic in self.topics:
             sub.subscribe(topic.encode())
         sub.connect(forwarder_endpoint(self.settings.forwarder_host, self.settings.ports.data_publish)[0])
@@ -286,6 +289,7 @@ class Source:
         sub = self._sub if own else self._subscribe()  # sockets stay in the thread that made them
         topic_output = {t.encode(): k for k, t in enumerate(self.topics)}
         n_out = len(self.outputs)
+        single = n_out == 1
         pending: list[Any] = [None] * n_out
         pending_index: int | None = None
         pending_time = 0.0
@@ -294,10 +298,10 @@ class Source:
         try:
             while limit is None or yielded < limit:
                 try:
-                    frames = recv_message(sub, 5, _PAYLOAD)
+                    frames = recv_message(sub, 5, _PAYLOAD, wait=True)
                 except zmq.Again:
                     frames = None
-                if frames is None and not sub.poll(100):
+                if frames is None:  # nothing for _IDLE_MS
                     if pending_index is not None:  # the rest of the outputs were ignored
                         yield Frame(pending_index, pending_time, tuple(pending))
                         yielded += 1
@@ -314,18 +318,25 @@ class Source:
                             + (f"; last error: {said}" if said else "")
                         )
                     continue
-                if frames is None:
-                    continue  # something arrived: the next turn reads it
-                if len(frames) != 5 or frames[0] not in topic_output:
-                    continue  # another node whose topic starts like ours
                 try:
-                    index = int(frames[1])
-                    value = decode_output(frames[3], frames[4])
-                    stamp = int(frames[2]) / 1e6
+                    topic, index_b, time_b, meta, payload = frames
+                    output = topic_output[topic]
+                    index = int(index_b)
+                    value = decode_output(meta, payload)
+                    stamp = int(time_b) / 1e6
+                except KeyError:  # another node whose topic starts like ours
+                    resync(sub)
+                    continue
                 except (DecodeError, ValueError) as exc:
+                    resync(sub)
                     logger.warning("dropped an undecodable message from %s: %s", self.name, exc)
                     continue
                 last_frame = time.monotonic()
+                if single:
+                    self._count(index)
+                    yield Frame(index, stamp, (value,))
+                    yielded += 1
+                    continue
                 if pending_index is not None and index != pending_index:
                     yield Frame(pending_index, pending_time, tuple(pending))
                     yielded += 1
@@ -335,7 +346,7 @@ class Source:
                 if index != pending_index:
                     self._count(index)
                 pending_index, pending_time = index, stamp
-                pending[topic_output[frames[0]]] = value
+                pending[output] = value
                 if all(v is not None for v in pending):
                     yield Frame(index, stamp, tuple(pending))
                     yielded += 1

@@ -31,7 +31,7 @@ import zmq
 
 from ._logging import NodeLogger
 from ._protocol import WorkerArgs, parse_liveness, pulse
-from ._recv import recv_message
+from ._recv import recv_message, resync
 from ._verbosity import PacketLog, PacketTimer, parse_verbosity
 from .errors import (
     AuthenticationError,
@@ -55,8 +55,8 @@ logger = logging.getLogger(__name__)
 _LOCAL_IDS = ("None", None, "")
 _DATA_RCVHWM = 8
 _PUB_SNDHWM = 200
-_BATCH = 256
-_LOOP_TICK_MS = 50
+#: How often the com looks at everything but data (and how long a data read waits).
+_CHORES_S = 0.02
 _MORE = zmq.SNDMORE
 #: pyzmq's compiled send, without the Python layer over it (which only adds DRAFT-socket
 #: options): a third of the cost of a small frame.
@@ -140,6 +140,7 @@ class SourceCom:
 
         self._context: zmq.Context | None = None
         self._sockets: dict[str, zmq.Socket] = {}
+        self._publish: zmq.Socket | None = None
         self._endpoints: list[tuple[str, str]] = []
         self._owner_thread: int | None = None
         self._heartbeat_target: str | None = None
@@ -220,7 +221,7 @@ class SourceCom:
         pub = (shared or self._context).socket(zmq.PUB)
         pub.linger = 1000  # what the worker sent last still reaches the forwarder
         pub.sndhwm = _PUB_SNDHWM
-        self._sockets["publish"] = pub
+        self._sockets["publish"] = self._publish = pub
         pub.connect(target)
         params_in = make(zmq.SUB, "parameters_in")
         params_in.subscribe(self.parameters_topic.encode())
@@ -229,6 +230,7 @@ class SourceCom:
         pol.connect(f"tcp://{host}:{s.ports.proof_of_life_submit}")
         data = make(zmq.PULL, "data")
         data.rcvhwm = _DATA_RCVHWM
+        data.rcvtimeo = int(_CHORES_S * 1000)
         live = make(zmq.SUB, "liveness")
         live.subscribe(b"")
         make(zmq.PUSH, "parameters_out")
@@ -260,42 +262,51 @@ class SourceCom:
         self._endpoints.clear()
 
     # -- data path -------------------------------------------------------------
-    def on_receive_data_from_worker(self, msg: list[Any]) -> None:
+    def on_receive_data_from_worker(self, msg: list[Any]) -> bool:
         """Stamp a worker packet with index and time; publish each output on its topics.
 
         ``msg`` is ``[packet number] + [metadata, payload] * outputs``. The index is the
         worker's packet number, so a packet lost between worker and com is a gap downstream
         and is counted here (``stats.lost``); a worker that starts its numbering again
-        (a new worker) continues the index where it stood.
+        (a new worker) continues the index where it stood. Returns False for a malformed
+        packet, which is dropped and counted (``stats.malformed``); one whose first frame is
+        not a number is the rest of a packet too long, and takes no index.
         """
         stats = self.stats
         stats.received += 1
-        n = len(self.outputs)
         try:
-            first = _bytes(msg[0]) if msg else b""
-            seq = int(first) if first.isdigit() else None
-            self._number_packet(seq)
-            if seq is None:
+            first = msg[0] if msg else b""
+            if type(first) is not bytes:
+                first = _bytes(first)
+            if not first.isdigit():
+                # Not a packet but the rest of one too long (or a broken worker): it takes no index.
                 raise DecodeError("the first frame must be the packet number (an ascii integer)")
-            if len(msg) != 1 + 2 * n:
+            seq = int(first)
+            if seq == self._last_seq + 1:  # the usual case, without a call
+                self._last_seq = seq
+                self.index = self._index_base + seq
+            else:
+                self._number_packet(seq)
+            if len(msg) != self._packet_frames:
+                n = len(self.outputs)
                 raise DecodeError(
                     f"expected {1 + 2 * n} frames (packet number, then {n} outputs x [metadata, payload]), "
                     f"got {len(msg)}"
                 )
             publish = []
             size = 0
-            for k in range(n):
-                payload_len = len(msg[2 + 2 * k])
+            for k in range(1, len(msg), 2):
+                meta, payload_len = msg[k], len(msg[k + 1])
                 size += payload_len
-                publish.append(check_output(_bytes(msg[1 + 2 * k]), payload_len))
+                publish.append(check_output(meta if type(meta) is bytes else _bytes(meta), payload_len))
         except DecodeError as exc:
             self._malformed(exc)
-            return
+            return False
         stats.bytes_received += size
         time_us = time.time_ns() // 1000
         index_b = b"%d" % self.index
         time_b = b"%d" % time_us
-        pub = self._sockets["publish"]
+        pub = self._publish
         for topic, k in self._routes:
             if publish[k]:
                 # Frame by frame: cheaper than send_multipart for small packets; a large payload
@@ -312,11 +323,10 @@ class SourceCom:
                 stats.ignored += 1
         if self._packet_log is not None:
             self._packet_log.write(self.index)
+        return True
 
-    def _number_packet(self, seq: int | None) -> None:
-        if seq is None:
-            seq = self._last_seq + 1
-        elif seq <= self._last_seq:
+    def _number_packet(self, seq: int) -> None:
+        if seq <= self._last_seq:
             self.log.info("the worker numbers its packets from %d again: the index goes on from %d", seq, self.index)
             self._index_base = self.index
         elif seq > self._last_seq + 1:
@@ -511,38 +521,45 @@ class SourceCom:
             raise self.worker_error
 
     def _serve(self) -> None:
-        """Relay until the com stops, or the worker ends or is lost (then ``worker_error`` says why)."""
+        """Relay until the com stops, or the worker ends or is lost (then ``worker_error`` says why).
+
+        Data is read as it comes; everything else (liveness, parameters, the worker's exit,
+        status) is looked at every _CHORES_S. Polling all sockets for every packet cost
+        more than relaying the packet.
+        """
         assert self.launcher is not None
-        s = self._sockets
-        poller = zmq.Poller()
-        for name in ("data", "liveness", "parameters_in"):
-            poller.register(s[name], zmq.POLLIN)
         self._last_heard = time.monotonic()
         # A worker that pulses do not reach ends itself after the death window; a beat later, so does hope.
         lost_after = self.settings.death_window + self.settings.heartbeat_rate
         while not self._stopping.is_set():
-            if time.monotonic() >= self._next_status:
-                self.publish_status()
-            events = dict(poller.poll(_LOOP_TICK_MS))
-            if s["data"] in events:
-                self._drain_data()
-            if s["liveness"] in events:
-                while s["liveness"].poll(0):
-                    self._on_liveness(s["liveness"].recv_multipart())
-            if s["parameters_in"] in events:
-                while s["parameters_in"].poll(0):
-                    frames = s["parameters_in"].recv_multipart()
-                    if len(frames) == 2:
-                        self._relay_parameters(frames[1])
-            while not self._parameters.empty():
-                self._relay_parameters(self._parameters.get_nowait())
-            code = self.launcher.returncode()
-            if code is not None and not self._stopping.is_set():
-                self._worker_ended(code)
+            if self._chores(lost_after):
                 return
-            if time.monotonic() - self._last_heard > lost_after and not self._stopping.is_set():
-                self._worker_lost(lost_after)
-                return
+            self._relay_data(until=time.monotonic() + _CHORES_S)
+
+    def _chores(self, lost_after: float) -> bool:
+        """Liveness, parameters, status and the worker's state; True when the worker ended or was lost."""
+        assert self.launcher is not None
+        s = self._sockets
+        if time.monotonic() >= self._next_status:
+            self.publish_status()
+        while s["liveness"].poll(0):
+            self._on_liveness(s["liveness"].recv_multipart())
+        while s["parameters_in"].poll(0):
+            frames = s["parameters_in"].recv_multipart()
+            if len(frames) == 2:
+                self._relay_parameters(frames[1])
+        while not self._parameters.empty():
+            self._relay_parameters(self._parameters.get_nowait())
+        if self._stopping.is_set():
+            return False
+        code = self.launcher.returncode()
+        if code is not None:
+            self._worker_ended(code)
+            return True
+        if time.monotonic() - self._last_heard > lost_after:
+            self._worker_lost(lost_after)
+            return True
+        return False
 
     def publish_status(self) -> SourceStatus:
         """Publish this com's status on the proof-of-life forwarder (``heron-remote status`` reads it)."""
@@ -599,25 +616,30 @@ class SourceCom:
                 if self._stopping.wait(1.0):
                     raise
 
-    def _drain_data(self, budget: int = _BATCH) -> int:
+    def _relay_data(self, until: float) -> int:
+        """Relay packets until ``until`` (monotonic), or until none came for the data socket's RCVTIMEO."""
         data = self._sockets["data"]
+        receive, frames, slots = recv_message, self._packet_frames, self._payload_slots
+        monotonic = time.monotonic
         n = 0
-        while n < budget:
-            try:
-                msg = recv_message(data, self._packet_frames, self._payload_slots)
-            except zmq.Again:
-                break
-            self.on_receive_data_from_worker(msg)
-            n += 1
+        try:
+            while True:
+                if not self.on_receive_data_from_worker(receive(data, frames, slots, wait=True)):
+                    resync(data)
+                n += 1
+                if monotonic() >= until:
+                    break
+        except zmq.Again:
+            pass
         if n:
-            self._last_heard = time.monotonic()
+            self._last_heard = monotonic()
         return n
 
     def _worker_ended(self, code: int) -> None:
         assert self.launcher is not None
         # What the worker sent before it ended is still queued: publish it.
         while self._sockets["data"].poll(100):
-            self._drain_data()
+            self._relay_data(until=time.monotonic() + _CHORES_S)
         if code == 0:
             self.log.info("worker finished (status 0) after %d packets", self.stats.received)
         else:

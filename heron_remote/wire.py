@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 import numpy as np
+import zmq
 
 __all__ = ["IGNORE", "DecodeError", "Packet", "decode_output", "decode_published", "encode_output"]
 
@@ -37,16 +38,22 @@ class DecodeError(ValueError):
 
 
 def encode_output(value: Any) -> tuple[bytes, Any]:
-    """(metadata, payload) for one output: an ndarray, a dict, or ``"Ignore"``."""
+    """(metadata, payload) for one output: an ndarray, a dict, or ``"Ignore"``.
+
+    A small array's payload is a copy (bytes); one of ZERO_COPY_MIN bytes or more is a
+    view of the array's memory.
+    """
     if isinstance(value, np.ndarray):
-        if value.dtype.kind == "U" and value.size == 1 and value.reshape(-1)[0] == IGNORE:
-            return _IGNORE_META, b""
-        if value.dtype.hasobject:
-            raise TypeError("object arrays cannot be sent: send numeric arrays, or a dict for JSON data")
+        meta = _META_CACHE.get((value.dtype, value.shape))
+        if meta is None:
+            meta = _array_meta(value)
+            if meta is _IGNORE_META:
+                return meta, b""
+        if value.nbytes < ZERO_COPY_MIN:
+            return meta, value.tobytes()
         if not value.flags.c_contiguous:
             value = np.ascontiguousarray(value)
-        meta = _array_meta(value.dtype.str, value.shape)
-        return meta, memoryview(value).cast("B") if value.ndim and value.size else value.tobytes()
+        return meta, memoryview(value).cast("B")
     if isinstance(value, str) and value == IGNORE:
         return _IGNORE_META, b""
     if isinstance(value, dict):
@@ -56,23 +63,27 @@ def encode_output(value: Any) -> tuple[bytes, Any]:
     raise TypeError(f"cannot send a {type(value).__name__}: send a numpy array, a dict, or the string 'Ignore'")
 
 
-_META_CACHE: dict[tuple[str, tuple[int, ...]], bytes] = {}
+#: Metadata of numeric arrays by (dtype, shape): a camera sends the same ones over and over.
+_META_CACHE: dict[tuple[np.dtype, tuple[int, ...]], bytes] = {}
 
 
-def _array_meta(dtype: str, shape: tuple[int, ...]) -> bytes:
-    key = (dtype, shape)
-    meta = _META_CACHE.get(key)
-    if meta is None:
-        meta = json.dumps({"data_type": "ndarray", "dtype": dtype, "shape": list(shape)}).encode()
-        if len(_META_CACHE) < 256:
-            _META_CACHE[key] = meta
+def _array_meta(value: np.ndarray) -> bytes:
+    dtype = value.dtype
+    if dtype.kind == "U" and value.size == 1 and value.reshape(-1)[0] == IGNORE:
+        return _IGNORE_META
+    if dtype.hasobject:
+        raise TypeError("object arrays cannot be sent: send numeric arrays, or a dict for JSON data")
+    meta = json.dumps({"data_type": "ndarray", "dtype": dtype.str, "shape": list(value.shape)}).encode()
+    # Text arrays are not cached: one of them may be the Ignore marker.
+    if dtype.kind != "U" and len(_META_CACHE) < 256:
+        _META_CACHE[(dtype, value.shape)] = meta
     return meta
 
 
 class _Meta:
     """Parsed, validated metadata; cached by its bytes because they repeat per packet."""
 
-    __slots__ = ("data_type", "dtype", "nbytes", "shape")
+    __slots__ = ("data_type", "dtype", "flat", "nbytes", "shape")
 
     def __init__(self, raw: bytes) -> None:
         try:
@@ -85,6 +96,7 @@ class _Meta:
         self.dtype = None
         self.shape: tuple[int, ...] = ()
         self.nbytes = -1
+        self.flat = False
         if self.data_type == "ndarray":
             try:
                 if not isinstance(meta["dtype"], str) or not isinstance(meta["shape"], list):
@@ -96,6 +108,7 @@ class _Meta:
             if self.dtype.hasobject or self.dtype.itemsize == 0 or any(n < 0 for n in self.shape):
                 raise DecodeError(f"ndarray metadata has an unusable dtype or shape: {meta!r}")
             self.nbytes = self.dtype.itemsize * math.prod(self.shape)
+            self.flat = len(self.shape) == 1  # np.frombuffer's own shape: no reshape needed
         elif self.data_type not in ("dict", "ignore"):
             raise DecodeError(f"unknown data_type {self.data_type!r}: expected ndarray, dict or ignore")
 
@@ -130,19 +143,24 @@ def decode_output(raw_meta: bytes, payload: Any) -> Any:
     """The ndarray or dict carried by (metadata, payload). Arrays are read-only views."""
     meta = parse_meta(raw_meta)
     if meta.data_type == "ndarray":
-        buf = memoryview(payload)
-        if buf.nbytes != meta.nbytes:
+        size = len(payload) if type(payload) in _BYTES_LIKE else memoryview(payload).nbytes
+        if size != meta.nbytes:
             raise DecodeError(
-                f"payload has {buf.nbytes} bytes but dtype {meta.dtype.str} and shape "
+                f"payload has {size} bytes but dtype {meta.dtype.str} and shape "
                 f"{list(meta.shape)} need {meta.nbytes}"
             )
-        return np.frombuffer(buf, dtype=meta.dtype).reshape(meta.shape)
+        array = np.frombuffer(payload, dtype=meta.dtype)
+        return array if meta.flat else array.reshape(meta.shape)
     if meta.data_type == "dict":
         try:
             return json.loads(bytes(payload))
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecodeError("dict payload is not JSON") from exc
     return IGNORE
+
+
+#: Payload types whose len() is their size in bytes.
+_BYTES_LIKE = (bytes, zmq.Frame)
 
 
 class Packet(tuple):

@@ -39,7 +39,7 @@ from ._protocol import PULSE, ReadyLine, WorkerArgs, liveness
 from ._streams import guard_std_streams
 from ._version import __version__
 from .relic import Relic
-from .wire import ZERO_COPY_MIN, encode_output
+from .wire import encode_output
 
 __all__ = ["SourceWorker", "start_the_source_worker_process"]
 
@@ -168,20 +168,25 @@ class SourceWorker:
         be changed afterwards (a camera that reuses its buffer needs the default).
         Blocks while the com is behind, so nothing is dropped between worker and com.
         """
-        outputs = data if isinstance(data, (list, tuple)) else (data,)
-        frames: list[Any] = [b""]
-        for value in outputs:
-            frames.extend(encode_output(value))
+        if isinstance(data, (list, tuple)):
+            frames: list[Any] = []
+            for value in data:
+                frames += encode_output(value)
+        else:
+            frames = list(encode_output(data))
+        last = len(frames) - 1
         with self._send_lock:
-            assert self._data is not None, "call connect_socket() first"
-            # The packet number lets the com count packets lost on the way (a broken tunnel).
-            frames[0] = b"%d" % (self.index + 1)
             sock = self._data
-            last = len(frames) - 1
+            assert sock is not None, "call connect_socket() first"
+            # The packet number lets the com count packets lost on the way (a broken tunnel).
+            _send(sock, b"%d" % (self.index + 1), _MORE if frames else 0)
             for i, frame in enumerate(frames):
-                # Small frames are cheaper copied; a large one goes as it is unless asked to copy.
-                zero_copy = not copy and len(frame) >= ZERO_COPY_MIN
-                _send(sock, frame, _MORE if i < last else 0, copy=not zero_copy)
+                flags = _MORE if i < last else 0
+                # Small payloads are bytes already (copied); a large one goes as it is unless asked to copy.
+                if copy or type(frame) is bytes:
+                    _send(sock, frame, flags)
+                else:
+                    _send(sock, frame, flags, copy=False)
             self.index += 1
 
     # -- parameters --------------------------------------------------------------

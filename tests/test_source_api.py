@@ -142,6 +142,52 @@ def test_malformed_packets_are_dropped_counted_and_the_com_runs_on(
         assert reason in caplog.text
 
 
+def test_packets_too_long_or_too_short_back_to_back_cost_only_their_neighbours(settings: Settings) -> None:
+    # The com reads a packet's frames without asking where it ends; a wrong length shows up
+    # as a malformed read, after which it finds the next boundary.
+    with Source(str(WORKERS / "misaligned_worker.py"), settings=settings) as src:
+        frames = list(src.frames(limit=40, timeout=5))
+        stats = src.stats
+        assert [f for f in frames if f.arrays[0].shape != (4, 4) or f.arrays[0][0, 0] != f.index % 256] == []
+        assert stats.malformed >= 2 * (frames[-1].index - frames[0].index) // 6 > 0
+        # Every packet that did not come out is counted by the com (which has gone on since).
+        assert 0 < src.gaps <= stats.lost + stats.malformed
+        assert src.gaps + len(frames) == frames[-1].index - frames[0].index + 1
+
+
+def test_frames_reads_on_past_messages_too_long_or_too_short_on_its_topic(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    import zmq
+
+    from heron_remote.wire import encode_output
+
+    meta, payload = encode_output(np.zeros((2, 2), np.uint8))
+    with Source(CAMERA, parameters={"shape": [16, 16], "fps": 200}, settings=settings) as cam:
+        topic = cam.topics[0].encode()
+        bad = [
+            [topic, b"1"],  # too short
+            [topic, b"2", b"3", meta, payload, b"extra"],  # too long
+            [topic, b"x", b"3", meta, payload],  # no index
+            [topic, b"4", b"5", meta, b"short"],  # payload does not match its metadata
+        ]
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.linger = 0
+        pub.connect(f"tcp://127.0.0.1:{settings.ports.data_submit}")
+        frames = cam.frames(timeout=5)
+        next(frames)
+        time.sleep(0.3)  # the publisher's subscriptions arrive
+        for _ in range(20):
+            for message in bad:
+                pub.send_multipart(message)
+        pub.close()
+        good = [next(frames) for _ in range(100)]
+        for frame in good:
+            n, captured_us = frame_header(frame.arrays[0])
+            np.testing.assert_array_equal(frame.arrays[0], expected_frame(n, (16, 16), "uint8", captured_us))
+    assert "dropped an undecodable message" in caplog.text
+
+
 def test_a_frozen_worker_is_reported_lost_and_stopped(settings: Settings) -> None:
     import os
     import signal
