@@ -23,14 +23,14 @@ from typing import Any, NamedTuple
 
 import zmq
 
-from ._recv import recv_message, resync
+from ._recv import resync
 from .errors import ConfigError, ForwarderError, HeronRemoteError, WorkerError
 from .forwarders import Forwarders
 from .forwarders import endpoint as forwarder_endpoint
 from .settings import ForwarderPorts, Settings
 from .source_com import ComStats, SourceCom
 from .status import SourceStatus, status_of
-from .wire import DecodeError, decode_output
+from .wire import ZERO_COPY_MIN, DecodeError, parse_meta
 
 __all__ = ["Frame", "NoDataError", "Source"]
 
@@ -40,7 +40,7 @@ _instances = itertools.count(1)
 #: Forwarders this process started, by (host, ports), with how many Sources use them.
 _shared_forwarders: dict[tuple[str, ForwarderPorts], list] = {}
 _shared_lock = threading.Lock()
-_PAYLOAD = frozenset((4,))  # [topic, index, time_us, metadata, payload]
+_NOBLOCK = zmq.NOBLOCK
 #: How long frames() waits for a message before it looks at the com and its own timeout.
 _IDLE_MS = 100
 #: Names of the Sources running in this process: a name is a node on its PC, so it must be unique.
@@ -287,6 +287,7 @@ class Source:
             raise ConfigError("start the source first (Source.start(), or use it in a with block)")
         own = self._sub_thread == threading.get_ident()
         sub = self._sub if own else self._subscribe()  # sockets stay in the thread that made them
+        recv = sub.recv
         topic_output = {t.encode(): k for k, t in enumerate(self.topics)}
         n_out = len(self.outputs)
         single = n_out == 1
@@ -298,10 +299,10 @@ class Source:
         try:
             while limit is None or yielded < limit:
                 try:
-                    frames = recv_message(sub, 5, _PAYLOAD, wait=True)
+                    topic = recv()  # waits up to _IDLE_MS
                 except zmq.Again:
-                    frames = None
-                if frames is None:  # nothing for _IDLE_MS
+                    topic = None
+                if topic is None:
                     if pending_index is not None:  # the rest of the outputs were ignored
                         yield Frame(pending_index, pending_time, tuple(pending))
                         yielded += 1
@@ -318,18 +319,22 @@ class Source:
                             + (f"; last error: {said}" if said else "")
                         )
                     continue
+                # [topic, index, time_us, metadata, payload], read without asking where it ends
+                # (see heron_remote._recv); a message of another length fails here and resync()
+                # finds the next one.
                 try:
-                    topic, index_b, time_b, meta, payload = frames
+                    index = int(recv(_NOBLOCK))
+                    stamp = int(recv(_NOBLOCK)) / 1e6
+                    meta = parse_meta(recv(_NOBLOCK))
+                    value = meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
                     output = topic_output[topic]
-                    index = int(index_b)
-                    value = decode_output(meta, payload)
-                    stamp = int(time_b) / 1e6
                 except KeyError:  # another node whose topic starts like ours
                     resync(sub)
                     continue
-                except (DecodeError, ValueError) as exc:
+                except (zmq.Again, DecodeError, ValueError) as exc:
                     resync(sub)
-                    logger.warning("dropped an undecodable message from %s: %s", self.name, exc)
+                    reason = "it ended early" if isinstance(exc, zmq.Again) else exc
+                    logger.warning("dropped an undecodable message from %s: %s", self.name, reason)
                     continue
                 last_frame = time.monotonic()
                 if single:

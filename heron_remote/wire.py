@@ -112,6 +112,24 @@ class _Meta:
         elif self.data_type not in ("dict", "ignore"):
             raise DecodeError(f"unknown data_type {self.data_type!r}: expected ndarray, dict or ignore")
 
+    def decode(self, payload: Any) -> Any:
+        """The ndarray or dict this metadata describes in ``payload``. Arrays are read-only views."""
+        if self.data_type == "ndarray":
+            size = len(payload) if type(payload) in _BYTES_LIKE else memoryview(payload).nbytes
+            if size != self.nbytes:
+                raise DecodeError(
+                    f"payload has {size} bytes but dtype {self.dtype.str} and shape "
+                    f"{list(self.shape)} need {self.nbytes}"
+                )
+            array = np.frombuffer(payload, dtype=self.dtype)
+            return array if self.flat else array.reshape(self.shape)
+        if self.data_type == "dict":
+            try:
+                return json.loads(bytes(payload))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise DecodeError("dict payload is not JSON") from exc
+        return IGNORE
+
 
 _PARSED: dict[bytes, _Meta] = {}
 
@@ -141,22 +159,7 @@ def check_output(raw_meta: bytes, payload_len: int) -> bool:
 
 def decode_output(raw_meta: bytes, payload: Any) -> Any:
     """The ndarray or dict carried by (metadata, payload). Arrays are read-only views."""
-    meta = parse_meta(raw_meta)
-    if meta.data_type == "ndarray":
-        size = len(payload) if type(payload) in _BYTES_LIKE else memoryview(payload).nbytes
-        if size != meta.nbytes:
-            raise DecodeError(
-                f"payload has {size} bytes but dtype {meta.dtype.str} and shape "
-                f"{list(meta.shape)} need {meta.nbytes}"
-            )
-        array = np.frombuffer(payload, dtype=meta.dtype)
-        return array if meta.flat else array.reshape(meta.shape)
-    if meta.data_type == "dict":
-        try:
-            return json.loads(bytes(payload))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DecodeError("dict payload is not JSON") from exc
-    return IGNORE
+    return parse_meta(raw_meta).decode(payload)
 
 
 #: Payload types whose len() is their size in bytes.
