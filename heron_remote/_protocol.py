@@ -32,6 +32,19 @@ LIVE = b"LIVE"
 
 _OPTION_PREFIX = "--heron-remote-"
 
+#: The com's queue of packets from its worker holds about this many bytes...
+DATA_QUEUE_BYTES = 8 * 1024 * 1024
+#: ... in packets: never fewer (big frames), never more (small ones). A deep queue of small
+#: packets lets ZeroMQ wake the sending side once per hundreds of packets read, not per four.
+#: The worker's own queue stays at the low end.
+DATA_HWM_RANGE = (8, 1000)
+
+
+def data_hwm(packet_bytes: int) -> int:
+    """The high-water mark (in packets) that holds about DATA_QUEUE_BYTES of such packets."""
+    low, high = DATA_HWM_RANGE
+    return max(low, min(high, DATA_QUEUE_BYTES // max(packet_bytes, 1)))
+
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerArgs:

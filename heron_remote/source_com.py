@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from ._logging import NodeLogger
-from ._protocol import WorkerArgs, parse_liveness, pulse
+from ._protocol import DATA_HWM_RANGE, WorkerArgs, data_hwm, parse_liveness, pulse
 from ._recv import recv_message, resync
 from ._verbosity import PacketLog, PacketTimer, parse_verbosity
 from .errors import (
@@ -53,7 +53,6 @@ __all__ = ["ComStats", "SourceCom"]
 logger = logging.getLogger(__name__)
 
 _LOCAL_IDS = ("None", None, "")
-_DATA_RCVHWM = 8
 _PUB_SNDHWM = 200
 #: How often the com looks at everything but data (and how long a data read waits).
 _CHORES_S = 0.02
@@ -141,6 +140,8 @@ class SourceCom:
         self._context: zmq.Context | None = None
         self._sockets: dict[str, zmq.Socket] = {}
         self._publish: zmq.Socket | None = None
+        self._size_class = -1
+        self._data_hwm = DATA_HWM_RANGE[1]
         self._endpoints: list[tuple[str, str]] = []
         self._owner_thread: int | None = None
         self._heartbeat_target: str | None = None
@@ -229,7 +230,9 @@ class SourceCom:
         pol = make(zmq.PUB, "proof_of_life")
         pol.connect(f"tcp://{host}:{s.ports.proof_of_life_submit}")
         data = make(zmq.PULL, "data")
-        data.rcvhwm = _DATA_RCVHWM
+        # Deep for small packets (ZeroMQ then wakes the reading side once per hundreds of packets, not
+        # per four); lowered to about DATA_QUEUE_BYTES once the packets turn out to be big.
+        data.rcvhwm = self._data_hwm
         data.rcvtimeo = int(_CHORES_S * 1000)
         live = make(zmq.SUB, "liveness")
         live.subscribe(b"")
@@ -303,6 +306,9 @@ class SourceCom:
             self._malformed(exc)
             return False
         stats.bytes_received += size
+        if size.bit_length() != self._size_class:
+            self._size_class = size.bit_length()
+            self._lower_data_queue(data_hwm(1 << self._size_class))
         time_us = time.time_ns() // 1000
         index_b = b"%d" % self.index
         time_b = b"%d" % time_us
@@ -324,6 +330,14 @@ class SourceCom:
         if self._packet_log is not None:
             self._packet_log.write(self.index)
         return True
+
+    def _lower_data_queue(self, hwm: int) -> None:
+        """Hold about DATA_QUEUE_BYTES of these packets. Only ever lowered: ZeroMQ wakes a blocked
+        sender each time half the high-water mark has been read, so raising it while the worker
+        waits could leave the worker waiting for a wake-up that never comes."""
+        if hwm < self._data_hwm:
+            self._data_hwm = hwm
+            self._sockets["data"].rcvhwm = hwm
 
     def _number_packet(self, seq: int) -> None:
         if seq <= self._last_seq:

@@ -35,7 +35,7 @@ from typing import Any
 import zmq
 
 from . import _records as records
-from ._protocol import PULSE, ReadyLine, WorkerArgs, liveness
+from ._protocol import DATA_HWM_RANGE, PULSE, ReadyLine, WorkerArgs, liveness
 from ._streams import guard_std_streams
 from ._version import __version__
 from .relic import Relic
@@ -57,7 +57,6 @@ _END_OF_LIFE_S = 1.5
 _DELIVER_S = 5.0
 
 _CHANNEL_OFFSET = {"data": 0, "heartbeat": 1, "parameters": 2, "liveness": 3}
-_DATA_HWM = 8
 _MORE = zmq.SNDMORE
 _send = zmq.backend.Socket.send  # pyzmq's compiled send: see source_com
 
@@ -157,7 +156,8 @@ class SourceWorker:
         # its linger while the service threads' sockets are still open.
         self._data_context = zmq.Context()
         self._data = self._data_context.socket(zmq.PUSH)
-        self._data.sndhwm = _DATA_HWM
+        # Shallow on purpose: a worker that runs far ahead of its com only takes the CPU the com needs.
+        self._data.sndhwm = DATA_HWM_RANGE[0]
         self._data.linger = 0
         self._bind(self._data, "data")
 

@@ -188,6 +188,23 @@ def test_frames_reads_on_past_messages_too_long_or_too_short_on_its_topic(
     assert "dropped an undecodable message" in caplog.text
 
 
+def test_the_com_queue_holds_bytes_and_frames_flow_as_their_size_changes(settings: Settings) -> None:
+    from heron_remote._protocol import DATA_HWM_RANGE
+
+    def shape_arrives(cam: Source, shape: list[int]) -> None:
+        cam.set_parameters({"shape": shape, "fps": 100})
+        wait_until(lambda: any(f.arrays[0].shape == tuple(shape) for f in cam.frames(limit=5, timeout=5)), 10, shape)
+
+    with Source(CAMERA, parameters={"shape": [8, 8], "fps": 100}, settings=settings) as cam:
+        next(iter(cam.frames(timeout=5)))
+        assert cam._com._data_hwm == DATA_HWM_RANGE[1]  # small packets: a deep queue
+        shape_arrives(cam, [1024, 2048])  # 2 MiB frames
+        assert cam._com._data_hwm == DATA_HWM_RANGE[0]
+        shape_arrives(cam, [8, 8])  # lowered for good: raising it mid-stream could stall the worker
+        assert cam._com._data_hwm == DATA_HWM_RANGE[0]
+        shape_arrives(cam, [1024, 2048])
+
+
 def test_a_frozen_worker_is_reported_lost_and_stopped(settings: Settings) -> None:
     import os
     import signal
