@@ -108,6 +108,7 @@ class SourceWorker:
         self._ports_lock = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
         self._dying = threading.Lock()
+        self._delivering = False
         self._error_to_report: str | None = None
         self._beacon_now = threading.Event()
         self._reaped: tuple[int, ...] = ()
@@ -365,6 +366,7 @@ class SourceWorker:
         self._end_of_life(timeout=_END_OF_LIFE_S)
         self._release_node()
         if self._data is not None and self._data_context is not None:
+            self._delivering = True
             self._data.close(linger=int(_DELIVER_S * 1000))
             self._data_context.term()
         sys.stdout.flush()
@@ -372,6 +374,8 @@ class SourceWorker:
         os._exit(EXIT_OK)
 
     def on_kill(self, signum: int, frame: Any = None) -> None:
+        if self._delivering:  # finish() ran the end of life; the com that would take the rest stops us
+            os._exit(EXIT_OK)
         self._die(f"stopped by signal {signal.Signals(signum).name}", EXIT_OK)
 
 

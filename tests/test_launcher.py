@@ -74,3 +74,25 @@ def test_a_stop_during_the_spawn_is_carried_out_by_the_starting_thread(fail: boo
         assert isinstance(errors[0], WorkerStartError) and "stopped while it started" in str(errors[0])
         assert launcher.signals == [signal.SIGTERM] and not launcher.alive
     assert launcher.released == 1  # the connection is given back exactly once
+
+
+def test_sigterm_while_the_worker_delivers_its_last_packets_ends_it_at_once() -> None:
+    # A worker whose work function returned waits up to 5 s for its com to take what is
+    # queued; when the com stops it meanwhile, TERM must not wait out that delivery.
+    import subprocess
+    import sys
+    import time
+
+    from .helpers import WORKERS
+
+    proc = subprocess.Popen([sys.executable, str(WORKERS / "stuck_delivery.py")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+        time.sleep(0.2)
+        proc.terminate()
+        started = time.monotonic()
+        assert proc.wait(timeout=4) == 0
+        assert time.monotonic() - started < 1.0
+    finally:
+        proc.kill()
+        proc.wait()

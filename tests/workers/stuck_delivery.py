@@ -1,0 +1,36 @@
+"""A worker that returns with packets its com never reads: finish() waits to deliver them.
+
+Prints READY once it is in that wait; a SIGTERM then must end it at once.
+"""
+
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from heron_remote.worker import SourceWorker
+
+worker = SourceWorker(0, "Parameters##stuck##0", None, None)
+worker.connect_socket()
+reader = zmq.Context().socket(zmq.PULL)  # connected, never reads: the packets stay queued
+reader.rcvhwm = 1
+reader.connect(f"tcp://127.0.0.1:{worker._ports['data']}")
+frame = np.zeros(1 << 20, np.uint8)
+worker._data.sndtimeo = 5000  # the first waits for the connection
+worker._data.send_multipart([b"1", b"{}", frame])
+worker._data.sndtimeo = 0
+full_since = None
+while full_since is None or time.monotonic() - full_since < 0.3:  # the socket buffers too are full
+    try:
+        worker._data.send_multipart([b"1", b"{}", frame])
+        full_since = None
+    except zmq.Again:
+        full_since = full_since or time.monotonic()
+        time.sleep(0.01)
+signal.signal(signal.SIGTERM, worker.on_kill)
+threading.Timer(0.3, lambda: print("READY", flush=True)).start()
+worker.finish()
+sys.exit("finish() returned")
