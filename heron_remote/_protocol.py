@@ -61,6 +61,8 @@ class WorkerArgs:
     node: str = ""
     #: Where the host keeps its start records, when not in the default place.
     run_dir: str = ""
+    #: Outputs per packet (0: not said, as when Heron starts the worker).
+    outputs: int = 0
 
     def to_argv(self) -> list[str]:
         # Heron's positional layout first, so Heron's own parser still reads it;
@@ -74,7 +76,7 @@ class WorkerArgs:
             f"{_OPTION_PREFIX}heartbeat-rate={self.heartbeat_rate!r}",
             f"{_OPTION_PREFIX}heartbeats-to-death={self.heartbeats_to_death}",
         ]
-        for key in ("token", "node", "run_dir"):
+        for key in ("token", "node", "run_dir", "outputs"):
             value = getattr(self, key)
             if value:
                 argv.append(f"{_OPTION_PREFIX}{key.replace('_', '-')}={value}")
@@ -91,6 +93,7 @@ class WorkerArgs:
         settings: Settings,
         token: str = "",
         node: str = "",
+        outputs: int = 0,
     ) -> WorkerArgs:
         return cls(
             port=port,
@@ -101,6 +104,7 @@ class WorkerArgs:
             heartbeats_to_death=settings.heartbeats_to_death,
             token=token,
             node=node,
+            outputs=outputs,
         )
 
     @classmethod
@@ -131,6 +135,7 @@ class WorkerArgs:
                 token=options.get("token", ""),
                 node=options.get("node", ""),
                 run_dir=options.get("run-dir", ""),
+                outputs=int(options.get("outputs", 0)),
             )
         except ValueError as exc:
             raise ConfigError(usage + repr(argv)) from exc

@@ -323,11 +323,11 @@ class Source:
                 # (see heron_remote._recv); a message of another length fails here and resync()
                 # finds the next one.
                 try:
+                    output = topic_output[topic]
                     index = int(recv(_NOBLOCK))
                     stamp = int(recv(_NOBLOCK)) / 1e6
                     meta = parse_meta(recv(_NOBLOCK))
                     value = meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
-                    output = topic_output[topic]
                 except KeyError:  # another node whose topic starts like ours
                     resync(sub)
                     continue

@@ -429,6 +429,7 @@ class SourceCom:
             settings=self.settings,
             token=secrets.token_hex(8),
             node=self.node_key,
+            outputs=len(self.outputs),
         )
         started = time.monotonic()
         try:

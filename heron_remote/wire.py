@@ -53,7 +53,7 @@ def encode_output(value: Any) -> tuple[bytes, Any]:
             return meta, value.tobytes()
         if not value.flags.c_contiguous:
             value = np.ascontiguousarray(value)
-        return meta, memoryview(value).cast("B")
+        return meta, memoryview(value.reshape(-1).view(np.uint8))  # any dtype, datetime64 too
     if isinstance(value, str) and value == IGNORE:
         return _IGNORE_META, b""
     if isinstance(value, dict):
@@ -103,7 +103,7 @@ class _Meta:
                     raise TypeError("dtype must be a string and shape a list")
                 self.dtype = np.dtype(meta["dtype"])
                 self.shape = tuple(int(n) for n in meta["shape"])
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise DecodeError(f"ndarray metadata needs a valid dtype and shape: {meta!r}") from exc
             if self.dtype.hasobject or self.dtype.itemsize == 0 or any(n < 0 for n in self.shape):
                 raise DecodeError(f"ndarray metadata has an unusable dtype or shape: {meta!r}")

@@ -89,6 +89,8 @@ class SourceWorker:
         self.initialisation_function = initialisation_function
         self.end_of_life_function = end_of_life_function
         self.num_sending_topics = int(num_sending_topics)
+        #: Outputs per packet, when the com said (send_data_to_com then checks); 0: not said.
+        self.num_outputs = 0
         self.relic_path = None if relic_path in ("", "_", None) else relic_path
         self.heartbeat_rate = float(heartbeat_rate)
         self.heartbeats_to_death = int(heartbeats_to_death)
@@ -108,7 +110,7 @@ class SourceWorker:
         self._ports_lock = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
         self._dying = threading.Lock()
-        self._delivering = False
+        self._finishing = self._delivering = self._stop_asked = False
         self._error_to_report: str | None = None
         self._beacon_now = threading.Event()
         self._reaped: tuple[int, ...] = ()
@@ -170,10 +172,14 @@ class SourceWorker:
         Blocks while the com is behind, so nothing is dropped between worker and com.
         """
         if isinstance(data, (list, tuple)):
+            if len(data) != self.num_outputs and self.num_outputs:
+                raise ValueError(self._outputs_error(len(data)))
             frames: list[Any] = []
             for value in data:
                 frames += encode_output(value)
         else:
+            if self.num_outputs > 1:
+                raise ValueError(self._outputs_error(1))
             frames = list(encode_output(data))
         last = len(frames) - 1
         with self._send_lock:
@@ -189,6 +195,12 @@ class SourceWorker:
                 else:
                     _send(sock, frame, flags, copy=False)
             self.index += 1
+
+    def _outputs_error(self, sent: int) -> str:
+        return (
+            f"send_data_to_com got {sent} output(s) but node {self.node_name!r} has {self.num_outputs}: "
+            "send one value per output, in the order of the node's outputs (a list when there are several)"
+        )
 
     # -- parameters --------------------------------------------------------------
     def start_parameters_thread(self) -> None:
@@ -362,11 +374,14 @@ class SourceWorker:
         """The work function returned: deliver what is queued, then end normally."""
         if not self._dying.acquire(blocking=False):
             time.sleep(3600)
+        self._finishing = True
         _hard_exit_after(_END_OF_LIFE_S + _DELIVER_S + 1, EXIT_OK)
         self._end_of_life(timeout=_END_OF_LIFE_S)
         self._release_node()
+        self._delivering = True  # before the check: a stop from here on exits in on_kill
+        if self._stop_asked:
+            self._exit_now(EXIT_OK)
         if self._data is not None and self._data_context is not None:
-            self._delivering = True
             self._data.close(linger=int(_DELIVER_S * 1000))
             self._data_context.term()
         sys.stdout.flush()
@@ -374,9 +389,20 @@ class SourceWorker:
         os._exit(EXIT_OK)
 
     def on_kill(self, signum: int, frame: Any = None) -> None:
-        if self._delivering:  # finish() ran the end of life; the com that would take the rest stops us
-            os._exit(EXIT_OK)
+        if self._finishing:
+            # finish() runs the end of life; what it would deliver after, the stopping com won't take.
+            if self._delivering:
+                self._exit_now(EXIT_OK)
+            self._stop_asked = True
+            return
         self._die(f"stopped by signal {signal.Signals(signum).name}", EXIT_OK)
+
+    @staticmethod
+    def _exit_now(code: int) -> None:
+        _hard_exit_after(0.5, code)  # a flush into a stalled pipe must not hold the exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _hard_exit_after(seconds: float, code: int) -> None:
@@ -414,6 +440,7 @@ def start_the_source_worker_process(
         heartbeat_rate=args.heartbeat_rate,
         heartbeats_to_death=args.heartbeats_to_death,
     )
+    worker.num_outputs = args.outputs
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, worker.on_kill)
     if args.token:

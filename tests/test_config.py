@@ -72,6 +72,7 @@ def test_worker_args_round_trip_and_keep_herons_positions() -> None:
         relic_dir="/r",
         heartbeat_rate=0.25,
         heartbeats_to_death=4,
+        outputs=2,
     )
     argv = args.to_argv()
     assert argv[:5] == ["6600", "Parameters##Cam##3", "0", "2", "/r"]

@@ -76,23 +76,30 @@ def test_a_stop_during_the_spawn_is_carried_out_by_the_starting_thread(fail: boo
     assert launcher.released == 1  # the connection is given back exactly once
 
 
-def test_sigterm_while_the_worker_delivers_its_last_packets_ends_it_at_once() -> None:
-    # A worker whose work function returned waits up to 5 s for its com to take what is
-    # queued; when the com stops it meanwhile, TERM must not wait out that delivery.
+@pytest.mark.parametrize(("when", "ends_within"), [("delivering", 1.0), ("slow-end", 1.6)])
+def test_sigterm_while_a_finished_worker_delivers_its_last_packets_ends_it_without_the_wait(
+    when: str, ends_within: float
+) -> None:
+    # A worker whose work function returned runs its end of life, then waits up to 5 s for its
+    # com to take what is queued. When the com stops it meanwhile, the end of life still runs
+    # to its end, but nothing waits for the delivery.
     import subprocess
     import sys
     import time
 
     from .helpers import WORKERS
 
-    proc = subprocess.Popen([sys.executable, str(WORKERS / "stuck_delivery.py")], stdout=subprocess.PIPE, text=True)
+    argv = [sys.executable, str(WORKERS / "stuck_delivery.py")] + (["slow-end"] if when == "slow-end" else [])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
         time.sleep(0.2)
         proc.terminate()
         started = time.monotonic()
-        assert proc.wait(timeout=4) == 0
-        assert time.monotonic() - started < 1.0
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - started < ends_within
+        if when == "slow-end":
+            assert proc.stdout.read().strip() == "END DONE"
     finally:
         proc.kill()
         proc.wait()

@@ -1,6 +1,8 @@
 """A worker that returns with packets its com never reads: finish() waits to deliver them.
 
-Prints READY once it is in that wait; a SIGTERM then must end it at once.
+Prints READY once it is in that wait; a SIGTERM then must end it at once. With the argument
+``slow-end`` its end-of-life function takes 0.8 s and prints READY as it starts: a SIGTERM
+then lets it finish and ends the worker without the wait.
 """
 
 import signal
@@ -13,7 +15,16 @@ import zmq
 
 from heron_remote.worker import SourceWorker
 
-worker = SourceWorker(0, "Parameters##stuck##0", None, None)
+slow_end = sys.argv[1:] == ["slow-end"]
+
+
+def end_of_life():
+    print("READY", flush=True)
+    time.sleep(0.8)
+    print("END DONE", flush=True)
+
+
+worker = SourceWorker(0, "Parameters##stuck##0", None, end_of_life if slow_end else None)
 worker.connect_socket()
 reader = zmq.Context().socket(zmq.PULL)  # connected, never reads: the packets stay queued
 reader.rcvhwm = 1
@@ -31,6 +42,7 @@ while full_since is None or time.monotonic() - full_since < 0.3:  # the socket b
         full_since = full_since or time.monotonic()
         time.sleep(0.01)
 signal.signal(signal.SIGTERM, worker.on_kill)
-threading.Timer(0.3, lambda: print("READY", flush=True)).start()
+if not slow_end:
+    threading.Timer(0.3, lambda: print("READY", flush=True)).start()
 worker.finish()
 sys.exit("finish() returned")
