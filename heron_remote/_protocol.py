@@ -35,9 +35,9 @@ _OPTION_PREFIX = "--heron-remote-"
 #: The com's queue of packets from its worker holds about this many bytes...
 DATA_QUEUE_BYTES = 8 * 1024 * 1024
 #: ... in packets: never fewer (big frames), never more (small ones). A deep queue of small
-#: packets lets ZeroMQ wake the sending side once per hundreds of packets read, not per four.
+#: packets lets ZeroMQ wake the sending side once per 128 packets read, not per four.
 #: The worker's own queue stays at the low end.
-DATA_HWM_RANGE = (8, 1000)
+DATA_HWM_RANGE = (8, 256)
 
 
 def data_hwm(packet_bytes: int) -> int:

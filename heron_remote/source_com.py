@@ -230,7 +230,7 @@ class SourceCom:
         pol = make(zmq.PUB, "proof_of_life")
         pol.connect(f"tcp://{host}:{s.ports.proof_of_life_submit}")
         data = make(zmq.PULL, "data")
-        # Deep for small packets (ZeroMQ then wakes the reading side once per hundreds of packets, not
+        # Deep for small packets (ZeroMQ then wakes the sending side once per 128 packets read, not
         # per four); lowered to about DATA_QUEUE_BYTES once the packets turn out to be big.
         data.rcvhwm = self._data_hwm
         data.rcvtimeo = int(_CHORES_S * 1000)
