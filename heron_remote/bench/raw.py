@@ -62,32 +62,41 @@ def _receive(sock: zmq.Socket, plan: Plan) -> Iterator[Any]:
         yield msg if copy else msg.buffer
 
 
-def _run(name: str, link: Link, plan: Plan, forward: Forward | None) -> Result:
-    plan = raw_plan(plan)
-    hwm = hwm_for(plan.size)
+@contextmanager
+def _from_sender(link: Link, plan: Plan) -> Iterator[tuple[Sender, zmq.Socket]]:
+    """A bench sender on ``link`` and a PULL socket, not yet connected, to read it with.
+
+    A timeout while reading comes out with the sender's stderr.
+    """
     context = zmq.Context()
     try:
-        with Sender(link, plan, hwm) as sender:
+        with Sender(link, plan, hwm_for(plan.size)) as sender:
             sock = context.socket(zmq.PULL)
-            sock.rcvhwm = hwm
+            sock.rcvhwm = hwm_for(plan.size)
             sock.linger = 0
             try:
-                if forward is None:
-                    sock.connect(f"tcp://127.0.0.1:{sender.port}")
-                    result = measure(name, _receive(sock, plan), plan)
-                else:
-                    with forward(link, sender.port) as (local_port, notes):
-                        sock.connect(f"tcp://127.0.0.1:{local_port}")
-                        result = measure(name, _receive(sock, plan), plan)
-                        result.notes.update(notes)
-                        sock.close()  # before the forward goes, so nothing waits on it
+                yield sender, sock
             except TimeoutError as exc:
                 raise TimeoutError(f"{exc}; sender stderr: {sender.stderr_tail()}") from None
             finally:
                 sock.close()
     finally:
         context.term()
-    result.notes["hwm"] = hwm
+
+
+def _run(name: str, link: Link, plan: Plan, forward: Forward | None) -> Result:
+    plan = raw_plan(plan)
+    with _from_sender(link, plan) as (sender, sock):
+        if forward is None:
+            sock.connect(f"tcp://127.0.0.1:{sender.port}")
+            result = measure(name, _receive(sock, plan), plan)
+        else:
+            with forward(link, sender.port) as (local_port, notes):
+                sock.connect(f"tcp://127.0.0.1:{local_port}")
+                result = measure(name, _receive(sock, plan), plan)
+                result.notes.update(notes)
+                sock.close()  # before the forward goes, so nothing waits on it
+    result.notes["hwm"] = hwm_for(plan.size)
     return result
 
 
@@ -206,24 +215,14 @@ def _zmq_paramiko_run(name: str, link: Link, plan: Plan) -> Result:
 
     assert link.host is not None and link.key is not None
     plan = raw_plan(plan)
-    hwm = hwm_for(plan.size)
-    context = zmq.Context()
     tunnel: Any = None
     try:
-        with Sender(link, plan, hwm) as sender:
-            sock = context.socket(zmq.PULL)
-            sock.rcvhwm = hwm
-            sock.linger = 0
-            try:
-                with _host_key_policy("Warning"):
-                    tunnel = zmq_ssh.tunnel_connection(
-                        sock, f"tcp://127.0.0.1:{sender.port}", link.ssh_target, keyfile=str(link.key), paramiko=True
-                    )
-                result = measure(name, _receive(sock, plan), plan)
-            except TimeoutError as exc:
-                raise TimeoutError(f"{exc}; sender stderr: {sender.stderr_tail()}") from None
-            finally:
-                sock.close()
+        with _from_sender(link, plan) as (sender, sock):
+            with _host_key_policy("Warning"):
+                tunnel = zmq_ssh.tunnel_connection(
+                    sock, f"tcp://127.0.0.1:{sender.port}", link.ssh_target, keyfile=str(link.key), paramiko=True
+                )
+            result = measure(name, _receive(sock, plan), plan)
     finally:
         if tunnel is not None and hasattr(tunnel, "terminate"):  # a multiprocessing.Process
             tunnel.terminate()
@@ -231,8 +230,7 @@ def _zmq_paramiko_run(name: str, link: Link, plan: Plan) -> Result:
             if tunnel.is_alive():
                 tunnel.kill()
                 tunnel.join(5)
-        context.term()
-    result.notes["hwm"] = hwm
+    result.notes["hwm"] = hwm_for(plan.size)
     return result
 
 
