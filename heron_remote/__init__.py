@@ -5,10 +5,16 @@ The public API is what ``__all__`` lists; modules and names starting with ``_`` 
 
 from ._version import __version__
 from .errors import (
+    AuthenticationError,
     ConfigError,
+    DecodeError,
     ForwarderError,
     HeronRemoteError,
+    HostKeyError,
+    HostUnreachableError,
+    NoDataError,
     SSHError,
+    TunnelError,
     WorkerError,
     WorkerExitedError,
     WorkerLostError,
@@ -17,13 +23,15 @@ from .errors import (
 from .forwarders import Forwarders
 from .relic import read_relic
 from .settings import ForwarderPorts, RestartPolicy, Settings
-from .source import Frame, NoDataError, Source
+from .source import Frame, Source
 from .source_com import ComStats, SourceCom
-from .wire import IGNORE, DecodeError, Packet, decode_published
+from .status import SourceStatus, StatusBoard
+from .wire import IGNORE, Packet, decode_published
 from .worker import SourceWorker, start_the_source_worker_process
 
 __all__ = [
     "IGNORE",
+    "AuthenticationError",
     "ComStats",
     "ConfigError",
     "DecodeError",
@@ -32,6 +40,8 @@ __all__ = [
     "Forwarders",
     "Frame",
     "HeronRemoteError",
+    "HostKeyError",
+    "HostUnreachableError",
     "NoDataError",
     "Packet",
     "RestartPolicy",
@@ -39,7 +49,10 @@ __all__ = [
     "Settings",
     "Source",
     "SourceCom",
+    "SourceStatus",
     "SourceWorker",
+    "StatusBoard",
+    "TunnelError",
     "WorkerError",
     "WorkerExitedError",
     "WorkerLostError",

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ._verbosity import NO_RELIC
 from .errors import ConfigError
 from .settings import Settings
 
@@ -53,12 +54,12 @@ class WorkerArgs:
     port: int
     parameters_topic: str
     num_sending_topics: int
-    relic_dir: str = "_"
+    relic_dir: str = NO_RELIC
     heartbeat_rate: float = 1.0
     heartbeats_to_death: int = 10
     #: This launch's start token, and the node it runs (for the host's start records).
     token: str = ""
-    node: str = ""
+    node_id: str = ""
     #: Where the host keeps its start records, when not in the default place.
     run_dir: str = ""
     #: Outputs per packet (0: not said, as when Heron starts the worker).
@@ -72,11 +73,11 @@ class WorkerArgs:
             self.parameters_topic,
             "0",
             str(self.num_sending_topics),
-            self.relic_dir or "_",
+            self.relic_dir or NO_RELIC,
             f"{_OPTION_PREFIX}heartbeat-rate={self.heartbeat_rate!r}",
             f"{_OPTION_PREFIX}heartbeats-to-death={self.heartbeats_to_death}",
         ]
-        for key in ("token", "node", "run_dir", "outputs"):
+        for key in ("token", "node_id", "run_dir", "outputs"):
             value = getattr(self, key)
             if value:
                 argv.append(f"{_OPTION_PREFIX}{key.replace('_', '-')}={value}")
@@ -92,7 +93,7 @@ class WorkerArgs:
         relic_dir: str,
         settings: Settings,
         token: str = "",
-        node: str = "",
+        node_id: str = "",
         outputs: int = 0,
     ) -> WorkerArgs:
         return cls(
@@ -103,7 +104,7 @@ class WorkerArgs:
             heartbeat_rate=settings.heartbeat_rate,
             heartbeats_to_death=settings.heartbeats_to_death,
             token=token,
-            node=node,
+            node_id=node_id,
             outputs=outputs,
         )
 
@@ -133,7 +134,7 @@ class WorkerArgs:
                 heartbeat_rate=float(options.get("heartbeat-rate", 1.0)),
                 heartbeats_to_death=int(options.get("heartbeats-to-death", 10)),
                 token=options.get("token", ""),
-                node=options.get("node", ""),
+                node_id=options.get("node-id", ""),
                 run_dir=options.get("run-dir", ""),
                 outputs=int(options.get("outputs", 0)),
             )

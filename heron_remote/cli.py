@@ -60,7 +60,7 @@ def _demo(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         fps=args.fps,
         settings=settings,
-        ssh_remote_server_id=args.remote or "None",
+        host=args.remote or None,
     )
     where = f" (worker on {args.remote})" if args.remote else ""
     print(result.report() + where)

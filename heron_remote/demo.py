@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .examples import SYNTHETIC_CAMERA as CAMERA
 from .examples.synthetic_camera import frame_header
 from .settings import Settings
 from .source import Source
-
-CAMERA = "python -m heron_remote.examples.synthetic_camera"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +49,7 @@ def run_demo(
     dtype: str = "uint8",
     fps: float = 100.0,
     settings: Settings | None = None,
-    ssh_remote_server_id: str = "None",
+    host: str | None = None,
 ) -> DemoResult:
     """Stream the synthetic camera for ``seconds`` and measure what the subscriber saw."""
     started = time.monotonic()
@@ -59,8 +58,7 @@ def run_demo(
         name="synthetic_camera",
         parameters={"shape": list(shape), "dtype": dtype, "fps": fps},
         settings=settings,
-        ssh_local_server_id="None" if ssh_remote_server_id == "None" else "local",
-        ssh_remote_server_id=ssh_remote_server_id,
+        host=host,
     )
     with source:
         ready = time.monotonic() - started

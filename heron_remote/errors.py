@@ -3,8 +3,10 @@
 Every error is a :class:`HeronRemoteError`, so one ``except`` catches them all::
 
     HeronRemoteError
-    ├── ConfigError            bad input: a value, a worker_exec, a verbosity string
+    ├── ConfigError            bad input: a value, a worker_exec, a verbosity string (also a ValueError)
     ├── ForwarderError         a forwarder could not bind (port in use, bad interface)
+    ├── DecodeError            a message does not follow the wire format (also a ValueError)
+    ├── NoDataError            no frame arrived within Source.frames()'s timeout (also a TimeoutError)
     ├── WorkerError            something went wrong with a worker process
     │   ├── WorkerStartError   it did not start, or did not report ready in time
     │   ├── WorkerExitedError  it ended while the com was running
@@ -16,7 +18,8 @@ Every error is a :class:`HeronRemoteError`, so one ``except`` catches them all::
         └── TunnelError            a port forward could not be opened
 
 Errors that carry a worker's output keep the last lines of its stderr in
-``stderr_tail`` and show them in the message.
+``stderr_tail`` and show them in the message. Errors of paramiko and of sockets are
+turned into these in one place, :mod:`heron_remote.ssh.translate`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "DecodeError",
     "ForwarderError",
     "HeronRemoteError",
     "HostKeyError",
     "HostUnreachableError",
+    "NoDataError",
     "SSHError",
     "TunnelError",
     "WorkerError",
@@ -47,6 +52,14 @@ class ConfigError(HeronRemoteError, ValueError):
 
 class ForwarderError(HeronRemoteError):
     """A forwarder could not be started."""
+
+
+class DecodeError(HeronRemoteError, ValueError):
+    """A message does not follow the wire format; the message says how."""
+
+
+class NoDataError(HeronRemoteError, TimeoutError):
+    """No frame arrived within the timeout given to :meth:`heron_remote.Source.frames`."""
 
 
 class SSHError(HeronRemoteError):

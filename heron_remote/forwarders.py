@@ -13,19 +13,24 @@ copied through the kernel twice more on its way to a subscriber beside it.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import itertools
 import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
 
+from ._shared import SharedRegistry
+from ._threads import KeptThread
 from .errors import ForwarderError
 from .settings import ForwarderPorts
 
-__all__ = ["Forwarders", "endpoint"]
+__all__ = ["ForwarderLease", "Forwarders", "endpoint", "lease_forwarders"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ class _Proxy:
     name: str
     submit: int
     publish: int
-    thread: threading.Thread | None = None
+    thread: KeptThread | None = None
     error: BaseException | None = None
     control: str = ""
     bound: list[int] = field(default_factory=list)
@@ -116,9 +121,7 @@ class Forwarders:
             for name in _NAMES:
                 proxy = _Proxy(name, *wanted[name])
                 ready = threading.Event()
-                proxy.thread = threading.Thread(
-                    target=self._run, args=(proxy, ready), name=f"heron-forwarder-{name}", daemon=True
-                )
+                proxy.thread = KeptThread(self._run, args=(proxy, ready), name=f"heron-forwarder-{name}")
                 self._proxies.append(proxy)
                 proxy.thread.start()
                 ready.wait(10)
@@ -141,6 +144,8 @@ class Forwarders:
 
     def _bind(self, sock: zmq.Socket, port: int, proxy: _Proxy, role: str) -> int:
         try:
+            if port == 0:
+                return sock.bind_to_random_port(f"tcp://{self.host}")
             sock.bind(f"tcp://{self.host}:{port}")
         except zmq.ZMQError as exc:
             hint = (
@@ -152,7 +157,7 @@ class Forwarders:
             raise ForwarderError(
                 f"the {proxy.name} forwarder cannot bind its {role} port {port} on {self.host}: {exc.strerror}.{hint}"
             ) from exc
-        return int(sock.last_endpoint.decode().rsplit(":", 1)[1])
+        return port
 
     def _run(self, proxy: _Proxy, ready: threading.Event) -> None:
         context = zmq.Context.instance()
@@ -198,7 +203,11 @@ class Forwarders:
     @property
     def error(self) -> BaseException | None:
         """The first error a forwarder thread hit while running, if any."""
-        return next((p.error for p in self._proxies if p.error is not None), None)
+        for proxy in self._proxies:
+            error = proxy.error or (proxy.thread.error if proxy.thread is not None else None)
+            if error is not None:
+                return error
+        return None
 
     def close(self) -> None:
         """Stop the proxies and release their ports. Safe to call twice."""
@@ -233,3 +242,49 @@ class Forwarders:
 
     def __repr__(self) -> str:
         return f"<Forwarders {self.host} {self.ports}>"
+
+
+#: Forwarders this process started on fixed ports, shared by its Sources and counted.
+_shared: SharedRegistry[tuple[str, ForwarderPorts], Forwarders] = SharedRegistry(Forwarders.close)
+
+
+class ForwarderLease:
+    """The forwarders one user (a Source) relies on; :meth:`close` gives them back. Idempotent.
+
+    ``running_here`` is the :class:`Forwarders` of this process the lease holds, shared and
+    counted, or None when forwarders that run elsewhere (another process) serve ``ports``.
+    """
+
+    def __init__(self, ports: ForwarderPorts, running_here: Forwarders | None, release: Callable[[], object]) -> None:
+        self.ports = ports
+        self.running_here = running_here
+        self._release: Callable[[], object] | None = release
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __enter__(self) -> ForwarderLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def lease_forwarders(host: str, ports: ForwarderPorts) -> ForwarderLease:
+    """Forwarders on ``host`` and ``ports``: this process's if it runs them, else started here
+    (and shared with its other users), else, when the ports are taken, the ones that hold them."""
+    if 0 in dataclasses.astuple(ports):  # free ports: nobody else can ask for these
+        own = Forwarders(host=host, ports=ports).start()
+        return ForwarderLease(own.ports, own, own.close)
+    key = (host, ports)
+    try:
+        shared, _ = _shared.acquire(key, lambda: Forwarders(host=host, ports=ports).start())
+    except ForwarderError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, zmq.ZMQError) and cause.errno == errno.EADDRINUSE:
+            logger.info("forwarders already run on %s; using them", host)
+            return ForwarderLease(ports, None, lambda: None)
+        raise
+    return ForwarderLease(shared.ports, shared, lambda: _shared.release(key, shared))

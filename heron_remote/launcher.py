@@ -89,14 +89,14 @@ class WorkerLauncher(ABC):
     #: Seconds between checks of the worker's group while stopping (a remote check is a command).
     _group_poll_s: float = 0.02
 
-    def __init__(self, worker_exec: str, *, node: str) -> None:
+    def __init__(self, worker_exec: str, *, node_name: str) -> None:
         if not isinstance(worker_exec, str) or not worker_exec.strip():
             raise ConfigError(
                 f"worker_exec must be a command line (a script, or python -m module), got {worker_exec!r}"
             )
         self.worker_exec = worker_exec
-        self.node = node
-        self.log = NodeLogger(logger, node=node, host=self.where)
+        self.node_name = node_name
+        self.log = NodeLogger(logger, node=node_name, host=self.where)
         self.output = WorkerOutput(self.log)
         self.ready: ReadyLine | None = None
         self._spawned = False
@@ -163,7 +163,9 @@ class WorkerLauncher(ABC):
         self.log.info("starting worker: %s", shlex.join(argv))
         with self._stop_lock:  # a stop() that came first wins
             if self._stopped:
-                raise WorkerStartError(f"worker of node {self.node!r} was stopped before it started", node=self.node)
+                raise WorkerStartError(
+                    f"worker of node {self.node_name!r} was stopped before it started", node=self.node_name
+                )
             self._spawning = True
         try:
             self._spawn(argv)
@@ -181,7 +183,9 @@ class WorkerLauncher(ABC):
         if stopped_meanwhile:  # a stop() came while spawning and found nothing yet: end it now
             self._stopped = False
             self.stop(grace=1.0)
-            raise WorkerStartError(f"worker of node {self.node!r} was stopped while it started", node=self.node)
+            raise WorkerStartError(
+                f"worker of node {self.node_name!r} was stopped while it started", node=self.node_name
+            )
 
     def wait_ready(self, timeout: float) -> ReadyLine:
         """Block until the worker announced its ports; WorkerStartError if it exits or times out."""
@@ -193,10 +197,10 @@ class WorkerLauncher(ABC):
             if time.monotonic() > deadline:
                 self.stop(grace=1.0)
                 raise WorkerStartError(
-                    f"worker of node {self.node!r} on {self.where} did not report ready within {timeout:g} s "
+                    f"worker of node {self.node_name!r} on {self.where} did not report ready within {timeout:g} s "
                     f"(command: {self.worker_exec!r}); is it a heron_remote worker that calls "
                     "start_the_source_worker_process?",
-                    node=self.node,
+                    node=self.node_name,
                     stderr_tail=self.output.tail(),
                 )
         self.ready = self.output.ready
@@ -213,15 +217,15 @@ class WorkerLauncher(ABC):
         how = self.describe_exit(code)
         if starting:
             return WorkerStartError(
-                f"worker of node {self.node!r} on {self.where} {how} before it was ready "
+                f"worker of node {self.node_name!r} on {self.where} {how} before it was ready "
                 f"(command: {self.worker_exec!r})",
-                node=self.node,
+                node=self.node_name,
                 returncode=code,
                 stderr_tail=self.output.tail(),
             )
         return WorkerExitedError(
-            f"worker of node {self.node!r} on {self.where} {how}",
-            node=self.node,
+            f"worker of node {self.node_name!r} on {self.where} {how}",
+            node=self.node_name,
             returncode=code,
             stderr_tail=self.output.tail(),
         )
@@ -249,8 +253,8 @@ class WorkerLauncher(ABC):
                     self._signal_group(signal.SIGKILL)
                     if not self._wait_exit(5.0):
                         raise WorkerError(
-                            f"worker of node {self.node!r} on {self.where} (group {self.pid}) survived KILL",
-                            node=self.node,
+                            f"worker of node {self.node_name!r} on {self.where} (group {self.pid}) survived KILL",
+                            node=self.node_name,
                         )
             self._settle_output()
             code = self.returncode()
@@ -288,8 +292,8 @@ class LocalLauncher(WorkerLauncher):
 
     where = "this machine"
 
-    def __init__(self, worker_exec: str, *, node: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(worker_exec, node=node)
+    def __init__(self, worker_exec: str, *, node_name: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(worker_exec, node_name=node_name)
         self._env = env
         self._proc: subprocess.Popen[str] | None = None
         self._readers: list[threading.Thread] = []
@@ -324,7 +328,7 @@ class LocalLauncher(WorkerLauncher):
             )
         except OSError as exc:
             raise WorkerStartError(
-                f"cannot start worker {argv[0]!r} of node {self.node!r}: {exc}", node=self.node
+                f"cannot start worker {argv[0]!r} of node {self.node_name!r}: {exc}", node=self.node_name
             ) from exc
         for stream, pipe in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
             t = threading.Thread(

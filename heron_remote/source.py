@@ -11,8 +11,6 @@ forwarders unless they are already running, and subscribes to its own topics.
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import itertools
 import logging
 import os
@@ -23,33 +21,29 @@ from typing import Any, NamedTuple
 
 import zmq
 
-from ._recv import resync
-from .errors import ConfigError, ForwarderError, HeronRemoteError, WorkerError
-from .forwarders import Forwarders
+from ._threads import KeptThread
+from .com.parameters import encode_parameters
+from .errors import ConfigError, DecodeError, NoDataError, WorkerError, WorkerStartError
+from .forwarders import ForwarderLease, lease_forwarders
 from .forwarders import endpoint as forwarder_endpoint
-from .settings import ForwarderPorts, Settings
+from .launcher import WorkerLauncher
+from .settings import Settings
 from .source_com import ComStats, SourceCom
 from .status import SourceStatus, status_of
-from .wire import ZERO_COPY_MIN, DecodeError, parse_meta
+from .wire import read_published, resync
 
 __all__ = ["Frame", "NoDataError", "Source"]
 
 logger = logging.getLogger(__name__)
 
 _instances = itertools.count(1)
-#: Forwarders this process started, by (host, ports), with how many Sources use them.
-_shared_forwarders: dict[tuple[str, ForwarderPorts], list] = {}
-_shared_lock = threading.Lock()
-_NOBLOCK = zmq.NOBLOCK
 #: How long frames() waits for a message before it looks at the com and its own timeout.
 _IDLE_MS = 100
+#: Seconds start() waits beyond the start timeout (an SSH connection, the forwarders).
+_START_SLACK_S = 15.0
 #: Names of the Sources running in this process: a name is a node on its PC, so it must be unique.
 _running: set[str] = set()
 _running_lock = threading.Lock()
-
-
-class NoDataError(HeronRemoteError, TimeoutError):
-    """No frame arrived within the timeout given to :meth:`Source.frames`."""
 
 
 class Frame(NamedTuple):
@@ -60,8 +54,34 @@ class Frame(NamedTuple):
     arrays: tuple[Any, ...]
 
 
+class _Assembler:
+    """Groups a packet's outputs, which arrive as one message each, into one Frame."""
+
+    def __init__(self, outputs: int) -> None:
+        self._n = outputs
+        self._values: list[Any] = [None] * outputs
+        self.index: int | None = None
+        self._time = 0.0
+
+    def add(self, output: int, index: int, stamp: float, value: Any) -> tuple[Frame | None, Frame | None]:
+        """(a frame the new index completes by ending it, the frame ``value`` completes)."""
+        ended = self.flush() if self.index is not None and index != self.index else None
+        self.index, self._time = index, stamp
+        self._values[output] = value
+        done = self.flush() if all(v is not None for v in self._values) else None
+        return ended, done
+
+    def flush(self) -> Frame | None:
+        """The frame being assembled, the outputs not yet seen as None (they were ignored)."""
+        if self.index is None:
+            return None
+        frame = Frame(self.index, self._time, tuple(self._values))
+        self._values, self.index = [None] * self._n, None
+        return frame
+
+
 class Source:
-    """A source node run from Python: a com in a thread, its worker here or over SSH."""
+    """A source node run from Python: a com in a thread, its worker here or on ``host`` over SSH."""
 
     def __init__(
         self,
@@ -73,52 +93,47 @@ class Source:
         port: int = 0,
         relic_dir: str | None = None,
         settings: Settings | None = None,
-        ssh_local_server_id: str = "None",
-        ssh_remote_server_id: str = "None",
+        host: str | None = None,
         on_worker_error: Callable[[WorkerError], None] | None = None,
     ) -> None:
         if not outputs or any(not isinstance(o, str) or not o or "##" in o for o in outputs):
             raise ConfigError(f"outputs must be a non-empty tuple of output names without '##', got {outputs!r}")
         if not isinstance(name, str) or not name or "##" in name:
             raise ConfigError(f"name must be a non-empty string without '##', got {name!r}")
+        if host is not None and (not isinstance(host, str) or not host or host == "None"):
+            raise ConfigError(
+                f"host must be a server's name or id in the registry, or None for this machine, got {host!r}"
+            )
         self.name = name
         self.outputs = tuple(outputs)
+        self.host = host
         self.settings = settings or Settings.from_env()
         node_index = f"{os.getpid()}-{next(_instances)}"
         self.parameters_topic = f"Parameters##{name}##{node_index}"
         self.topics = [f"{o.replace(' ', '_')}##{name}##{node_index}" for o in self.outputs]
-        self._com = SourceCom(
-            self.topics,
-            self.parameters_topic,
-            port,
-            worker_exec,
-            verbose=f"||{relic_dir or ''}",
-            ssh_local_server_id=ssh_local_server_id,
-            ssh_remote_server_id=ssh_remote_server_id,
-            outputs=list(self.outputs),
-        )
-        self._com.on_worker_error = on_worker_error
-        # The topics carry this process's id (two scripts may share forwarders); the node on a
-        # host is its name, so that a rerun ends a worker its crashed predecessor left there.
-        self._com.node_key = f"Source##{name}"
-        self._initial_parameters = parameters
+        self._worker_exec = worker_exec
+        self._port = port
+        self._relic_dir = relic_dir
+        self._on_worker_error = on_worker_error
         if parameters is not None:
-            self._com.send_parameters(parameters)  # fails now, not later, if not JSON
-        self._forwarders_key: tuple[str, ForwarderPorts] | None = None
-        self._own_forwarders: Forwarders | None = None
-        self._thread: threading.Thread | None = None
+            encode_parameters(parameters)  # refused now, not at start, if JSON cannot encode them
+        self._parameters = parameters
+        self._com: SourceCom | None = None
+        self._forwarders: ForwarderLease | None = None
+        self._thread: KeptThread | None = None
         self._started = threading.Event()
-        self._error: BaseException | None = None
+        self._start_error: BaseException | None = None
         self._sub: zmq.Socket | None = None
         self._sub_thread: int | None = None
         self._context = zmq.Context.instance()
         self._closed = False
         self._close_lock = threading.Lock()
+        self._registered = False
+        self._status_mark: tuple[float, int, int] | None = None
+        self._idle_stats = ComStats()
         self.gaps = 0
         self.received = 0
         self._last_index: int | None = None
-        self._registered = False
-        self._status_mark: tuple[float, int, int] | None = None
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> Source:
@@ -134,69 +149,40 @@ class Source:
             _running.add(self.name)
             self._registered = True
         try:
-            self._ensure_forwarders()
-            self._com.settings = self.settings
+            self._forwarders = lease_forwarders(self.settings.forwarder_host, self.settings.ports)
+            self.settings = self.settings.replace(ports=self._forwarders.ports)
+            self._com = self._make_com()
             self._sub = self._subscribe()
             self._sub_thread = threading.get_ident()
-            self._thread = threading.Thread(target=self._run_com, name=f"heron-com-{self.name}", daemon=True)
-            self._thread.start()
-            if not self._started.wait(self.settings.start_timeout + 15):
-                raise WorkerError(f"source {self.name!r} did not start within {self.settings.start_timeout + 15:g} s")
-            if self._error is not None:
-                raise self._error
+            self._thread = KeptThread.start_new(self._run_com, name=f"heron-com-{self.name}")
+            wait = self.settings.start_timeout + _START_SLACK_S
+            if not self._started.wait(wait):
+                raise WorkerStartError(f"source {self.name!r} did not start within {wait:g} s", node=self.name)
+            if self._start_error is not None:
+                raise self._start_error
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _ensure_forwarders(self) -> None:
-        key = (self.settings.forwarder_host, self.settings.ports)
-        if 0 not in dataclasses.astuple(self.settings.ports):
-            with _shared_lock:  # another Source of this process runs them: share, counted
-                shared = _shared_forwarders.get(key)
-                if shared is not None:
-                    shared[1] += 1
-                    self._forwarders_key = key
-                    return
-        fw = Forwarders(host=self.settings.forwarder_host, ports=self.settings.ports)
-        try:
-            fw.start()
-        except ForwarderError as exc:
-            cause = exc.__cause__
-            if (
-                isinstance(cause, zmq.ZMQError)
-                and cause.errno == errno.EADDRINUSE
-                and 0
-                not in (
-                    self.settings.ports.data_submit,
-                    self.settings.ports.data_publish,
-                )
-            ):
-                logger.info("forwarders already run on %s; using them", self.settings.forwarder_host)
-                return
-            raise
-        self.settings = self.settings.replace(ports=fw.ports)
-        if 0 in dataclasses.astuple(key[1]):
-            self._own_forwarders = fw  # free ports: nobody else can ask for these
-            return
-        with _shared_lock:
-            _shared_forwarders[key] = [fw, 1]
-        self._forwarders_key = key
-
-    def _release_forwarders(self) -> None:
-        own, self._own_forwarders = self._own_forwarders, None
-        if own is not None:
-            own.close()
-        key, self._forwarders_key = self._forwarders_key, None
-        if key is None:
-            return
-        with _shared_lock:
-            entry = _shared_forwarders[key]
-            entry[1] -= 1
-            if entry[1] > 0:
-                return
-            del _shared_forwarders[key]
-        entry[0].close()
+    def _make_com(self) -> SourceCom:
+        com = SourceCom(
+            self.topics,
+            self.parameters_topic,
+            self._port,
+            self._worker_exec,
+            verbose=f"||{self._relic_dir or ''}",
+            ssh_remote_server_id=self.host or "None",
+            outputs=list(self.outputs),
+            settings=self.settings,
+            # The topics carry this process's id (two scripts may share forwarders); the node on a
+            # host is its name, so that a rerun ends a worker its crashed predecessor left there.
+            node_id=f"Source##{self.name}",
+            on_worker_error=self._on_worker_error,
+        )
+        if self._parameters is not None:
+            com.send_parameters(self._parameters)
+        return com
 
     def _subscribe(self) -> zmq.Socket:
         sub = self._context.socket(zmq.SUB)
@@ -208,24 +194,22 @@ class Source:
         return sub
 
     def _run_com(self) -> None:
+        """The com's thread: start it, then relay until it stops. What ends it is kept for the owner."""
         com = self._com
+        assert com is not None
         try:
             try:
                 com.connect_sockets()
                 com.start_heartbeat_thread()
                 com.start_worker_process()
             except BaseException as exc:
-                self._error = exc  # before start() is woken: it re-raises this
+                self._start_error = exc  # before start() is woken: it re-raises this
                 raise
             finally:
                 self._started.set()
             com.start_ioloop()
-        except BaseException as exc:  # kept for the owner: start(), frames() and stop() re-raise it
-            self._error = self._error or exc
-            com.close()
-            if com._context is not None:
-                # A stop() from another thread during the start closed nothing: these sockets are ours.
-                com._close_sockets()
+        finally:
+            com.close()  # from the sockets' own thread: closes them also after a stop from another thread
 
     def stop(self) -> None:
         """Stop the worker and the com, close the subscriber and the forwarders we started. Idempotent."""
@@ -234,13 +218,15 @@ class Source:
                 return
             self._closed = True
         try:
-            self._com.close()
+            if self._com is not None:
+                self._com.close()
             if self._thread is not None:
                 self._thread.join(self.settings.stop_grace + 10)
         finally:
             if self._sub is not None and self._sub_thread == threading.get_ident():
                 self._sub.close()
-            self._release_forwarders()
+            if self._forwarders is not None:
+                self._forwarders.close()
             if self._registered:
                 with _running_lock:
                     _running.discard(self.name)
@@ -257,21 +243,42 @@ class Source:
     # -- use ---------------------------------------------------------------------
     def set_parameters(self, parameters: Any) -> None:
         """Send new parameters (anything JSON encodes) to the worker."""
+        if self._com is None:
+            encode_parameters(parameters)  # refused now if JSON cannot encode them
+            self._parameters = parameters
+            return
         self._com.send_parameters(parameters)
 
     @property
     def stats(self) -> ComStats:
-        return self._com.stats
+        return self._com.stats if self._com is not None else self._idle_stats
+
+    @property
+    def launcher(self) -> WorkerLauncher | None:
+        """What started the worker (here, or over SSH), once it started."""
+        return self._com.launcher if self._com is not None else None
+
+    @property
+    def forwarders(self) -> ForwarderLease | None:
+        """The forwarders this source publishes through, once it started."""
+        return self._forwarders
+
+    @property
+    def data_hwm(self) -> int | None:
+        """How many packets the com's queue from its worker holds now (it follows their size)."""
+        return self._com.data_hwm if self._com is not None else None
 
     def status(self) -> SourceStatus:
         """This source now: host, worker pid, state, rates since the last call, gaps, heartbeat RTT."""
-        status, self._status_mark = status_of(self._com, self._status_mark)
+        launcher = self.launcher
+        where = launcher.where if launcher is not None else "-"
+        status, self._status_mark = status_of(self.name, where, self.stats, self._status_mark)
         return status
 
     @property
     def error(self) -> BaseException | None:
         """Why the com stopped, if it stopped on an error."""
-        return self._error
+        return self._thread.error if self._thread is not None else None
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
@@ -287,78 +294,69 @@ class Source:
             raise ConfigError("start the source first (Source.start(), or use it in a with block)")
         own = self._sub_thread == threading.get_ident()
         sub = self._sub if own else self._subscribe()  # sockets stay in the thread that made them
-        recv = sub.recv
-        topic_output = {t.encode(): k for k, t in enumerate(self.topics)}
-        n_out = len(self.outputs)
-        single = n_out == 1
-        pending: list[Any] = [None] * n_out
-        pending_index: int | None = None
-        pending_time = 0.0
-        yielded = 0
-        last_frame = time.monotonic()
+        assert sub is not None
         try:
-            while limit is None or yielded < limit:
-                try:
-                    topic = recv()  # waits up to _IDLE_MS
-                except zmq.Again:
-                    topic = None
-                if topic is None:
-                    if pending_index is not None:  # the rest of the outputs were ignored
-                        yield Frame(pending_index, pending_time, tuple(pending))
-                        yielded += 1
-                        pending, pending_index = [None] * n_out, None
-                        continue
-                    if self._thread is not None and not self._thread.is_alive():
-                        if self._error is not None:
-                            raise self._error
-                        return
-                    if timeout is not None and time.monotonic() - last_frame > timeout:
-                        said = self.stats.last_error
-                        raise NoDataError(
-                            f"no frame from source {self.name!r} for {timeout:g} s"
-                            + (f"; last error: {said}" if said else "")
-                        )
-                    continue
-                # [topic, index, time_us, metadata, payload], read without asking where it ends
-                # (see heron_remote._recv); a message of another length fails here and resync()
-                # finds the next one.
-                try:
-                    output = topic_output[topic]
-                    index = int(recv(_NOBLOCK))
-                    stamp = int(recv(_NOBLOCK)) / 1e6
-                    meta = parse_meta(recv(_NOBLOCK))
-                    value = meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
-                except KeyError:  # another node whose topic starts like ours
-                    resync(sub)
-                    continue
-                except (zmq.Again, DecodeError, ValueError) as exc:
-                    resync(sub)
-                    reason = "it ended early" if isinstance(exc, zmq.Again) else exc
-                    logger.warning("dropped an undecodable message from %s: %s", self.name, reason)
-                    continue
-                last_frame = time.monotonic()
-                if single:
-                    self._count(index)
-                    yield Frame(index, stamp, (value,))
-                    yielded += 1
-                    continue
-                if pending_index is not None and index != pending_index:
-                    yield Frame(pending_index, pending_time, tuple(pending))
-                    yielded += 1
-                    pending = [None] * n_out
-                    if limit is not None and yielded >= limit:
-                        return
-                if index != pending_index:
-                    self._count(index)
-                pending_index, pending_time = index, stamp
-                pending[output] = value
-                if all(v is not None for v in pending):
-                    yield Frame(index, stamp, tuple(pending))
-                    yielded += 1
-                    pending, pending_index = [None] * n_out, None
+            yield from self._read(sub, timeout, limit)
         finally:
             if not own:
                 sub.close()
+
+    def _read(self, sub: zmq.Socket, timeout: float | None, limit: int | None) -> Iterator[Frame]:
+        recv = sub.recv
+        topic_output = {t.encode(): k for k, t in enumerate(self.topics)}
+        single = len(self.outputs) == 1
+        assembler = _Assembler(len(self.outputs))
+        yielded = 0
+        last_frame = time.monotonic()
+        while limit is None or yielded < limit:
+            try:
+                topic = recv()  # waits up to _IDLE_MS
+            except zmq.Again:
+                pending = assembler.flush()  # the rest of its outputs were ignored
+                if pending is not None:
+                    yield pending
+                    yielded += 1
+                    continue
+                if self._com_ended():
+                    return
+                if timeout is not None and time.monotonic() - last_frame > timeout:
+                    said = self.stats.last_error
+                    raise NoDataError(
+                        f"no frame from source {self.name!r} for {timeout:g} s"
+                        + (f"; last error: {said}" if said else "")
+                    ) from None
+                continue
+            try:
+                output = topic_output[topic]
+                index, stamp, value = read_published(recv)
+            except KeyError:  # another node whose topic starts like ours
+                resync(sub)
+                continue
+            except (zmq.Again, DecodeError, ValueError) as exc:
+                resync(sub)
+                reason = "it ended early" if isinstance(exc, zmq.Again) else exc
+                logger.warning("dropped an undecodable message from %s: %s", self.name, reason)
+                continue
+            last_frame = time.monotonic()
+            if single:
+                self._count(index)
+                yield Frame(index, stamp, (value,))
+                yielded += 1
+                continue
+            if index != assembler.index:
+                self._count(index)
+            for frame in assembler.add(output, index, stamp, value):
+                if frame is not None and (limit is None or yielded < limit):
+                    yield frame
+                    yielded += 1
+
+    def _com_ended(self) -> bool:
+        """Whether the com's thread has ended; raises what ended it, if it failed."""
+        thread = self._thread
+        if thread is None or thread.is_alive():
+            return False
+        thread.check()
+        return True
 
     def _count(self, index: int) -> None:
         self.received += 1

@@ -11,16 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
 
 import zmq
 
-__all__ = ["STATUS_TOPIC", "SourceStatus", "StatusBoard", "render"]
+from .com.stats import ComStats
+
+__all__ = ["STATUS_TOPIC", "SourceStatus", "StatusBoard", "StatusPublisher", "render", "status_of"]
 
 logger = logging.getLogger(__name__)
 
 STATUS_TOPIC = b"heron_remote.status##"
+#: Seconds between two status messages of a com.
+STATUS_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,24 +115,47 @@ def _rate(now: float, then: float, delta: int | float) -> float:
     return delta / (now - then) if now > then else 0.0
 
 
-def status_of(com: Any, previous: tuple[float, int, int] | None) -> tuple[SourceStatus, tuple[float, int, int]]:
+def status_of(
+    node_name: str, where: str, stats: ComStats, previous: tuple[float, int, int] | None
+) -> tuple[SourceStatus, tuple[float, int, int]]:
     """A com's status now, with rates since ``previous`` (time, received, bytes); and the new mark."""
-    st = com.stats
     now = time.time()
-    mark = (now, st.received, st.bytes_received)
+    mark = (now, stats.received, stats.bytes_received)
     then, received, size = previous or mark
     status = SourceStatus(
-        node=com.node_name,
-        host=com.launcher.where if com.launcher is not None else "-",
-        worker_pid=st.worker_pid,
-        state=st.state,
-        frames_per_s=round(_rate(now, then, st.received - received), 2),
-        mb_per_s=round(_rate(now, then, st.bytes_received - size) / 1e6, 3),
-        received=st.received,
-        gaps=st.lost + st.malformed,
-        restarts=st.restarts,
-        heartbeat_rtt_ms=None if st.heartbeat_rtt_s is None else round(st.heartbeat_rtt_s * 1000, 3),
-        last_error=st.last_error,
+        node=node_name,
+        host=where,
+        worker_pid=stats.worker_pid,
+        state=stats.state,
+        frames_per_s=round(_rate(now, then, stats.received - received), 2),
+        mb_per_s=round(_rate(now, then, stats.bytes_received - size) / 1e6, 3),
+        received=stats.received,
+        gaps=stats.lost + stats.malformed,
+        restarts=stats.restarts,
+        heartbeat_rtt_ms=None if stats.heartbeat_rtt_s is None else round(stats.heartbeat_rtt_s * 1000, 3),
+        last_error=stats.last_error,
         time=now,
     )
     return status, mark
+
+
+class StatusPublisher:
+    """Publishes a com's status on the proof-of-life forwarder, about once a second (``due``)."""
+
+    def __init__(self, node_name: str, stats: ComStats, where: Callable[[], str]) -> None:
+        self._topic = STATUS_TOPIC + node_name.encode()
+        self._node_name = node_name
+        self._stats = stats
+        self._where = where
+        self._mark: tuple[float, int, int] | None = None
+        self._next = 0.0
+
+    @property
+    def due(self) -> bool:
+        return time.monotonic() >= self._next
+
+    def publish(self, sock: zmq.Socket) -> SourceStatus:
+        status, self._mark = status_of(self._node_name, self._where(), self._stats, self._mark)
+        self._next = time.monotonic() + STATUS_INTERVAL_S
+        sock.send_multipart((self._topic, status.to_json()))
+        return status

@@ -39,7 +39,7 @@ from ._protocol import DATA_HWM_RANGE, PULSE, ReadyLine, WorkerArgs, liveness
 from ._streams import guard_std_streams
 from ._version import __version__
 from .relic import Relic
-from .wire import encode_output
+from .wire import encode_output, send_packet
 
 __all__ = ["SourceWorker", "start_the_source_worker_process"]
 
@@ -57,8 +57,6 @@ _END_OF_LIFE_S = 1.5
 _DELIVER_S = 5.0
 
 _CHANNEL_OFFSET = {"data": 0, "heartbeat": 1, "parameters": 2, "liveness": 3}
-_MORE = zmq.SNDMORE
-_send = zmq.backend.Socket.send  # pyzmq's compiled send: see source_com
 
 
 class SourceWorker:
@@ -132,14 +130,17 @@ class SourceWorker:
     def _bind(self, sock: zmq.Socket, channel: str) -> None:
         port = self.port + _CHANNEL_OFFSET[channel] if self.port else 0
         try:
-            sock.bind(f"tcp://127.0.0.1:{port}")
+            if port:
+                sock.bind(f"tcp://127.0.0.1:{port}")
+                bound = port
+            else:
+                bound = sock.bind_to_random_port("tcp://127.0.0.1")
         except zmq.ZMQError as exc:
             self._die(
                 f"cannot bind the {channel} socket on 127.0.0.1:{port}: {exc.strerror}. "
                 "Another process holds the port: is an earlier worker of this node still running?",
                 EXIT_BAD_START,
             )
-        bound = int(sock.last_endpoint.decode().rsplit(":", 1)[1])
         with self._ports_lock:
             self._ports[channel] = bound
             complete = len(self._ports) == len(_CHANNEL_OFFSET)
@@ -181,19 +182,11 @@ class SourceWorker:
             if self.num_outputs > 1:
                 raise ValueError(self._outputs_error(1))
             frames = list(encode_output(data))
-        last = len(frames) - 1
         with self._send_lock:
             sock = self._data
             assert sock is not None, "call connect_socket() first"
             # The packet number lets the com count packets lost on the way (a broken tunnel).
-            _send(sock, b"%d" % (self.index + 1), _MORE if frames else 0)
-            for i, frame in enumerate(frames):
-                flags = _MORE if i < last else 0
-                # Small payloads are bytes already (copied); a large one goes as it is unless asked to copy.
-                if copy or type(frame) is bytes:
-                    _send(sock, frame, flags)
-                else:
-                    _send(sock, frame, flags, copy=False)
+            send_packet(sock, self.index + 1, frames, copy=copy)
             self.index += 1
 
     def _outputs_error(self, sent: int) -> str:
@@ -444,7 +437,7 @@ def start_the_source_worker_process(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, worker.on_kill)
     if args.token:
-        worker.claim_node(args.node or args.parameters_topic, args.token, args.run_dir)
+        worker.claim_node(args.node_id or args.parameters_topic, args.token, args.run_dir)
     worker.connect_socket()
     worker.start_heartbeat_thread()
     worker.start_parameters_thread()

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from heron_remote import ForwarderPorts, Settings
+from heron_remote.examples import SYNTHETIC_CAMERA
 
 WORKERS = Path(__file__).parent / "workers"
 ECHO_WORKER = str(WORKERS / "echo_worker.py")
-CAMERA = "python -m heron_remote.examples.synthetic_camera"
+CAMERA = SYNTHETIC_CAMERA
 FREE_PORTS = ForwarderPorts.free()
 _WORKER_MARK = b"--heron-remote-heartbeat-rate="
 

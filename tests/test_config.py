@@ -12,8 +12,11 @@ from heron_remote._verbosity import parse_verbosity, timestamped
 
 
 def test_source_com_keeps_the_seed_signature() -> None:
-    params = inspect.signature(SourceCom.__init__).parameters
-    assert [(p.name, p.default) for p in list(params.values())[1:]] == [
+    params = list(inspect.signature(SourceCom.__init__).parameters.values())[1:]
+    positional = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    # The seed's eight, then Heron's cpu_to_pin; everything of ours after them is keyword-only.
+    assert [p for p in params if p not in positional] == [p for p in params if p.kind is p.KEYWORD_ONLY]
+    assert [(p.name, p.default) for p in positional] == [
         ("sending_topics", inspect.Parameter.empty),
         ("parameters_topic", inspect.Parameter.empty),
         ("port", inspect.Parameter.empty),
@@ -22,6 +25,7 @@ def test_source_com_keeps_the_seed_signature() -> None:
         ("ssh_local_server_id", "None"),
         ("ssh_remote_server_id", "None"),
         ("outputs", None),
+        ("cpu_to_pin", "Any"),
     ]
     for method in (
         "connect_sockets",
@@ -120,6 +124,5 @@ def test_source_com_refuses_bad_input_by_name(kwargs: dict, reason: str) -> None
 
 
 def test_a_local_server_id_without_a_remote_one_is_refused() -> None:
-    com = SourceCom(["Frame##x##0"], "Parameters##x##0", 0, "w.py", ssh_local_server_id="0")
     with pytest.raises(ConfigError, match="ssh_remote_server_id is 'None'"):
-        com._make_launcher()
+        SourceCom(["Frame##x##0"], "Parameters##x##0", 0, "w.py", ssh_local_server_id="0")

@@ -31,7 +31,7 @@ def test_stop_ends_the_worker_and_the_helper_it_spawned(
         src = Source(SPAWNING, settings=settings)
         alive = pid_alive
     else:
-        src = Source(SPAWNING, settings=remote_settings, ssh_local_server_id="rig", ssh_remote_server_id=where)
+        src = Source(SPAWNING, settings=remote_settings, host=where)
         alive = lambda pid: _on_host_alive(acq, where, pid)  # noqa: E731
     with src:
         first = next(src.frames(timeout=15)).arrays[0]
@@ -88,9 +88,9 @@ def test_status_shows_each_remote_source_live_and_as_json(remote_settings: Setti
     camera = "python -m heron_remote.examples.synthetic_camera"
     with (
         Source(camera, name="cam-left", parameters={"shape": [64, 64], "fps": 50}, settings=remote_settings,
-               ssh_local_server_id="rig", ssh_remote_server_id="acq1") as left,
+               host="acq1") as left,
         Source(camera, name="cam-right", parameters={"shape": [32, 32], "fps": 20}, settings=remote_settings,
-               ssh_local_server_id="rig", ssh_remote_server_id="acq2") as right,
+               host="acq2") as right,
     ):  # fmt: skip
         time.sleep(2.5)  # rates over whole seconds
         out = subprocess.run(
@@ -127,7 +127,7 @@ def test_streaming_sources_on_one_host_stop_together_cleanly(
     camera = "python -m heron_remote.examples.synthetic_camera"
     sources = [
         Source(camera, name=f"cam{i}", parameters={"shape": [512, 512], "fps": 100}, settings=remote_settings,
-               ssh_local_server_id="rig", ssh_remote_server_id="acq1")
+               host="acq1")
         for i in range(4)
     ]  # fmt: skip
     try:

@@ -125,7 +125,7 @@ def test_stop_is_idempotent_and_iterating_before_start_is_refused(settings: Sett
 def test_forwarders_already_running_are_used(settings: Settings) -> None:
     # The settings fixture's forwarders already hold these ports: the source uses them.
     with Source(CAMERA, parameters={"shape": [2, 2]}, settings=settings) as cam:
-        assert cam._own_forwarders is None and cam._forwarders_key is None
+        assert cam.forwarders is not None and cam.forwarders.running_here is None
         assert next(iter(cam.frames(timeout=5))).index >= 1
 
 
@@ -202,11 +202,11 @@ def test_the_com_queue_holds_bytes_and_frames_flow_as_their_size_changes(setting
 
     with Source(CAMERA, parameters={"shape": [8, 8], "fps": 100}, settings=settings) as cam:
         next(iter(cam.frames(timeout=5)))
-        assert cam._com._data_hwm == DATA_HWM_RANGE[1]  # small packets: a deep queue
+        assert cam.data_hwm == DATA_HWM_RANGE[1]  # small packets: a deep queue
         shape_arrives(cam, [1024, 2048])  # 2 MiB frames
-        assert cam._com._data_hwm == DATA_HWM_RANGE[0]
+        assert cam.data_hwm == DATA_HWM_RANGE[0]
         shape_arrives(cam, [8, 8])  # lowered for good: raising it mid-stream could stall the worker
-        assert cam._com._data_hwm == DATA_HWM_RANGE[0]
+        assert cam.data_hwm == DATA_HWM_RANGE[0]
         shape_arrives(cam, [1024, 2048])
 
 
@@ -288,7 +288,7 @@ def test_sources_share_the_forwarders_one_of_them_started(settings: Settings) ->
     first = Source(CAMERA, name="first", parameters={"shape": [2, 2]}, settings=settings.replace(ports=fixed))
     second = Source(CAMERA, name="second", parameters={"shape": [3, 3]}, settings=settings.replace(ports=fixed))
     with first, second:
-        assert first._forwarders_key == second._forwarders_key is not None
+        assert first.forwarders.running_here is second.forwarders.running_here is not None
         first.stop()
         shapes = {f.arrays[0].shape for f in second.frames(timeout=5, limit=5)}
         assert shapes == {(3, 3)}

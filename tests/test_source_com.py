@@ -206,7 +206,7 @@ def test_fixed_port_group_and_a_clash_names_the_port(settings: Settings) -> None
 
     base = _free_port_group()
     with Source(ECHO_WORKER, name="first", outputs=("Counter", "Echo"), port=base, settings=settings) as first:
-        assert first._com.launcher.ready.ports == {
+        assert first.launcher.ready.ports == {
             "data": base,
             "heartbeat": base + 1,
             "parameters": base + 2,
@@ -234,8 +234,7 @@ def test_packets_lost_before_the_com_are_counted_and_seen_as_gaps(settings: Sett
 
     meta, payload = encode_output(np.zeros(2, dtype=np.uint8))
     sub = _sub(settings.ports.data_publish, b"Frame##x##0")
-    with SourceCom(["Frame##x##0"], "Parameters##x##0", 0, "unused.py") as com:
-        com.settings = settings
+    with SourceCom(["Frame##x##0"], "Parameters##x##0", 0, "unused.py", settings=settings) as com:
         com.connect_sockets()
         time.sleep(0.3)  # let the subscription reach the forwarder
         for seq in (1, 2, 5, 6, 1, 2):  # 3 and 4 lost; then a new worker numbering from 1

@@ -28,7 +28,8 @@ __all__ = ["CAMERA", "format_launch", "launch_latency"]
 
 logger = logging.getLogger(__name__)
 
-CAMERA = "python -m heron_remote.examples.synthetic_camera"
+from ..examples import SYNTHETIC_CAMERA as CAMERA
+
 PARAMETERS = {"shape": [16, 16], "fps": 1000}
 FIRST_FRAME_TIMEOUT_S = 20.0
 
@@ -40,8 +41,7 @@ def _launch_once(settings: Settings, remote: str, name: str) -> dict[str, float]
         name=name,
         parameters=PARAMETERS,
         settings=settings,
-        ssh_local_server_id="rig" if remote != "None" else "None",
-        ssh_remote_server_id=remote,
+        host=None if remote == "None" else remote,
     )
     started = time.perf_counter()
     try:

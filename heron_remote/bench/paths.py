@@ -90,14 +90,12 @@ def source_stream(link: Link, notes: dict[str, Any]) -> StreamOpener:
     @contextmanager
     def open_stream(plan: Plan) -> Iterator[Stream]:
         settings = Settings(ports=FREE_PORTS, ssh_info=str(link.registry) if link.registry else None)
-        remote = link.server_id if link.host is not None else "None"
         source = Source(
             WORKER,
             name="bench",
             parameters=plan.to_dict(),
             settings=settings,
-            ssh_local_server_id="rig" if remote != "None" else "None",
-            ssh_remote_server_id=remote,
+            host=link.server_id if link.host is not None else None,
         )
         with _quiet(), source:
 

@@ -90,8 +90,7 @@ class _Runner:
                 name=self.name,
                 parameters={"shape": list(FRAME_SHAPE), "fps": FPS},
                 settings=self.settings,
-                ssh_local_server_id="rig",
-                ssh_remote_server_id=self.server,
+                host=self.server,
             )
             self.source.start()
             self.ready.set()

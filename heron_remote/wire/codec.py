@@ -1,16 +1,9 @@
-"""The wire format: how arrays and dicts travel as ZeroMQ frames. No pickle.
-
-Worker -> com, one multipart message per packet: its number, then two frames per output::
-
-    [packet number (ascii int, from 1)] + [metadata, payload] * n_outputs
-
-Com -> data forwarder -> subscribers, one multipart message per published output::
-
-    [topic (ascii), index (ascii int), time_us (ascii int), metadata (JSON), payload]
+"""One output's two frames, ``[metadata, payload]``: how an array or a dict travels. No pickle.
 
 ``metadata`` is ``{"data_type": "ndarray", "dtype": "<u1", "shape": [h, w]}`` with the
 array's raw C-order bytes as payload, ``{"data_type": "dict"}`` with a JSON payload,
 or ``{"data_type": "ignore"}`` (empty payload) for an output the com must not publish.
+Parsed metadata is cached by its bytes: a camera sends the same few over and over.
 """
 
 from __future__ import annotations
@@ -22,7 +15,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-__all__ = ["IGNORE", "DecodeError", "Packet", "decode_output", "decode_published", "encode_output"]
+from ..errors import DecodeError
+
+__all__ = ["IGNORE", "ZERO_COPY_MIN", "Meta", "check_output", "decode_output", "encode_output", "parse_meta"]
 
 #: The value a worker sends for an output that must not be published (Heron's convention).
 IGNORE = "Ignore"
@@ -31,10 +26,6 @@ ZERO_COPY_MIN = 64 * 1024
 
 _IGNORE_META = b'{"data_type": "ignore"}'
 _DICT_META = b'{"data_type": "dict"}'
-
-
-class DecodeError(ValueError):
-    """A message does not follow the wire format; the message says how."""
 
 
 def encode_output(value: Any) -> tuple[bytes, Any]:
@@ -80,7 +71,7 @@ def _array_meta(value: np.ndarray) -> bytes:
     return meta
 
 
-class _Meta:
+class Meta:
     """Parsed, validated metadata; cached by its bytes because they repeat per packet."""
 
     __slots__ = ("data_type", "dtype", "flat", "nbytes", "shape")
@@ -131,14 +122,14 @@ class _Meta:
         return IGNORE
 
 
-_PARSED: dict[bytes, _Meta] = {}
+_PARSED: dict[bytes, Meta] = {}
 
 
-def parse_meta(raw: bytes) -> _Meta:
+def parse_meta(raw: bytes) -> Meta:
     """Validated metadata; raises DecodeError."""
     meta = _PARSED.get(raw)
     if meta is None:
-        meta = _Meta(raw)
+        meta = Meta(raw)
         if len(_PARSED) < 1024:
             _PARSED[bytes(raw)] = meta
     return meta
@@ -164,32 +155,3 @@ def decode_output(raw_meta: bytes, payload: Any) -> Any:
 
 #: Payload types whose len() is their size in bytes.
 _BYTES_LIKE = (bytes, zmq.Frame)
-
-
-class Packet(tuple):
-    """One published output: (topic, index, time_us, value)."""
-
-    __slots__ = ()
-
-    def __new__(cls, topic: str, index: int, time_us: int, value: Any) -> Packet:
-        return tuple.__new__(cls, (topic, index, time_us, value))
-
-    topic = property(lambda self: self[0])
-    index = property(lambda self: self[1])
-    time_us = property(lambda self: self[2])
-    value = property(lambda self: self[3])
-
-
-def decode_published(frames: list[Any]) -> Packet:
-    """Decode a message read from the data forwarder's publish port."""
-    if len(frames) != 5:
-        raise DecodeError(f"a published message has 5 frames, got {len(frames)}")
-    topic, index, time_us, meta, payload = (f.buffer if hasattr(f, "buffer") else f for f in frames)
-    try:
-        return Packet(
-            bytes(topic).decode("ascii"), int(bytes(index)), int(bytes(time_us)), decode_output(bytes(meta), payload)
-        )
-    except (UnicodeDecodeError, ValueError) as exc:
-        if isinstance(exc, DecodeError):
-            raise
-        raise DecodeError(f"bad topic, index or time frame: {exc}") from exc

@@ -1,0 +1,189 @@
+"""The com's data path: worker packets checked, numbered, stamped and published on their topics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from .._protocol import DATA_HWM_RANGE, data_hwm
+from .._verbosity import PacketLog, PacketTimer
+from ..errors import ConfigError, DecodeError
+from ..wire import check_packet, packet_length, packet_number, payload_slots, publish, recv_message, resync
+from .sequence import PacketSequence
+from .stats import ComStats
+
+__all__ = ["Relay", "route_topics"]
+
+#: Malformed packets logged one by one before only every 1000th is.
+_MALFORMED_LOGGED = 5
+
+
+def route_topics(sending_topics: Sequence[str], outputs: Sequence[str]) -> list[tuple[bytes, int]]:
+    """Which output each sending topic carries: Heron matches the output's name in the topic."""
+    routes = []
+    for topic in sending_topics:
+        head = topic.split("##")[0]
+        match = [k for k, name in enumerate(outputs) if name.replace(" ", "_") in head]
+        if not match and len(outputs) > 1:
+            raise ConfigError(
+                f"sending topic {topic!r} names none of the outputs {list(outputs)}: a topic starts "
+                "with the name of the output it carries"
+            )
+        try:
+            routes.append((topic.encode("ascii"), match[0] if match else 0))
+        except UnicodeEncodeError as exc:
+            raise ConfigError(f"sending topic {topic!r} must be ASCII") from exc
+    return routes
+
+
+class Relay:
+    """Relays a worker's packets to the data forwarder, in the thread that owns the sockets.
+
+    Each packet is checked against the wire format, numbered (:class:`PacketSequence`),
+    stamped with the com's time and published once per sending topic of its output.
+    A malformed packet is dropped and counted; the com's queue from the worker is sized
+    by the packets' bytes.
+    """
+
+    def __init__(
+        self,
+        routes: list[tuple[bytes, int]],
+        outputs: int,
+        stats: ComStats,
+        log: logging.LoggerAdapter,
+        *,
+        verbose: int | str = 0,
+    ) -> None:
+        self.routes = routes
+        self.stats = stats
+        self.log = log
+        self.sequence = PacketSequence()
+        self._frames = packet_length(outputs)
+        self._slots = payload_slots(outputs)
+        self._verbose = verbose
+        self._packet_log: PacketLog | None = None
+        self._packet_timer: PacketTimer | None = None
+        self._data: zmq.Socket | None = None
+        self._publish: zmq.Socket | None = None
+        self._size_class = -1
+        self._hwm = DATA_HWM_RANGE[1]
+        self._warned_malformed = 0
+
+    @property
+    def index(self) -> int:
+        """The index of the last packet relayed (0 before the first)."""
+        return self.sequence.index
+
+    @property
+    def data_hwm(self) -> int:
+        """How many packets the com's queue from its worker holds now."""
+        return self._hwm
+
+    def attach(self, data: zmq.Socket, publish_to: zmq.Socket) -> None:
+        """Relay from ``data`` (the worker's packets) to ``publish_to`` (the data forwarder)."""
+        self._data, self._publish = data, publish_to
+        data.rcvhwm = self._hwm
+        if isinstance(self._verbose, str):
+            self._packet_log = PacketLog(self._verbose)
+        elif self._verbose > 0:
+            self._packet_timer = PacketTimer(self.log)
+
+    def close(self) -> None:
+        if self._packet_log is not None:
+            self._packet_log.close()
+
+    def relay(self, msg: list[Any]) -> bool:
+        """Publish one worker packet ``[number] + [metadata, payload] * outputs``; False if malformed.
+
+        The hot path of small packets (measured: see README, "Performance"): keep it lean.
+        """
+        stats = self.stats
+        stats.received += 1
+        sequence = self.sequence
+        try:
+            lost = sequence.lost
+            renumbered = sequence.renumbered
+            index = sequence.advance(packet_number(msg))
+            if sequence.lost != lost or sequence.renumbered != renumbered:
+                self._jumped(sequence.lost - lost)
+            publish_flags, size = check_packet(msg, self._frames)
+        except DecodeError as exc:
+            self._malformed(exc)
+            return False
+        stats.bytes_received += size
+        if size.bit_length() != self._size_class:
+            self._size_class = size.bit_length()
+            self._lower_queue(data_hwm(1 << self._size_class))
+        time_us = time.time_ns() // 1000
+        index_b = b"%d" % index
+        time_b = b"%d" % time_us
+        pub = self._publish
+        for topic, k in self.routes:
+            if publish_flags[k]:
+                publish(pub, topic, index_b, time_b, msg[1 + 2 * k], msg[2 + 2 * k])
+                stats.published += 1
+                if self._packet_timer is not None:
+                    self._packet_timer.packet(topic.decode(), index, time_us)
+            else:
+                stats.ignored += 1
+        if self._packet_log is not None:
+            self._packet_log.write(index)
+        return True
+
+    def pump(self, until: float) -> int:
+        """Relay packets until ``until`` (monotonic), or until none came for the data socket's RCVTIMEO."""
+        data = self._data
+        assert data is not None
+        receive, relay, frames, slots = recv_message, self.relay, self._frames, self._slots
+        monotonic = time.monotonic
+        n = 0
+        try:
+            while True:
+                if not relay(receive(data, frames, slots, wait=True)):
+                    resync(data)
+                n += 1
+                if monotonic() >= until:
+                    break
+        except zmq.Again:
+            pass
+        return n
+
+    def drain(self, chores_s: float) -> None:
+        """Publish what a worker that has ended sent before it ended."""
+        assert self._data is not None
+        while self._data.poll(100):
+            self.pump(until=time.monotonic() + chores_s)
+
+    def _lower_queue(self, hwm: int) -> None:
+        """Hold about DATA_QUEUE_BYTES of these packets. Only ever lowered: ZeroMQ wakes a blocked
+        sender each time half the high-water mark has been read, so raising it while the worker
+        waits could leave the worker waiting for a wake-up that never comes."""
+        if hwm < self._hwm and self._data is not None:
+            self._hwm = hwm
+            self._data.rcvhwm = hwm
+
+    def _jumped(self, missed: int) -> None:
+        sequence = self.sequence
+        if missed:
+            self.stats.lost = sequence.lost
+            self.log.warning(
+                "%d packet(s) from the worker never reached the com (before index %d; %d in all)",
+                missed,
+                sequence.index,
+                sequence.lost,
+            )
+        else:
+            self.log.info("the worker numbers its packets from 1 again: the index goes on from %d", sequence.index)
+
+    def _malformed(self, exc: DecodeError) -> None:
+        stats = self.stats
+        stats.malformed += 1
+        stats.last_error = f"malformed packet {self.sequence.index}: {exc}"
+        # The first few and then every 1000th, so that a broken worker cannot flood the log.
+        if self._warned_malformed < _MALFORMED_LOGGED or stats.malformed % 1000 == 0:
+            self._warned_malformed += 1
+            self.log.warning("dropped malformed packet %d (%d so far): %s", self.sequence.index, stats.malformed, exc)

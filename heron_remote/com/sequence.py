@@ -1,0 +1,43 @@
+"""Packet numbers to indices: what downstream counts gaps with."""
+
+from __future__ import annotations
+
+__all__ = ["PacketSequence"]
+
+
+class PacketSequence:
+    """Turns a worker's packet numbers (from 1) into the com's index (from 1).
+
+    The index is the packet number, so a packet lost between worker and com is a gap
+    downstream, and is counted in :attr:`lost`. A worker that numbers from 1 again (a
+    new worker, after a restart) continues the index where it stood: nothing is ever
+    numbered twice.
+    """
+
+    __slots__ = ("_base", "_last", "index", "lost", "renumbered")
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.lost = 0
+        #: How many times the numbering started again.
+        self.renumbered = 0
+        self._base = 0
+        self._last = 0
+
+    def advance(self, number: int) -> int:
+        """The index of packet ``number``."""
+        if number == self._last + 1:  # the usual case
+            self._last = number
+        elif number <= self._last:
+            self.renumbered += 1
+            self._base = self.index
+            self._last = number
+        else:
+            self.lost += number - self._last - 1
+            self._last = number
+        self.index = self._base + number
+        return self.index
+
+    def new_worker(self) -> None:
+        """The next packet comes from a new worker, numbered from 1: the index goes on."""
+        self._base, self._last = self.index, 0

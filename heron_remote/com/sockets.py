@@ -1,0 +1,90 @@
+"""The com's sockets: made, connected and closed in the thread that runs the com."""
+
+from __future__ import annotations
+
+import zmq
+
+from ..forwarders import endpoint as forwarder_endpoint
+from ..launcher import WorkerLauncher
+from ..settings import Settings
+from .heartbeat import back_off
+
+__all__ = ["CHORES_S", "ComSockets"]
+
+#: How often the com looks at everything but data (and so how long a data read waits).
+CHORES_S = 0.02
+_PUB_SNDHWM = 200
+#: The com's sockets that face the worker, by the worker's channel they connect to.
+_WORKER_CHANNELS = (("data", "data"), ("liveness", "liveness"), ("parameters_out", "parameters"))
+
+
+class ComSockets:
+    """Forwarder-facing sockets (publish data, parameters in, proof of life) and worker-facing ones
+    (data, liveness, parameters out). The worker's heartbeat socket belongs to the heartbeat thread."""
+
+    def __init__(self, settings: Settings, parameters_topic: str) -> None:
+        self._settings = settings
+        self._parameters_topic = parameters_topic.encode()
+        self.context = zmq.Context()
+        self._all: list[zmq.Socket] = []
+        self._worker_endpoints: list[tuple[zmq.Socket, str]] = []
+        s = settings
+        host = s.forwarder_host
+        # A forwarder in this process is reached in-process (no copies through the kernel).
+        target, shared = forwarder_endpoint(host, s.ports.data_submit)
+        self.publish = self._make(zmq.PUB, shared or self.context)
+        self.publish.linger = 1000  # what the worker sent last still reaches the forwarder
+        self.publish.sndhwm = _PUB_SNDHWM
+        self.publish.connect(target)
+        self.parameters_in = self._make(zmq.SUB)
+        self.parameters_in.subscribe(self._parameters_topic)
+        self.parameters_in.connect(f"tcp://{host}:{s.ports.parameters_publish}")
+        self.proof_of_life = self._make(zmq.PUB)
+        self.proof_of_life.connect(f"tcp://{host}:{s.ports.proof_of_life_submit}")
+        self.data = self._make(zmq.PULL)
+        self.data.rcvtimeo = int(CHORES_S * 1000)
+        self.liveness = self._make(zmq.SUB)
+        self.liveness.subscribe(b"")
+        self.parameters_out = self._make(zmq.PUSH)
+        for sock in (self.data, self.liveness, self.parameters_out):
+            back_off(sock)
+        self.closed = False
+
+    def _make(self, kind: int, context: zmq.Context | None = None) -> zmq.Socket:
+        sock = (context or self.context).socket(kind)
+        sock.linger = 0
+        self._all.append(sock)
+        return sock
+
+    def connect_worker(self, launcher: WorkerLauncher) -> str:
+        """Connect to the worker's ports; returns the endpoint of its heartbeat port."""
+        assert launcher.ready is not None
+        ports = launcher.ready.ports
+        for name, channel in _WORKER_CHANNELS:
+            sock = getattr(self, name)
+            endpoint = launcher.address(ports[channel])
+            sock.connect(endpoint)
+            self._worker_endpoints.append((sock, endpoint))
+        return launcher.address(ports["heartbeat"])
+
+    def disconnect_worker(self) -> None:
+        """Forget a gone worker's endpoints: a freed tunnel port may soon lead to another worker."""
+        for sock, endpoint in self._worker_endpoints:
+            try:
+                sock.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass  # already gone
+        self._worker_endpoints.clear()
+
+    def proof_of_life_sent(self) -> None:
+        """Heron's node editor waits for this before it sends parameters."""
+        self.proof_of_life.send_multipart((self._parameters_topic, b"POL"))
+
+    def close(self, *, term: bool) -> None:
+        """Close every socket; ``term`` ends the context too (not while the heartbeat thread uses it)."""
+        if not self.closed:
+            self.closed = True
+            for sock in self._all:
+                sock.close()
+        if term and not self.context.closed:
+            self.context.term()

@@ -1,0 +1,298 @@
+"""The worker's life as its com sees it: launch and ready handshake, ended and lost workers, restarts."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+
+from .._logging import NodeLogger
+from .._protocol import WorkerArgs, parse_liveness
+from ..errors import AuthenticationError, HostKeyError, SSHError, WorkerError, WorkerLostError, WorkerStartError
+from ..launcher import LocalLauncher, WorkerLauncher
+from ..settings import Settings
+from .heartbeat import Heartbeat
+from .sockets import ComSockets
+from .stats import ComStats
+
+__all__ = ["Supervisor", "WorkerSpec", "make_launcher"]
+
+logger = logging.getLogger("heron_remote.source_com")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSpec:
+    """What a com starts: the worker's command and what it passes to it."""
+
+    worker_exec: str
+    node_name: str
+    #: What identifies the node on its host: a new worker of it ends one an earlier run left there.
+    node_id: str
+    #: A server of the registry (name or id), or None for this machine.
+    host: str | None
+    port: int
+    parameters_topic: str
+    num_sending_topics: int
+    outputs: int
+    relic_dir: str
+
+
+def make_launcher(spec: WorkerSpec, settings: Settings) -> WorkerLauncher:
+    """A launcher for ``spec``: here, or on its host over that host's one SSH connection."""
+    if spec.host is None:
+        return LocalLauncher(spec.worker_exec, node_name=spec.node_name)
+    from ..ssh import HostConnection, Registry, RemoteLauncher
+
+    server = Registry.load(settings.ssh_info).get(spec.host)
+    connection = HostConnection.acquire(server, timeout=settings.connect_timeout, link_timeout=settings.link_timeout)
+    try:
+        return RemoteLauncher(spec.worker_exec, node_name=spec.node_name, connection=connection, settings=settings)
+    except BaseException:
+        connection.release()
+        raise
+
+
+class Supervisor:
+    """Starts the worker, watches it, reports its end, and starts it again where the policy says."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        settings: Settings,
+        stats: ComStats,
+        *,
+        on_error: Callable[[WorkerError], None] | None = None,
+        make: Callable[[WorkerSpec, Settings], WorkerLauncher] = make_launcher,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.stats = stats
+        self.launcher: WorkerLauncher | None = None
+        #: Why the worker ended or was lost, while it is not running again.
+        self.error: WorkerError | None = None
+        self.log = NodeLogger(logger, node=spec.node_name, host="com")
+        self._on_error = on_error
+        self._make = make
+        self._sockets: ComSockets | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._last_heard = 0.0
+        self.stopping = threading.Event()
+        # Re-entrant: stop() may be a signal handler of the very thread that is launching.
+        self._lock = threading.RLock()
+
+    def attach(self, sockets: ComSockets, heartbeat: Heartbeat) -> None:
+        self._sockets, self._heartbeat = sockets, heartbeat
+
+    @property
+    def where(self) -> str:
+        return self.launcher.where if self.launcher is not None else "-"
+
+    # -- launch ------------------------------------------------------------------------
+    def launch(self) -> None:
+        """Start the worker; return once something it sent over ZeroMQ reached the com."""
+        with self._lock:
+            if self.stopping.is_set():
+                raise WorkerStartError(f"node {self.spec.node_name!r} was stopped before its worker started")
+        launcher = self._make(self.spec, self.settings)
+        with self._lock:
+            if self.stopping.is_set():
+                launcher.stop(grace=1.0)
+                raise WorkerStartError(f"node {self.spec.node_name!r} was stopped before its worker started")
+            self.launcher = launcher
+        self.log = NodeLogger(logger, node=self.spec.node_name, host=launcher.where)
+        started = time.monotonic()
+        try:
+            launcher.start(self._worker_args())
+            launcher.wait_ready(self.settings.start_timeout)
+            self._connect()
+            self._wait_first_liveness(started + self.settings.start_timeout)
+        except BaseException:
+            launcher.stop(grace=1.0)
+            raise
+        self.stats.state = "running"
+        self.log.info("worker running, ready after %.3f s", time.monotonic() - started)
+        for pid in launcher.ready.reaped if launcher.ready else ():
+            self.log.warning("ended worker pid %d of this node, left on %s by an earlier run", pid, launcher.where)
+
+    def _worker_args(self) -> WorkerArgs:
+        spec = self.spec
+        return WorkerArgs.from_settings(
+            port=spec.port,
+            parameters_topic=spec.parameters_topic,
+            num_sending_topics=spec.num_sending_topics,
+            relic_dir=spec.relic_dir,
+            settings=self.settings,
+            token=secrets.token_hex(8),
+            node_id=spec.node_id,
+            outputs=spec.outputs,
+        )
+
+    def _connect(self) -> None:
+        assert self.launcher is not None and self.launcher.ready is not None
+        assert self._sockets is not None and self._heartbeat is not None
+        self._heartbeat.aim(self._sockets.connect_worker(self.launcher))
+        self.stats.worker_pid = self.launcher.ready.pid
+
+    def _wait_first_liveness(self, deadline: float) -> None:
+        """Ready means something arrived over ZeroMQ: a liveness message, or data already."""
+        assert self.launcher is not None and self._sockets is not None
+        live, data = self._sockets.liveness, self._sockets.data
+        poller = zmq.Poller()
+        poller.register(live, zmq.POLLIN)
+        poller.register(data, zmq.POLLIN)
+        while True:
+            events = dict(poller.poll(50))
+            if live in events:
+                self.on_liveness(live.recv_multipart())
+                return
+            if data in events:
+                return  # a worker quick enough to send before its first beacon got through
+            code = self.launcher.returncode()
+            if code is not None:
+                if data.poll(200):
+                    return  # it sent its data and ended: the loop publishes it
+                raise self.launcher.exit_error(code, starting=True)
+            if time.monotonic() > deadline:
+                raise WorkerStartError(
+                    f"worker of node {self.spec.node_name!r} on {self.launcher.where} announced its ports but "
+                    f"nothing it sent reached the com within {self.settings.start_timeout:g} s",
+                    node=self.spec.node_name,
+                    stderr_tail=self.launcher.output.tail(),
+                )
+
+    # -- watching --------------------------------------------------------------------
+    def heard(self) -> None:
+        """Something came from the worker just now."""
+        self._last_heard = time.monotonic()
+
+    def on_liveness(self, frames: list[bytes]) -> None:
+        body = parse_liveness(frames)
+        if body is None:
+            self.log.warning("ignored a malformed liveness message")
+            return
+        self.stats.liveness_seen += 1
+        self.heard()
+        echo = body.get("echo_ns")
+        if isinstance(echo, int) and echo > 0:
+            self.stats.heartbeat_rtt_s = (time.time_ns() - echo) / 1e9
+        error = body.get("error")
+        if isinstance(error, str):
+            self.stats.last_error = f"worker: {error}"
+            self.log.error("%s", error)
+        assert self._sockets is not None
+        self._sockets.proof_of_life_sent()
+
+    @property
+    def lost_after(self) -> float:
+        """Seconds of silence after which the worker counts as lost: it ends itself after the
+        death window without pulses; a beat later, so does hope."""
+        return self.settings.death_window + self.settings.heartbeat_rate
+
+    def ended(self, drain: Callable[[], None]) -> bool:
+        """Whether the worker has ended or is lost; reports it (``drain`` publishes what it sent last)."""
+        launcher = self.launcher
+        assert launcher is not None
+        code = launcher.returncode()
+        if code is not None:
+            drain()
+            if code == 0:
+                self.log.info("worker finished (status 0) after %d packets", self.stats.received)
+            else:
+                self._report(launcher.exit_error(code))  # first: the user hears of it at once
+            launcher.stop(grace=0.5)  # reaps anything its group left behind
+            return True
+        if time.monotonic() - self._last_heard > self.lost_after:
+            self._lost(launcher)
+            return True
+        return False
+
+    def _lost(self, launcher: WorkerLauncher) -> None:
+        self.stats.state = "lost"
+        launcher.abandon()
+        silent_for = self.lost_after
+        self._report(
+            WorkerLostError(
+                f"nothing came from the worker of node {self.spec.node_name!r} on {launcher.where} for "
+                f"{silent_for:g} s: the link or the PC is down. The worker ends itself after "
+                f"{self.settings.death_window:g} s without pulses.",
+                node=self.spec.node_name,
+                stderr_tail=launcher.output.tail(),
+            )
+        )
+
+    # -- restarting -------------------------------------------------------------------
+    def relaunch(self, on_restarting: Callable[[], None], before_launch: Callable[[], None]) -> bool:
+        """Start the worker again if the restart policy allows; False when it may not (or gave up).
+
+        ``on_restarting`` runs when a restart is decided, ``before_launch`` after the back-off.
+        """
+        policy = self.settings.restart
+        stats = self.stats
+        while policy.enabled and stats.restarts < policy.max_restarts and not self.stopping.is_set():
+            stats.restarts += 1
+            stats.state = "restarting"
+            on_restarting()
+            delay = policy.delay(stats.restarts)
+            self.log.warning(
+                "restarting the worker in %.1f s (restart %d of %d)", delay, stats.restarts, policy.max_restarts
+            )
+            if self.stopping.wait(delay):
+                return False
+            assert self._sockets is not None
+            self._sockets.disconnect_worker()
+            before_launch()
+            try:
+                self._launch_when_reachable(policy.reach_timeout)
+            except WorkerError as exc:
+                if self.stopping.is_set():
+                    return False  # stopped on request while it started: no failure to report
+                self._report(exc)
+                continue
+            except SSHError as exc:
+                stats.last_error = f"gave up restarting: {exc}"
+                self.log.error("gave up restarting: %s", exc)
+                return False
+            self.error = None
+            self.log.warning("worker restarted (pid %s)", self.stats.worker_pid)
+            return True
+        return False
+
+    def _launch_when_reachable(self, reach_timeout: float) -> None:
+        """:meth:`launch`, retried while the host cannot be reached, for up to ``reach_timeout`` s."""
+        deadline = time.monotonic() + reach_timeout
+        while True:
+            try:
+                self.launch()
+                return
+            except (HostKeyError, AuthenticationError):
+                raise  # retrying cannot help
+            except SSHError as exc:  # unreachable, or the link dropped again while starting
+                if time.monotonic() >= deadline or self.stopping.is_set():
+                    raise
+                self.log.info("%s; trying again", exc)
+                if self.stopping.wait(1.0):
+                    raise
+
+    def _report(self, error: WorkerError) -> None:
+        self.error = error
+        self.stats.last_error = str(error)
+        self.log.error("%s", error)
+        if self._on_error is not None:
+            try:
+                self._on_error(error)
+            except Exception:
+                self.log.exception("the on_worker_error callback raised")
+
+    # -- stopping --------------------------------------------------------------------
+    def stop(self, grace: float) -> None:
+        """Stop for good: no launch from now on, and the worker stopped (TERM, then KILL)."""
+        with self._lock:
+            self.stopping.set()
+            launcher = self.launcher
+        if launcher is not None:
+            launcher.stop(grace=grace)

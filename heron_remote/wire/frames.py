@@ -1,0 +1,209 @@
+"""The wire's messages on ZeroMQ sockets: every one is written and read here, nowhere else.
+
+Worker -> com, one multipart message per packet: its number, then two frames per output::
+
+    [packet number (ascii int, from 1)] + [metadata, payload] * n_outputs
+
+Com -> data forwarder -> subscribers, one multipart message per published output::
+
+    [topic (ascii), index (ascii int), time (ascii), metadata (JSON), payload]
+
+``time`` is the com's wall clock in integer microseconds; a float is read as seconds
+(Heron's transform coms write ``perf_counter`` seconds).
+
+The readers are the hot path of small packets, and measured (README, "Performance"):
+asking ZeroMQ whether more frames follow costs several times more than reading a small
+frame, so a message of known length is read frame by frame without asking. Every frame
+after the first is read without blocking: a message too short runs out (returned short),
+one too long leaves frames that the next read takes for a message. Either way the
+caller's checks fail on what it got, and :func:`resync` drops frames up to the next
+message boundary. Frames are sent one by one with pyzmq's compiled send: cheaper than
+``send_multipart`` for small frames, and a large payload goes on without a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Sequence
+from typing import Any, NamedTuple
+
+import zmq
+
+from ..errors import DecodeError
+from .codec import ZERO_COPY_MIN, check_output, decode_output, parse_meta
+
+__all__ = [
+    "Packet",
+    "check_packet",
+    "decode_published",
+    "packet_length",
+    "packet_number",
+    "parse_time",
+    "payload_slots",
+    "publish",
+    "read_published",
+    "recv_message",
+    "resync",
+    "send_packet",
+]
+
+_MORE = zmq.SNDMORE
+_NOBLOCK = zmq.NOBLOCK
+_RCVMORE = zmq.RCVMORE
+#: pyzmq's compiled send, without the Python layer over it (which only adds DRAFT-socket
+#: options): a third of the cost of a small frame.
+_send = zmq.backend.Socket.send
+
+
+# -- worker -> com ---------------------------------------------------------------------
+
+
+def packet_length(outputs: int) -> int:
+    """Frames in a worker packet of ``outputs`` outputs."""
+    return 1 + 2 * outputs
+
+
+def payload_slots(outputs: int) -> frozenset[int]:
+    """Positions of the payload frames in a worker packet."""
+    return frozenset(range(2, packet_length(outputs), 2))
+
+
+def send_packet(sock: zmq.Socket, number: int, frames: Sequence[Any], *, copy: bool = True) -> None:
+    """Send packet ``number`` (from 1): ``frames`` are the outputs' [metadata, payload] pairs.
+
+    Small payloads are bytes already; a large one is sent as it is unless ``copy``.
+    """
+    last = len(frames) - 1
+    _send(sock, b"%d" % number, _MORE if frames else 0)
+    for i, frame in enumerate(frames):
+        flags = _MORE if i < last else 0
+        if copy or type(frame) is bytes:
+            _send(sock, frame, flags)
+        else:
+            _send(sock, frame, flags, copy=False)
+
+
+def packet_number(msg: list[Any]) -> int:
+    """The number of a worker packet; DecodeError when its first frame is not one (the rest
+    of a packet too long)."""
+    first = msg[0] if msg else b""
+    if type(first) is not bytes:
+        first = _bytes(first)
+    if not first.isdigit():
+        raise DecodeError("the first frame must be the packet number (an ascii integer)")
+    return int(first)
+
+
+def check_packet(msg: list[Any], expected: int) -> tuple[list[bool], int]:
+    """Publish-or-ignore per output and the payload bytes of a numbered packet; DecodeError."""
+    if len(msg) != expected:
+        n = (expected - 1) // 2
+        raise DecodeError(
+            f"expected {expected} frames (packet number, then {n} outputs x [metadata, payload]), got {len(msg)}"
+        )
+    publish = []
+    size = 0
+    for k in range(1, expected, 2):
+        meta, payload_len = msg[k], len(msg[k + 1])
+        size += payload_len
+        publish.append(check_output(meta if type(meta) is bytes else _bytes(meta), payload_len))
+    return publish, size
+
+
+def recv_message(sock: zmq.Socket, expected: int, payloads: Container[int], *, wait: bool = False) -> list[Any]:
+    """``expected`` frames, or fewer when the message runs out (zmq.Again when nothing waits).
+
+    With ``wait`` the first frame is awaited for the socket's RCVTIMEO: a reader that keeps
+    up then sleeps inside ZeroMQ instead of paying for a poll and a zmq.Again per message.
+    Frames at the positions in ``payloads`` come as ``zmq.Frame`` (no copy) when the
+    metadata before them announces ZERO_COPY_MIN bytes or more; all else as bytes.
+    """
+    recv = sock.recv
+    frames: list[Any] = [recv(0 if wait else _NOBLOCK)]
+    try:
+        for i in range(1, expected):
+            if i in payloads:
+                try:
+                    large = parse_meta(frames[i - 1]).nbytes >= ZERO_COPY_MIN
+                except (DecodeError, TypeError):
+                    large = False  # the caller's check says what is wrong
+                frames.append(recv(_NOBLOCK, copy=not large))
+            else:
+                frames.append(recv(_NOBLOCK))
+    except zmq.Again:
+        pass  # too short: nothing more was sent
+    return frames
+
+
+def resync(sock: zmq.Socket) -> int:
+    """After a message that failed its checks: drop frames up to the next message boundary.
+
+    Returns how many frames were dropped.
+    """
+    dropped = 0
+    while sock.get(_RCVMORE):
+        sock.recv(_NOBLOCK)
+        dropped += 1
+    return dropped
+
+
+# -- com -> forwarder -> subscribers -------------------------------------------------------
+
+
+def publish(pub: zmq.Socket, topic: bytes, index: bytes, time_us: bytes, meta: Any, payload: Any) -> None:
+    """Send one published message; ``index`` and ``time_us`` are ascii integers already."""
+    _send(pub, topic, _MORE)
+    _send(pub, index, _MORE)
+    _send(pub, time_us, _MORE)
+    _send(pub, meta, _MORE)
+    _send(pub, payload)
+
+
+def parse_time(raw: bytes) -> float:
+    """The time frame in seconds: integer microseconds, or (Heron's) float seconds."""
+    if raw.isdigit():
+        return int(raw) / 1e6
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise DecodeError(f"the time frame is neither microseconds nor seconds: {bytes(raw[:30])!r}") from exc
+
+
+def read_published(recv: Callable[..., Any]) -> tuple[int, float, Any]:
+    """(index, time in seconds, value) of a published message whose topic ``recv`` just read.
+
+    ``recv`` is the subscriber's ``recv``; the rest of the message must be there already
+    (ZeroMQ delivers a message whole), so it is read without blocking. Raises zmq.Again
+    when the message ended early, DecodeError or ValueError when a frame is wrong.
+    """
+    index = int(recv(_NOBLOCK))
+    stamp = parse_time(recv(_NOBLOCK))
+    meta = parse_meta(recv(_NOBLOCK))
+    return index, stamp, meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
+
+
+class Packet(NamedTuple):
+    """One published output: (topic, index, time_us, value)."""
+
+    topic: str
+    index: int
+    time_us: int
+    value: Any
+
+
+def decode_published(frames: Sequence[Any]) -> Packet:
+    """Decode a message read from the data forwarder's publish port (``recv_multipart``)."""
+    if len(frames) != 5:
+        raise DecodeError(f"a published message has 5 frames, got {len(frames)}")
+    topic, index, stamp, meta, payload = (f.buffer if hasattr(f, "buffer") else f for f in frames)
+    try:
+        raw_time = bytes(stamp)
+        time_us = int(raw_time) if raw_time.isdigit() else round(parse_time(raw_time) * 1e6)
+        return Packet(bytes(topic).decode("ascii"), int(bytes(index)), time_us, decode_output(bytes(meta), payload))
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, DecodeError):
+            raise
+        raise DecodeError(f"bad topic, index or time frame: {exc}") from exc
+
+
+def _bytes(frame: Any) -> bytes:
+    return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
