@@ -14,12 +14,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ._paths import temp_root
 from ._procs import cmdline, end_group, end_process
 
 __all__ = ["StartRecord", "claim", "release", "run_dir"]
@@ -31,8 +31,6 @@ TOKEN_OPTION = "--heron-remote-token="
 
 #: Where the records are kept, if not in the default place (a server's ``run_dir`` sets it).
 RUN_DIR_ENV = "HERON_REMOTE_RUN_DIR"
-#: Our folder in the temp dir; not the package's name, or a script run from there would import it.
-TEMP_DIR = "heron-remote"
 
 
 def run_dir(override: str | None = None) -> Path:
@@ -40,7 +38,7 @@ def run_dir(override: str | None = None) -> Path:
     if chosen:
         return Path(chosen).expanduser()
     user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    return Path(tempfile.gettempdir()) / TEMP_DIR / f"run-{user}"
+    return temp_root() / f"run-{user}"
 
 
 @dataclass(frozen=True)

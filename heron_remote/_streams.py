@@ -11,13 +11,12 @@ from __future__ import annotations
 import io
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["guard_std_streams"]
+from ._paths import temp_root
 
-_TEMP_DIR = "heron-remote"  # not the package's name: a script run from the temp dir would import it
+__all__ = ["guard_std_streams"]
 
 
 class _Rerouting(io.TextIOBase):
@@ -67,7 +66,7 @@ class _Rerouting(io.TextIOBase):
 
 def guard_std_streams(name: str) -> Path:
     """Wrap sys.stdout and sys.stderr; returns the file they fall back to."""
-    fallback = Path(tempfile.gettempdir()) / _TEMP_DIR / f"{name}-{os.getpid()}.log"
+    fallback = temp_root() / f"{name}-{os.getpid()}.log"
     if not isinstance(sys.stdout, _Rerouting):
         sys.stdout = _Rerouting(sys.stdout, fallback)
     if not isinstance(sys.stderr, _Rerouting):

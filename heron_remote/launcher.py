@@ -19,11 +19,13 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import deque
+from typing import IO
 
 from ._logging import NodeLogger
+from ._output import WorkerOutput
 from ._procs import group_members
-from ._protocol import PID_PREFIX, ReadyLine, WorkerArgs
+from ._protocol import ReadyLine, WorkerArgs
+from ._threads import KeptThread
 from .errors import ConfigError, WorkerError, WorkerExitedError, WorkerStartError
 
 __all__ = ["LocalLauncher", "WorkerLauncher"]
@@ -31,54 +33,6 @@ __all__ = ["LocalLauncher", "WorkerLauncher"]
 logger = logging.getLogger(__name__)
 
 _PYTHON_NAMES = {"python", "python3", "py", "python.exe", "python3.exe", "py.exe"}
-_TAIL_LINES = 30
-
-
-class WorkerOutput:
-    """Lines a worker writes: logged as they come, the last ones kept, the ready line caught."""
-
-    def __init__(self, log: logging.LoggerAdapter) -> None:
-        self._log = log
-        self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
-        self._partial = {"stdout": "", "stderr": ""}
-        self._lock = threading.Lock()
-        self.ready: ReadyLine | None = None
-        self.ready_event = threading.Event()
-        self.pid: int | None = None
-
-    def feed(self, stream: str, text: str) -> None:
-        """Add a chunk of text from ``stream`` ("stdout" or "stderr")."""
-        with self._lock:
-            text = self._partial[stream] + text
-            *lines, self._partial[stream] = text.split("\n")
-        for line in lines:
-            self.line(stream, line.rstrip("\r"))
-
-    def flush(self) -> None:
-        for stream in ("stdout", "stderr"):
-            with self._lock:
-                rest, self._partial[stream] = self._partial[stream], ""
-            if rest:
-                self.line(stream, rest)
-
-    def line(self, stream: str, line: str) -> None:
-        if stream == "stdout" and self.pid is None and line.startswith(PID_PREFIX):
-            self.pid = int(line[len(PID_PREFIX) :]) if line[len(PID_PREFIX) :].isdigit() else None
-            return
-        if stream == "stdout" and self.ready is None:
-            ready = ReadyLine.find(line)
-            if ready is not None:
-                self.ready = ready
-                self.ready_event.set()
-                return
-        if stream == "stderr":
-            with self._lock:
-                self._tail.append(line)
-        self._log.info("%s: %s", stream, line)
-
-    def tail(self) -> tuple[str, ...]:
-        with self._lock:
-            return tuple(self._tail)
 
 
 class WorkerLauncher(ABC):
@@ -296,7 +250,7 @@ class LocalLauncher(WorkerLauncher):
         super().__init__(worker_exec, node_name=node_name)
         self._env = env
         self._proc: subprocess.Popen[str] | None = None
-        self._readers: list[threading.Thread] = []
+        self._readers: list[KeptThread] = []
 
     def _python(self) -> str:
         return sys.executable
@@ -331,13 +285,10 @@ class LocalLauncher(WorkerLauncher):
                 f"cannot start worker {argv[0]!r} of node {self.node_name!r}: {exc}", node=self.node_name
             ) from exc
         for stream, pipe in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
-            t = threading.Thread(
-                target=self._pump, args=(stream, pipe), name=f"heron-worker-{stream}-{self._proc.pid}", daemon=True
-            )
-            t.start()
-            self._readers.append(t)
+            name = f"heron-worker-{stream}-{self._proc.pid}"
+            self._readers.append(KeptThread.start_new(self._pump, args=(stream, pipe), name=name))
 
-    def _pump(self, stream: str, pipe) -> None:
+    def _pump(self, stream: str, pipe: IO[str]) -> None:
         try:
             for line in pipe:
                 self.output.line(stream, line.rstrip("\n"))
@@ -366,5 +317,7 @@ class LocalLauncher(WorkerLauncher):
         return True
 
     def _settle_output(self, timeout: float = 1.0) -> None:
-        for t in self._readers:
-            t.join(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+            if reader.error is not None:
+                self.log.error("reading the worker's output failed: %r", reader.error)

@@ -16,7 +16,7 @@ class _SlowPC(WorkerLauncher):
     """Spawning takes until ``go`` is set; records what stop() did."""
 
     def __init__(self, *, fail: bool = False) -> None:
-        super().__init__("grab.py", node="cam")
+        super().__init__("grab.py", node_name="cam")
         self.go = threading.Event()
         self.spawning = threading.Event()
         self.fail = fail

@@ -23,7 +23,7 @@ def work(worker):
             3: [b"{not json", payload],
             0: [b'{"data_type": "ndarray", "dtype": "<u1", "shape": [5, 5]}', payload],
         }[k % 4]
-        worker._data.send_multipart([b"%d" % k, *frames])  # past send_data_to_com, which would refuse these
+        worker.data_socket.send_multipart([b"%d" % k, *frames])  # past send_data_to_com, which would refuse these
         time.sleep(0.005)
 
 

@@ -19,7 +19,7 @@ def work(worker):
             k += 1
             meta, payload = encode_output(np.full((4, 4), k % 256, dtype=np.uint8))
             frames = {"good": [meta, payload], "long": [meta, payload, b"extra"], "short": [meta]}[shape]
-            worker._data.send_multipart([b"%d" % k, *frames])  # past send_data_to_com, which would refuse these
+            worker.data_socket.send_multipart([b"%d" % k, *frames])  # past send_data_to_com, which would refuse these
         time.sleep(0.01)
 
 

@@ -28,15 +28,15 @@ worker = SourceWorker(0, "Parameters##stuck##0", None, end_of_life if slow_end e
 worker.connect_socket()
 reader = zmq.Context().socket(zmq.PULL)  # connected, never reads: the packets stay queued
 reader.rcvhwm = 1
-reader.connect(f"tcp://127.0.0.1:{worker._ports['data']}")
+reader.connect(f"tcp://127.0.0.1:{worker.ports['data']}")
 frame = np.zeros(1 << 20, np.uint8)
-worker._data.sndtimeo = 5000  # the first waits for the connection
-worker._data.send_multipart([b"1", b"{}", frame])
-worker._data.sndtimeo = 0
+worker.data_socket.sndtimeo = 5000  # the first waits for the connection
+worker.data_socket.send_multipart([b"1", b"{}", frame])
+worker.data_socket.sndtimeo = 0
 full_since = None
 while full_since is None or time.monotonic() - full_since < 0.3:  # the socket buffers too are full
     try:
-        worker._data.send_multipart([b"1", b"{}", frame])
+        worker.data_socket.send_multipart([b"1", b"{}", frame])
         full_since = None
     except zmq.Again:
         full_since = full_since or time.monotonic()

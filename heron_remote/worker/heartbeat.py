@@ -1,0 +1,79 @@
+"""The worker's side of the heartbeat: pulses in, liveness beacons out, death after the window."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from .._protocol import PULSE, liveness
+from .life import EXIT_NO_HEARTBEAT
+
+__all__ = ["WorkerHeartbeat"]
+
+
+class WorkerHeartbeat:
+    """Answers each pulse with a beacon (the com measures the round trip), beacons every
+    ``rate`` seconds, and ends the worker when no pulse came for ``rate * beats_to_death``."""
+
+    def __init__(
+        self,
+        rate: float,
+        beats_to_death: int,
+        bind: Callable[[zmq.Socket, str], None],
+        die: Callable[[str, int], object],
+    ) -> None:
+        self._rate = rate
+        self._beats_to_death = beats_to_death
+        self._bind = bind
+        self._die = die
+        self._error: str | None = None
+        self._now = threading.Event()
+
+    def report(self, error: str) -> None:
+        """Tell the com, with the next beacon (sent at once), what went wrong in the worker."""
+        self._error = error
+        self._now.set()
+
+    def run(self, context: zmq.Context) -> None:
+        pulses = context.socket(zmq.PULL)
+        pulses.linger = 0
+        beacon = context.socket(zmq.PUB)
+        beacon.linger = 0
+        self._bind(pulses, "heartbeat")
+        self._bind(beacon, "liveness")
+        window = self._rate * self._beats_to_death
+        pid, seq, echo = os.getpid(), 0, 0
+        last_pulse = time.monotonic()
+        next_beacon = last_pulse
+        connected = False
+        while True:
+            wait = min(next_beacon, last_pulse + window) - time.monotonic()
+            if self._now.is_set():
+                self._now.clear()
+                next_beacon, wait = time.monotonic(), 0
+            if pulses.poll(max(0, int(wait * 1000) + 1)):
+                frames = pulses.recv_multipart()
+                if frames and frames[0] == PULSE:
+                    last_pulse = time.monotonic()
+                    connected = True
+                    if len(frames) > 1 and frames[1].isdigit():
+                        echo = int(frames[1])
+                    next_beacon = last_pulse  # answer at once: the com measures the round trip
+            now = time.monotonic()
+            if now - last_pulse > window:
+                self._die(
+                    f"no heartbeat from the com for {window:g} s ({self._beats_to_death} beats): ending",
+                    EXIT_NO_HEARTBEAT,
+                )
+            if now >= next_beacon:
+                seq += 1
+                error, self._error = self._error, None
+                try:
+                    beacon.send_multipart(liveness(pid, seq, echo, error), zmq.NOBLOCK)
+                except zmq.Again:
+                    self._error = self._error or error  # goes with the next beacon
+                next_beacon = now + (self._rate if connected else min(0.1, self._rate))

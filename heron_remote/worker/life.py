@@ -1,0 +1,131 @@
+"""How a worker process ends: its end-of-life function, its relic saved, its start record freed, exit.
+
+A worker ends from any thread (a lost heartbeat, a failed service thread, a signal, the
+work function returning) and must end even when logging or a flush would block on a
+stalled pipe: every path arms a hard exit first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import zmq
+
+from .. import _records as records
+from .._threads import KeptThread
+from ..relic import Relic
+
+__all__ = ["EXIT_BAD_START", "EXIT_NO_HEARTBEAT", "EXIT_OK", "EXIT_WORK_FAILED", "WorkerLife"]
+
+logger = logging.getLogger("heron_remote.worker")
+
+# Exit statuses a com can tell apart.
+EXIT_OK = 0
+EXIT_WORK_FAILED = 1
+EXIT_BAD_START = 2
+EXIT_NO_HEARTBEAT = 3
+
+#: Seconds end_of_life_function may take before the worker exits anyway.
+END_OF_LIFE_S = 1.5
+#: Seconds a finished worker waits for its last packets to reach the com.
+DELIVER_S = 5.0
+
+
+class WorkerLife:
+    """The end of one worker process; :meth:`die` and :meth:`finish` never return."""
+
+    def __init__(self, label: str, end_of_life_function: Callable[[], Any] | None) -> None:
+        self._label = label
+        self._end_of_life_function = end_of_life_function
+        self.relic: Relic | None = None
+        self._dying = threading.Lock()
+        self._finishing = self._delivering = self._stop_asked = False
+        self._record: tuple[str, str, Path] | None = None  # node id, token, run dir
+
+    # -- start record ----------------------------------------------------------
+    def claim(self, node_id: str, token: str, run_dir: str = "") -> tuple[int, ...]:
+        """End any worker of ``node_id`` an earlier run left on this host, record this one; the ended pids."""
+        folder = records.run_dir(run_dir or None)
+        reaped = tuple(r.pid for r in records.claim(node_id, token, folder=folder))
+        self._record = (node_id, token, folder)
+        return reaped
+
+    def _release(self) -> None:
+        if self._record is not None:
+            node_id, token, folder = self._record
+            records.release(node_id, token, folder=folder)
+
+    # -- ending ------------------------------------------------------------------
+    def die(self, reason: str, code: int) -> NoReturn:
+        """End the process now, from any thread: end of life, relic saved, exit with ``code``."""
+        if not self._dying.acquire(blocking=False):
+            time.sleep(3600)  # another thread is already ending the process
+        # Logging can block (a remote stderr pipe whose SSH link is stalled); the exit must not.
+        _hard_exit_after(END_OF_LIFE_S + 0.5, code)
+        level = logging.INFO if code == EXIT_OK else logging.ERROR
+        logger.log(level, "worker %s (pid %d): %s", self._label, os.getpid(), reason)
+        self._end_of_life(timeout=END_OF_LIFE_S / 2 if code == EXIT_NO_HEARTBEAT else END_OF_LIFE_S)
+        self._release()
+        _flush_and_exit(code)
+
+    def finish(self, data: zmq.Socket | None, data_context: zmq.Context | None) -> NoReturn:
+        """The work function returned: deliver what is queued on ``data``, then end normally."""
+        if not self._dying.acquire(blocking=False):
+            time.sleep(3600)
+        self._finishing = True
+        _hard_exit_after(END_OF_LIFE_S + DELIVER_S + 1, EXIT_OK)
+        self._end_of_life(timeout=END_OF_LIFE_S)
+        self._release()
+        self._delivering = True  # before the check: a stop from here on exits in on_signal
+        if self._stop_asked:
+            _exit_now(EXIT_OK)
+        if data is not None and data_context is not None:
+            data.close(linger=int(DELIVER_S * 1000))
+            data_context.term()
+        _flush_and_exit(EXIT_OK)
+
+    def on_signal(self, signum: int, frame: Any = None) -> None:
+        """SIGTERM or SIGINT: end now (a worker that is finishing ends once its end of life ran)."""
+        if self._finishing:
+            # finish() runs the end of life; what it would deliver after, the stopping com won't take.
+            if self._delivering:
+                _exit_now(EXIT_OK)
+            self._stop_asked = True
+            return
+        self.die(f"stopped by signal {signal.Signals(signum).name}", EXIT_OK)
+
+    def _end_of_life(self, timeout: float) -> None:
+        if self._end_of_life_function is not None:
+            thread = KeptThread.start_new(self._end_of_life_function, name="heron-worker-end-of-life")
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.error("end_of_life_function did not return within %.1f s; exiting anyway", timeout)
+            elif thread.error is not None:
+                logger.error("end_of_life_function raised %r", thread.error, exc_info=thread.error)
+        if self.relic is not None:
+            self.relic.close()
+
+
+def _hard_exit_after(seconds: float, code: int) -> None:
+    timer = threading.Timer(seconds, os._exit, args=(code,))
+    timer.daemon = True
+    timer.start()
+
+
+def _exit_now(code: int) -> NoReturn:
+    _hard_exit_after(0.5, code)  # a flush into a stalled pipe must not hold the exit
+    _flush_and_exit(code)
+
+
+def _flush_and_exit(code: int) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

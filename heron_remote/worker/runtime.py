@@ -1,0 +1,264 @@
+"""SourceWorker: what a work function holds. Sends data to the com, receives parameters.
+
+Every socket binds on this host's 127.0.0.1 and the com connects, so an SSH forward
+from the rig is all a remote worker needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import zmq
+
+from .._protocol import DATA_HWM_RANGE, ReadyLine
+from .._threads import KeptThread
+from .._verbosity import NO_RELIC
+from .._version import __version__
+from ..relic import Relic
+from ..wire import encode_output, send_packet
+from .heartbeat import WorkerHeartbeat
+from .life import EXIT_BAD_START, EXIT_WORK_FAILED, WorkerLife
+
+__all__ = ["SourceWorker"]
+
+logger = logging.getLogger("heron_remote.worker")
+
+_CHANNEL_OFFSET = {"data": 0, "heartbeat": 1, "parameters": 2, "liveness": 3}
+
+
+class SourceWorker:
+    """The worker's side of a source: sends data to the com, receives parameters.
+
+    Attributes a work function uses: ``parameters`` (the last parameters, decoded
+    JSON; None until the first arrive), ``initialised``, ``node_name``,
+    ``node_index``, ``index`` (packets sent so far).
+    """
+
+    def __init__(
+        self,
+        port: int | str,
+        parameters_topic: str,
+        initialisation_function: Callable[[SourceWorker], bool] | None,
+        end_of_life_function: Callable[[], Any] | None,
+        num_sending_topics: int | str = 1,
+        relic_path: str = NO_RELIC,
+        *,
+        heartbeat_rate: float = 1.0,
+        heartbeats_to_death: int = 10,
+    ) -> None:
+        self.port = int(port)
+        self.parameters_topic = parameters_topic
+        parts = parameters_topic.split("##")
+        self.node_name = parts[-2] if len(parts) >= 2 else parameters_topic
+        self.node_index = parts[-1] if len(parts) >= 2 else "0"
+        self.initialisation_function = initialisation_function
+        self.end_of_life_function = end_of_life_function
+        self.num_sending_topics = int(num_sending_topics)
+        #: Outputs per packet, when the com said (send_data_to_com then checks); 0: not said.
+        self.num_outputs = 0
+        self.relic_path = None if relic_path in ("", NO_RELIC, None) else relic_path
+        self.heartbeat_rate = float(heartbeat_rate)
+        self.heartbeats_to_death = int(heartbeats_to_death)
+        #: Substate rows between two flushes of the relic's Substate file.
+        self.num_of_iters_to_update_relics_substate = 100
+
+        self.parameters: Any = None
+        self.initialised = False
+        self.index = 0
+
+        self._life = WorkerLife(f"{self.node_name}##{self.node_index}", end_of_life_function)
+        self._heartbeat = WorkerHeartbeat(self.heartbeat_rate, self.heartbeats_to_death, self._bind, self._die)
+        self._context = zmq.Context()
+        self._data_context: zmq.Context | None = None
+        self._data: zmq.Socket | None = None
+        self._send_lock = threading.Lock()
+        self._ports: dict[str, int] = {}
+        self._ports_lock = threading.Lock()
+        self._threads: dict[str, KeptThread] = {}
+        self._reaped: tuple[int, ...] = ()
+
+    # -- what tests and tools may read --------------------------------------------
+    @property
+    def ports(self) -> dict[str, int]:
+        """The ports bound so far, by channel (data, heartbeat, parameters, liveness)."""
+        with self._ports_lock:
+            return dict(self._ports)
+
+    @property
+    def data_socket(self) -> zmq.Socket | None:
+        """The data socket, for tools that must send what :meth:`send_data_to_com` refuses (tests)."""
+        return self._data
+
+    # -- start record ----------------------------------------------------------
+    def claim_node(self, node_id: str, token: str, run_dir: str = "") -> None:
+        """End any worker of ``node_id`` an earlier run left on this host, and record this one."""
+        self._reaped = self._life.claim(node_id, token, run_dir)
+
+    # -- sockets ---------------------------------------------------------------
+    def _bind(self, sock: zmq.Socket, channel: str) -> None:
+        port = self.port + _CHANNEL_OFFSET[channel] if self.port else 0
+        try:
+            if port:
+                sock.bind(f"tcp://127.0.0.1:{port}")
+                bound = port
+            else:
+                bound = sock.bind_to_random_port("tcp://127.0.0.1")
+        except zmq.ZMQError as exc:
+            self._die(
+                f"cannot bind the {channel} socket on 127.0.0.1:{port}: {exc.strerror}. "
+                "Another process holds the port: is an earlier worker of this node still running?",
+                EXIT_BAD_START,
+            )
+        with self._ports_lock:
+            self._ports[channel] = bound
+            complete = len(self._ports) == len(_CHANNEL_OFFSET)
+        if complete:
+            line = ReadyLine(
+                pid=os.getpid(),
+                ports=dict(self._ports),
+                version=__version__,
+                python=platform.python_version(),
+                reaped=self._reaped,
+            )
+            print(line.to_line(), flush=True)  # the ready line: the com reads it on our stdout
+
+    def connect_socket(self) -> None:
+        """Bind the data socket (this thread sends on it)."""
+        # A context of its own, so that at a normal end it can be terminated with
+        # its linger while the service threads' sockets are still open.
+        self._data_context = zmq.Context()
+        self._data = self._data_context.socket(zmq.PUSH)
+        # Shallow on purpose: a worker that runs far ahead of its com only takes the CPU the com needs.
+        self._data.sndhwm = DATA_HWM_RANGE[0]
+        self._data.linger = 0
+        self._bind(self._data, "data")
+
+    def send_data_to_com(self, data: Any, *, copy: bool = True) -> None:
+        """Send one packet: an ndarray, a dict, ``"Ignore"``, or a list of them (one per output).
+
+        With ``copy=False`` large arrays go without a copy; the array must then not
+        be changed afterwards (a camera that reuses its buffer needs the default).
+        Blocks while the com is behind, so nothing is dropped between worker and com.
+        """
+        if isinstance(data, (list, tuple)):
+            if len(data) != self.num_outputs and self.num_outputs:
+                raise ValueError(self._outputs_error(len(data)))
+            frames: list[Any] = []
+            for value in data:
+                frames += encode_output(value)
+        else:
+            if self.num_outputs > 1:
+                raise ValueError(self._outputs_error(1))
+            frames = list(encode_output(data))
+        with self._send_lock:
+            sock = self._data
+            assert sock is not None, "call connect_socket() first"
+            # The packet number lets the com count packets lost on the way (a broken tunnel).
+            send_packet(sock, self.index + 1, frames, copy=copy)
+            self.index += 1
+
+    def _outputs_error(self, sent: int) -> str:
+        return (
+            f"send_data_to_com got {sent} output(s) but node {self.node_name!r} has {self.num_outputs}: "
+            "send one value per output, in the order of the node's outputs (a list when there are several)"
+        )
+
+    # -- parameters --------------------------------------------------------------
+    def start_parameters_thread(self) -> None:
+        self._start_thread("parameters", self._parameters_loop)
+
+    def _parameters_loop(self) -> None:
+        sock = self._context.socket(zmq.PULL)
+        sock.linger = 0
+        self._bind(sock, "parameters")
+        while True:
+            raw = sock.recv()
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                logger.error("ignored parameters that are not JSON: %r", raw[:80])
+                continue
+            self.update_parameters(value)
+
+    def update_parameters(self, value: Any) -> None:
+        """Take new parameters; retry the initialisation function until it returns True."""
+        self.parameters = value
+        if not self.initialised:
+            if self.initialisation_function is None:
+                self.initialised = True
+            else:
+                try:
+                    self.initialised = bool(self.initialisation_function(self))
+                except Exception as exc:
+                    logger.exception("the initialisation function raised; it is retried with the next parameters")
+                    self._heartbeat.report(f"the initialisation function raised {type(exc).__name__}: {exc}")
+        relic = self._life.relic
+        if relic is not None and relic.has("Parameters"):
+            relic.add_parameters(self.index, parameters=value)
+
+    # -- heartbeat and service threads -----------------------------------------------
+    def start_heartbeat_thread(self) -> None:
+        self._start_thread("heartbeat", lambda: self._heartbeat.run(self._context))
+
+    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
+        if name in self._threads:
+            return
+
+        def failed(exc: BaseException) -> None:  # a dead service thread must end the worker, not hang it
+            text = "".join(traceback.format_exception(exc))
+            self._die(f"the {name} thread failed:\n{text}", EXIT_WORK_FAILED)
+
+        self._threads[name] = KeptThread.start_new(target, name=f"heron-worker-{name}", on_error=failed)
+
+    # -- relic (Heron's saved node state) ---------------------------------------------
+    def _relic_or_none(self) -> Relic | None:
+        if self.relic_path is None:
+            return None
+        if self._life.relic is None:
+            self._life.relic = Relic(
+                self.relic_path,
+                self.node_name,
+                self.node_index,
+                flush_every=self.num_of_iters_to_update_relics_substate,
+            )
+        return self._life.relic
+
+    def relic_create_parameters_df(self, **parameters: Any) -> None:
+        """Start the Parameters table with these named values; later updates are appended."""
+        relic = self._relic_or_none()
+        if relic is not None:
+            relic.add_parameters(self.index, **parameters)
+
+    def relic_create_substate_df(self, **variables: Any) -> None:
+        """Start the Substate table with a first row."""
+        self.relic_update_substate_df(**variables)
+
+    def relic_update_substate_df(self, **variables: Any) -> None:
+        """Append a Substate row stamped with the current packet index."""
+        relic = self._relic_or_none()
+        if relic is not None:
+            relic.add_substate(self.index, **variables)
+
+    # Heron's later name for the relic.
+    savenodestate_create_parameters_df = relic_create_parameters_df
+    savenodestate_create_substate_df = relic_create_substate_df
+    savenodestate_update_substate_df = relic_update_substate_df
+
+    # -- the end -------------------------------------------------------------------
+    def _die(self, reason: str, code: int) -> NoReturn:
+        self._life.die(reason, code)
+
+    def finish(self) -> NoReturn:
+        """The work function returned: deliver what is queued, then end normally."""
+        self._life.finish(self._data, self._data_context)
+
+    def on_kill(self, signum: int, frame: Any = None) -> None:
+        """SIGTERM or SIGINT: end the worker (end of life, relic saved)."""
+        self._life.on_signal(signum, frame)
