@@ -15,69 +15,32 @@ import itertools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import zmq
 
 from ._threads import KeptThread
 from .com.parameters import encode_parameters
-from .errors import ConfigError, DecodeError, NoDataError, WorkerError, WorkerStartError
+from .errors import ConfigError, NoDataError, WorkerError, WorkerStartError
 from .forwarders import ForwarderLease, lease_forwarders
 from .forwarders import endpoint as forwarder_endpoint
 from .launcher import WorkerLauncher
 from .settings import Settings
 from .source_com import ComStats, SourceCom
 from .status import SourceStatus, status_of
-from .wire import read_published, resync
+from .subscriber import IDLE_MS, Frame, Subscriber
 
 __all__ = ["Frame", "NoDataError", "Source"]
 
 logger = logging.getLogger(__name__)
 
 _instances = itertools.count(1)
-#: How long frames() waits for a message before it looks at the com and its own timeout.
-_IDLE_MS = 100
 #: Seconds start() waits beyond the start timeout (an SSH connection, the forwarders).
 _START_SLACK_S = 15.0
 #: Names of the Sources running in this process: a name is a node on its PC, so it must be unique.
 _running: set[str] = set()
 _running_lock = threading.Lock()
-
-
-class Frame(NamedTuple):
-    """One packet of a source: its index (from 1), the com's time stamp and one value per output."""
-
-    index: int
-    time: float
-    arrays: tuple[Any, ...]
-
-
-class _Assembler:
-    """Groups a packet's outputs, which arrive as one message each, into one Frame."""
-
-    def __init__(self, outputs: int) -> None:
-        self._n = outputs
-        self._values: list[Any] = [None] * outputs
-        self.index: int | None = None
-        self._time = 0.0
-
-    def add(self, output: int, index: int, stamp: float, value: Any) -> tuple[Frame | None, Frame | None]:
-        """(a frame the new index completes by ending it, the frame ``value`` completes)."""
-        ended = self.flush() if self.index is not None and index != self.index else None
-        self.index, self._time = index, stamp
-        self._values[output] = value
-        done = self.flush() if all(v is not None for v in self._values) else None
-        return ended, done
-
-    def flush(self) -> Frame | None:
-        """The frame being assembled, the outputs not yet seen as None (they were ignored)."""
-        if self.index is None:
-            return None
-        frame = Frame(self.index, self._time, tuple(self._values))
-        self._values, self.index = [None] * self._n, None
-        return frame
 
 
 class Source:
@@ -131,9 +94,7 @@ class Source:
         self._registered = False
         self._status_mark: tuple[float, int, int] | None = None
         self._idle_stats = ComStats()
-        self.gaps = 0
-        self.received = 0
-        self._last_index: int | None = None
+        self._subscriber = Subscriber(self.name, self.topics, ended=self._com_ended, last_error=self._last_error)
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> Source:
@@ -187,7 +148,7 @@ class Source:
     def _subscribe(self) -> zmq.Socket:
         sub = self._context.socket(zmq.SUB)
         sub.linger = 0
-        sub.rcvtimeo = _IDLE_MS
+        sub.rcvtimeo = IDLE_MS
         for topic in self.topics:
             sub.subscribe(topic.encode())
         sub.connect(forwarder_endpoint(self.settings.forwarder_host, self.settings.ports.data_publish)[0])
@@ -276,6 +237,19 @@ class Source:
         return status
 
     @property
+    def gaps(self) -> int:
+        """Indices this source's subscriber never saw (frames lost on the way, or malformed)."""
+        return self._subscriber.gaps
+
+    @property
+    def received(self) -> int:
+        """Frames :meth:`frames` has yielded."""
+        return self._subscriber.received
+
+    def _last_error(self) -> str | None:
+        return self.stats.last_error
+
+    @property
     def error(self) -> BaseException | None:
         """Why the com stopped, if it stopped on an error."""
         return self._thread.error if self._thread is not None else None
@@ -296,59 +270,10 @@ class Source:
         sub = self._sub if own else self._subscribe()  # sockets stay in the thread that made them
         assert sub is not None
         try:
-            yield from self._read(sub, timeout, limit)
+            yield from self._subscriber.read(sub, timeout=timeout, limit=limit)
         finally:
             if not own:
                 sub.close()
-
-    def _read(self, sub: zmq.Socket, timeout: float | None, limit: int | None) -> Iterator[Frame]:
-        recv = sub.recv
-        topic_output = {t.encode(): k for k, t in enumerate(self.topics)}
-        single = len(self.outputs) == 1
-        assembler = _Assembler(len(self.outputs))
-        yielded = 0
-        last_frame = time.monotonic()
-        while limit is None or yielded < limit:
-            try:
-                topic = recv()  # waits up to _IDLE_MS
-            except zmq.Again:
-                pending = assembler.flush()  # the rest of its outputs were ignored
-                if pending is not None:
-                    yield pending
-                    yielded += 1
-                    continue
-                if self._com_ended():
-                    return
-                if timeout is not None and time.monotonic() - last_frame > timeout:
-                    said = self.stats.last_error
-                    raise NoDataError(
-                        f"no frame from source {self.name!r} for {timeout:g} s"
-                        + (f"; last error: {said}" if said else "")
-                    ) from None
-                continue
-            try:
-                output = topic_output[topic]
-                index, stamp, value = read_published(recv)
-            except KeyError:  # another node whose topic starts like ours
-                resync(sub)
-                continue
-            except (zmq.Again, DecodeError, ValueError) as exc:
-                resync(sub)
-                reason = "it ended early" if isinstance(exc, zmq.Again) else exc
-                logger.warning("dropped an undecodable message from %s: %s", self.name, reason)
-                continue
-            last_frame = time.monotonic()
-            if single:
-                self._count(index)
-                yield Frame(index, stamp, (value,))
-                yielded += 1
-                continue
-            if index != assembler.index:
-                self._count(index)
-            for frame in assembler.add(output, index, stamp, value):
-                if frame is not None and (limit is None or yielded < limit):
-                    yield frame
-                    yielded += 1
 
     def _com_ended(self) -> bool:
         """Whether the com's thread has ended; raises what ended it, if it failed."""
@@ -357,13 +282,3 @@ class Source:
             return False
         thread.check()
         return True
-
-    def _count(self, index: int) -> None:
-        self.received += 1
-        if self._last_index is not None and index > self._last_index + 1:
-            missed = index - self._last_index - 1
-            self.gaps += missed
-            logger.warning(
-                "source %s: %d frame(s) missed before index %d (%d in all)", self.name, missed, index, self.gaps
-            )
-        self._last_index = index

@@ -60,6 +60,23 @@ def host_of(ssh_local_server_id: str | None, ssh_remote_server_id: str | None) -
     return str(ssh_remote_server_id)
 
 
+def _checked(sending_topics: object, parameters_topic: object, port: object) -> int:
+    """Heron's arguments checked, each by name; the port as an int."""
+    if isinstance(sending_topics, str) or not isinstance(sending_topics, (list, tuple)):
+        raise ConfigError(f"sending_topics must be a list of non-empty topic names, got {sending_topics!r}")
+    if not all(isinstance(t, str) and t for t in sending_topics):
+        raise ConfigError(f"sending_topics must be a list of non-empty topic names, got {sending_topics!r}")
+    if not isinstance(parameters_topic, str) or not parameters_topic:
+        raise ConfigError(f"parameters_topic must be a non-empty string, got {parameters_topic!r}")
+    try:
+        number = int(port)  # type: ignore[call-overload]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"port must be an integer (0 picks free ports), got {port!r}") from exc
+    if not 0 <= number <= 65532:
+        raise ConfigError(f"port must be 0 or a port from 1 to 65532 (four are used), got {number}")
+    return number
+
+
 class SourceCom:
     """The com of a source node. Constructor and methods are Heron's; options follow them, by keyword."""
 
@@ -79,16 +96,7 @@ class SourceCom:
         node_id: str | None = None,
         on_worker_error: Callable[[WorkerError], None] | None = None,
     ) -> None:
-        if isinstance(sending_topics, str) or not all(isinstance(t, str) and t for t in sending_topics):
-            raise ConfigError(f"sending_topics must be a list of non-empty topic names, got {sending_topics!r}")
-        if not isinstance(parameters_topic, str) or not parameters_topic:
-            raise ConfigError(f"parameters_topic must be a non-empty string, got {parameters_topic!r}")
-        try:
-            self.port = int(port)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"port must be an integer (0 picks free ports), got {port!r}") from exc
-        if not 0 <= self.port <= 65532:
-            raise ConfigError(f"port must be 0 or a port from 1 to 65532 (four are used), got {self.port}")
+        self.port = _checked(sending_topics, parameters_topic, port)
         self.sending_topics = list(sending_topics)
         self.parameters_topic = parameters_topic
         self.worker_exec = worker_exec

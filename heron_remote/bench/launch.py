@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..examples import SYNTHETIC_CAMERA as CAMERA
 from ..forwarders import Forwarders
 from ..settings import Settings
 from ..source import Source
@@ -28,7 +29,6 @@ __all__ = ["CAMERA", "format_launch", "launch_latency"]
 
 logger = logging.getLogger(__name__)
 
-from ..examples import SYNTHETIC_CAMERA as CAMERA
 
 PARAMETERS = {"shape": [16, 16], "fps": 1000}
 FIRST_FRAME_TIMEOUT_S = 20.0

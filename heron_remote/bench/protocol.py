@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from ..wire import ZERO_COPY_MIN
+
 __all__ = ["DRAIN", "END", "HEADER", "LATENCY", "THROUGHPUT", "Plan", "Result", "measure", "run_plan"]
 
 HEADER = struct.Struct("<QII")  # stamp ns, sequence, phase: 16 bytes
 THROUGHPUT, LATENCY, END, DRAIN = 1, 2, 3, 4
-#: Payloads from this size on are fresh numpy buffers sent without a copy; smaller ones are bytes.
-ZERO_COPY_FROM = 64 * 1024
 #: The latency phase uses this share of the throughput the sender reached.
 LATENCY_LOAD = 0.25
 
@@ -76,7 +76,7 @@ class Plan:
 
 def payload_factory(size: int, *, array: bool = False) -> Callable[[int, int], Any]:
     """A function (phase, seq) -> a fresh payload of ``size`` bytes with its header stamped last."""
-    if size < ZERO_COPY_FROM:
+    if size < ZERO_COPY_MIN:  # the whole path copies these too
         pad = bytes(size - HEADER.size)
         if array:
             return lambda phase, seq: np.frombuffer(HEADER.pack(time.perf_counter_ns(), seq, phase) + pad, np.uint8)

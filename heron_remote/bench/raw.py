@@ -21,8 +21,9 @@ from typing import Any
 
 import zmq
 
+from ..wire import ZERO_COPY_MIN
 from .links import Link, Sender
-from .protocol import ZERO_COPY_FROM, Plan, Result, measure
+from .protocol import Plan, Result, measure
 
 __all__ = ["RAW", "direct", "hwm_for", "openssh_forward", "openssh_gcm_forward", "sshtunnel_forward", "zmq_paramiko"]
 
@@ -48,7 +49,7 @@ def raw_plan(plan: Plan) -> Plan:
 
 
 def _receive(sock: zmq.Socket, plan: Plan) -> Iterator[Any]:
-    copy = plan.size < ZERO_COPY_FROM
+    copy = plan.size < ZERO_COPY_MIN
     sock.rcvtimeo = int(FIRST_MESSAGE_TIMEOUT_S * 1000)
     first = True
     while True:

@@ -262,20 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_study_line(study.name, found), flush=True)
     ratios = _ratios(results, measurements)
     targets = _targets(results, ratios, sections)
-    if results:
-        print()
-        print(format_table(results, ratios))
-    if "launch" in sections:
-        print()
-        print(format_launch(sections["launch"]))
-    for key, title in (("scale", "scale (sshtunnel, the default)"), ("scale_openssh", "scale (OpenSSH backend)")):
-        if key in sections:
-            print(f"\n{title}:")
-            print(format_scale(sections[key]))
-    if targets:
-        print("\ntargets (issue 5):")
-        for t in targets:
-            print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.2f}")
+    _print_summary(results, ratios, sections, targets)
     plot, plot_note = write_plot(out_dir, results)
     payload = {
         "machine": machine_info(),
@@ -297,6 +284,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {json_path}" + (f" and {out_dir / plot}" if plot else f" ({plot_note})"))
     failed = [name for name, found in _study_results(sections) if "error" in found]
     return 0 if all(r.ok for r in results) and not failed else 1
+
+
+def _print_summary(
+    results: list[Result], ratios: list[dict[str, Any]], sections: dict[str, Any], targets: list[dict[str, Any]]
+) -> None:
+    if results:
+        print()
+        print(format_table(results, ratios))
+    if "launch" in sections:
+        print()
+        print(format_launch(sections["launch"]))
+    for key, title in (("scale", "scale (sshtunnel, the default)"), ("scale_openssh", "scale (OpenSSH backend)")):
+        if key in sections:
+            print(f"\n{title}:")
+            print(format_scale(sections[key]))
+    if targets:
+        print("\ntargets (issue 5):")
+        for t in targets:
+            print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.2f}")
 
 
 def _study_results(sections: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import zmq
 
+from ..wire import ZERO_COPY_MIN
 from .protocol import Plan, run_plan
 
 logger = logging.getLogger(__name__)
@@ -29,10 +30,9 @@ def serve(plan: Plan, hwm: int) -> int:
     sock.sndhwm = hwm
     sock.linger = 2000  # the END message must leave before the process does
     sock.sndtimeo = CONNECT_TIMEOUT_MS
-    sock.bind("tcp://127.0.0.1:0")
-    port = int(sock.last_endpoint.decode().rsplit(":", 1)[1])
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
     print(f"PORT {port}", flush=True)
-    copy = plan.size < 64 * 1024
+    copy = plan.size < ZERO_COPY_MIN
     first = True
 
     def send(payload: Any) -> None:

@@ -1,0 +1,139 @@
+"""Reading a source's published messages back: Frames (index, time, one value per output), gaps counted."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import zmq
+
+from .errors import DecodeError, NoDataError
+from .wire import read_published, resync
+
+__all__ = ["IDLE_MS", "Frame", "Subscriber"]
+
+logger = logging.getLogger("heron_remote.source")
+
+#: How long a read waits for a message before it looks at the com and its own timeout.
+IDLE_MS = 100
+
+
+class Frame(NamedTuple):
+    """One packet of a source: its index (from 1), the com's time stamp and one value per output."""
+
+    index: int
+    time: float
+    arrays: tuple[Any, ...]
+
+
+class _Assembler:
+    """Groups a packet's outputs, which arrive as one message each, into one Frame."""
+
+    def __init__(self, outputs: int) -> None:
+        self._n = outputs
+        self._values: list[Any] = [None] * outputs
+        self.index: int | None = None
+        self._time = 0.0
+
+    def add(self, output: int, index: int, stamp: float, value: Any) -> tuple[Frame | None, Frame | None]:
+        """(a frame the new index completes by ending it, the frame ``value`` completes)."""
+        ended = self.flush() if self.index is not None and index != self.index else None
+        self.index, self._time = index, stamp
+        self._values[output] = value
+        done = self.flush() if all(v is not None for v in self._values) else None
+        return ended, done
+
+    def flush(self) -> Frame | None:
+        """The frame being assembled, the outputs not yet seen as None (they were ignored)."""
+        if self.index is None:
+            return None
+        frame = Frame(self.index, self._time, tuple(self._values))
+        self._values, self.index = [None] * self._n, None
+        return frame
+
+
+class Subscriber:
+    """Turns the messages of one source's topics into Frames and counts the indices it never saw.
+
+    ``ended`` says whether the source's com has stopped (raising what stopped it, if it
+    failed); ``last_error`` is quoted when no frame comes in time.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        topics: Sequence[str],
+        *,
+        ended: Callable[[], bool],
+        last_error: Callable[[], str | None],
+    ) -> None:
+        self.name = name
+        self._topic_output = {t.encode(): k for k, t in enumerate(topics)}
+        self._outputs = len(topics)
+        self._ended = ended
+        self._last_error = last_error
+        self.gaps = 0
+        self.received = 0
+        self._last_index: int | None = None
+
+    def read(self, sub: zmq.Socket, *, timeout: float | None, limit: int | None) -> Iterator[Frame]:
+        """Frames from ``sub``, until ``limit``, the com's end, or NoDataError after ``timeout`` s."""
+        recv = sub.recv
+        topic_output = self._topic_output
+        single = self._outputs == 1
+        assembler = _Assembler(self._outputs)
+        yielded = 0
+        last_frame = time.monotonic()
+        while limit is None or yielded < limit:
+            try:
+                topic = recv()  # waits up to _IDLE_MS
+            except zmq.Again:
+                pending = assembler.flush()  # the rest of its outputs were ignored
+                if pending is not None:
+                    yield pending
+                    yielded += 1
+                    continue
+                if self._ended():
+                    return
+                if timeout is not None and time.monotonic() - last_frame > timeout:
+                    said = self._last_error()
+                    raise NoDataError(
+                        f"no frame from source {self.name!r} for {timeout:g} s"
+                        + (f"; last error: {said}" if said else "")
+                    ) from None
+                continue
+            try:
+                output = topic_output[topic]
+                index, stamp, value = read_published(recv)
+            except KeyError:  # another node whose topic starts like ours
+                resync(sub)
+                continue
+            except (zmq.Again, DecodeError, ValueError) as exc:
+                resync(sub)
+                reason = "it ended early" if isinstance(exc, zmq.Again) else exc
+                logger.warning("dropped an undecodable message from %s: %s", self.name, reason)
+                continue
+            last_frame = time.monotonic()
+            if single:
+                self._count(index)
+                yield Frame(index, stamp, (value,))
+                yielded += 1
+                continue
+            if index != assembler.index:
+                self._count(index)
+            for frame in assembler.add(output, index, stamp, value):
+                if frame is not None and (limit is None or yielded < limit):
+                    yield frame
+                    yielded += 1
+
+    def _count(self, index: int) -> None:
+        self.received += 1
+        if self._last_index is not None and index > self._last_index + 1:
+            missed = index - self._last_index - 1
+            self.gaps += missed
+            logger.warning(
+                "source %s: %d frame(s) missed before index %d (%d in all)", self.name, missed, index, self.gaps
+            )
+        self._last_index = index
