@@ -160,7 +160,7 @@ class Forwarders:
         return port
 
     def _run(self, proxy: _Proxy, ready: threading.Event) -> None:
-        context = zmq.Context.instance()
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         frontend = context.socket(zmq.XSUB)
         backend = context.socket(zmq.XPUB)
         control = context.socket(zmq.REP)
@@ -215,7 +215,7 @@ class Forwarders:
             if self._closed:
                 return
             self._closed = True
-        context = zmq.Context.instance()
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         for proxy in self._proxies:
             if proxy.control and proxy.thread is not None and proxy.thread.is_alive():
                 stop = context.socket(zmq.REQ)

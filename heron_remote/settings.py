@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigError
 
@@ -128,7 +129,7 @@ class Settings:
         """Seconds without a pulse after which a worker ends itself."""
         return self.heartbeat_rate * self.heartbeats_to_death
 
-    def replace(self, **changes: object) -> Settings:
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -161,7 +162,7 @@ class Settings:
         if "HERON_REMOTE_RESTART" in env:
             restart_kwargs["mode"] = env["HERON_REMOTE_RESTART"]
         if restart_kwargs:
-            kwargs["restart"] = RestartPolicy(**restart_kwargs)  # type: ignore[arg-type]
+            kwargs["restart"] = RestartPolicy(**restart_kwargs)
         if env.get("HERON_REMOTE_SSH_INFO"):
             kwargs["ssh_info"] = env["HERON_REMOTE_SSH_INFO"]
         return cls(**kwargs)  # type: ignore[arg-type]
@@ -189,9 +190,9 @@ class Settings:
         return env
 
 
-def _from_env(env: Mapping[str, str], prefix: str, names: tuple[tuple[str, type], ...]) -> dict[str, object]:
+def _from_env(env: Mapping[str, str], prefix: str, names: tuple[tuple[str, type], ...]) -> dict[str, Any]:
     """The values of ``prefix + NAME`` variables that are set, converted; ConfigError names a bad one."""
-    found: dict[str, object] = {}
+    found: dict[str, Any] = {}
     for name, kind in names:
         key = prefix + name.upper()
         if key in env:

@@ -88,7 +88,7 @@ class Source:
         self._start_error: BaseException | None = None
         self._sub: zmq.Socket | None = None
         self._sub_thread: int | None = None
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._closed = False
         self._close_lock = threading.Lock()
         self._registered = False

@@ -60,7 +60,7 @@ class StatusBoard:
     """Collects the status messages of every com on one proof-of-life forwarder. Use in one thread."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6570) -> None:
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sub = self._context.socket(zmq.SUB)
         self._sub.linger = 0
         self._sub.subscribe(STATUS_TOPIC)

@@ -23,7 +23,7 @@ IDLE_MS = 100
 class Frame(NamedTuple):
     """One packet of a source: its index (from 1), the com's time stamp and one value per output."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the wire's name; tuple.index stays reachable as tuple.index
     time: float
     arrays: tuple[Any, ...]
 

@@ -84,7 +84,7 @@ def launch_latency(link: Link, *, runs: int = 5) -> dict[str, Any]:
         settings = Settings(ports=forwarders.ports, ssh_info=str(link.registry) if link.registry else None)
         if link.host is None:
             return {"link": link.name, "cold": _series(settings, "None", runs, link.name)}
-        found = {"link": link.name, "host": link.server_id}
+        found: dict[str, Any] = {"link": link.name, "host": link.server_id}
         found["cold"] = _series(settings, link.server_id, runs, f"{link.name}-cold")
         with _held(link):
             found["warm"] = _series(settings, link.server_id, runs, f"{link.name}-warm")

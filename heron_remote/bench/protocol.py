@@ -85,7 +85,7 @@ def payload_factory(size: int, *, array: bool = False) -> Callable[[int, int], A
     def make(phase: int, seq: int) -> np.ndarray:
         # A fresh buffer each time: it is sent without a copy, so it must not be reused.
         buf = np.empty(size, np.uint8)
-        HEADER.pack_into(buf, 0, time.perf_counter_ns(), seq, phase)
+        HEADER.pack_into(buf.data, 0, time.perf_counter_ns(), seq, phase)
         return buf
 
     return make
@@ -173,7 +173,7 @@ def measure(name: str, frames: Iterator[Any], plan: Plan, on_drain: Callable[[],
     result = Result(name, plan.size)
     clock = time.perf_counter_ns
     warmup_ns, window_ns = int(plan.warmup_s * 1e9), int(plan.seconds * 1e9)
-    win_start = win_end = None
+    win_start = win_end = 0
     first = last = None
     counted = 0
     loaded: list[int] = []
@@ -183,7 +183,7 @@ def measure(name: str, frames: Iterator[Any], plan: Plan, on_drain: Callable[[],
     for payload in frames:
         now = clock()
         stamp, _seq, phase = HEADER.unpack_from(payload, 0)
-        if deadline is None:
+        if deadline is None:  # the first frame starts the clocks
             deadline = now + int(plan.deadline_s * 1e9)
             win_start, win_end = now + warmup_ns, now + warmup_ns + window_ns
             size = memoryview(payload).nbytes

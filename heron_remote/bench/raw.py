@@ -60,7 +60,7 @@ def _receive(sock: zmq.Socket, plan: Plan) -> Iterator[Any]:
         if first:
             first = False
             sock.rcvtimeo = int(plan.idle_timeout_s * 1000)
-        yield msg if copy else msg.buffer
+        yield msg.buffer if isinstance(msg, zmq.Frame) else msg
 
 
 @contextmanager
@@ -220,7 +220,8 @@ def _zmq_paramiko_run(name: str, link: Link, plan: Plan) -> Result:
     try:
         with _from_sender(link, plan) as (sender, sock):
             with _host_key_policy("Warning"):
-                tunnel = zmq_ssh.tunnel_connection(
+                # pyzmq's stub says socket.socket; the function takes (and needs) a zmq socket.
+                tunnel = zmq_ssh.tunnel_connection(  # type: ignore[call-overload]
                     sock, f"tcp://127.0.0.1:{sender.port}", link.ssh_target, keyfile=str(link.key), paramiko=True
                 )
             result = measure(name, _receive(sock, plan), plan)

@@ -87,7 +87,7 @@ def progress_line(result: Result) -> str:
 
 def format_table(results: Sequence[Result], ratios: Sequence[dict[str, Any]]) -> str:
     """One row per measurement; ``ratio`` is MB/s over the base named beside it (same size)."""
-    first_ratio = {}
+    first_ratio: dict[tuple[str, int], dict[str, Any]] = {}
     for r in ratios:
         first_ratio.setdefault((r["name"], r["size"]), r)
     header = f"{'path':<16} {'size':>8} {'MB/s':>10} {'msg/s':>11} {'p50 us':>9} {'p99 us':>9}  {'ratio':>6}  vs / note"

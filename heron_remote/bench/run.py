@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAMES",
         help="measurements to run, comma-separated, shell patterns allowed (e.g. 'zmq,path-*'); "
-        f"known: {', '.join(m.name for m in [*MEASUREMENTS, *STUDIES])}",
+        f"known: {', '.join([m.name for m in MEASUREMENTS] + [s.name for s in STUDIES])}",
     )
     parser.add_argument("--seconds", type=float, default=None, help="measuring window per run (default 3, quick 0.5)")
     return parser

@@ -58,8 +58,7 @@ def _thread_cpu_s(native_id: int | None) -> float:
 
 def _ssh_masters_cpu_s() -> float | None:
     """CPU seconds of the OpenSSH tunnel masters this process runs (None: it runs none)."""
-    with HostConnection._pool_lock:
-        connections = list(HostConnection._pool.values())
+    connections = HostConnection.pooled()
     pids = [m.pid for m in map(master_of, connections) if m is not None and m.pid is not None]
     return sum(_cpu_s(f"/proc/{pid}/stat") for pid in pids) if pids else None
 
@@ -117,8 +116,7 @@ class _Runner:
 
 
 def _connections_per_host() -> dict[str, int]:
-    with HostConnection._pool_lock:
-        return dict(Counter(host for (host, _, _), conn in HostConnection._pool.items() if conn.is_active))
+    return dict(Counter(conn.server.host for conn in HostConnection.pooled() if conn.is_active))
 
 
 def _row(link: Link, settings: Settings, count: int, warmup_s: float, window_s: float) -> dict[str, Any]:

@@ -71,6 +71,10 @@ def _array_meta(value: np.ndarray) -> bytes:
     return meta
 
 
+#: The dtype of metadata that carries no array.
+_NO_DTYPE = np.dtype(np.uint8)
+
+
 class Meta:
     """Parsed, validated metadata; cached by its bytes because they repeat per packet."""
 
@@ -84,7 +88,7 @@ class Meta:
         if not isinstance(meta, dict):
             raise DecodeError(f"metadata must be a JSON object, got {type(meta).__name__}")
         self.data_type = meta.get("data_type")
-        self.dtype = None
+        self.dtype: np.dtype = _NO_DTYPE  # data_type says whether it is used
         self.shape: tuple[int, ...] = ()
         self.nbytes = -1
         self.flat = False

@@ -185,7 +185,7 @@ class Packet(NamedTuple):
     """One published output: (topic, index, time_us, value)."""
 
     topic: str
-    index: int
+    index: int  # type: ignore[assignment]  # the wire's name; tuple.index stays reachable as tuple.index
     time_us: int
     value: Any
 
