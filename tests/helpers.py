@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -97,3 +100,45 @@ def edit_registry(acq: object, tmp_path: Path, name: str, **changes: object) -> 
     path = tmp_path / "ssh_info.json"
     path.write_text(json.dumps(raw))
     return str(path)
+
+
+COM_SCRIPT = str(WORKERS / "heron_com.py")
+
+
+class ComScript:
+    """A Heron-style com script (``tests/workers/heron_com.py``, node ``Parameters##echo##1``) in a
+    process of its own, as a rig's experiment runs it; its worker here, or on ``host``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str | None = None,
+        verbose: str = "||",
+        worker: str = ECHO_WORKER,
+        timeout: float = 30.0,
+        **env: str,
+    ) -> None:
+        args = [PYTHON, COM_SCRIPT, worker, verbose] + ([host] if host else [])
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=com_env(settings, **env)
+        )
+        line = _readline(self.proc, timeout)
+        if not line.startswith("COM READY"):
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise AssertionError(f"com did not start: {line!r}\n{err}")
+        self.worker_pid = int(line.split()[2])
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15) -> tuple[int, str, str]:
+        """Signal the com and collect its exit status and output."""
+        self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+
+def _readline(proc: subprocess.Popen, timeout: float) -> str:
+    """The next line of ``proc``'s stdout; "" after ``timeout`` seconds or at its end."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline() if ready else ""

@@ -11,7 +11,10 @@ import pytest
 from heron_remote import Settings, Source
 from heron_remote.testing import AcqHosts, ExternalHosts
 
-from .helpers import ECHO_WORKER, PYTHON, WORKERS, com_env, pid_alive, wait_until
+from .helpers import WORKERS, ComScript, pid_alive, wait_until
+
+# Each test runs a worker on a namespace host too (the acq fixture).
+pytestmark = pytest.mark.multihost
 
 Hosts = AcqHosts | ExternalHosts
 SPAWNING = str(WORKERS / "spawning_worker.py")
@@ -43,17 +46,6 @@ def test_stop_ends_the_worker_and_the_helper_it_spawned(
     assert not alive(worker) and not alive(helper)
 
 
-def _start_com(settings: Settings, host: str | None) -> tuple[subprocess.Popen, int]:
-    """A Heron com script (node Parameters##echo##1) in another process, as a rig's experiment runs it."""
-    args = [PYTHON, str(WORKERS / "heron_com.py"), ECHO_WORKER, "||"] + ([host] if host else [])
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=com_env(settings))
-    line = proc.stdout.readline()
-    if not line.startswith("COM READY"):
-        proc.kill()
-        raise AssertionError(f"com did not start: {line!r}\n{proc.stderr.read()}")
-    return proc, int(line.split()[2])
-
-
 @pytest.mark.parametrize("where", ["local", "acq1"])
 def test_a_relaunch_ends_the_worker_a_killed_com_left_without_waiting_for_its_heartbeat(
     where: str, settings: Settings, remote_settings: Settings, acq: Hosts
@@ -62,12 +54,14 @@ def test_a_relaunch_ends_the_worker_a_killed_com_left_without_waiting_for_its_he
     slow = (settings if where == "local" else remote_settings).replace(heartbeat_rate=1.0, heartbeats_to_death=30)
     host = None if where == "local" else where
     alive = pid_alive if where == "local" else (lambda pid: _on_host_alive(acq, where, pid))
-    crashed, orphan = _start_com(slow, host)
-    crashed.kill()  # the rig's experiment dies: its worker runs on, holding the camera
-    crashed.wait(5)
+    crashed = ComScript(slow, host=host)
+    orphan = crashed.worker_pid
+    crashed.proc.kill()  # the rig's experiment dies: its worker runs on, holding the camera
+    crashed.proc.wait(5)
     assert alive(orphan)
     started = time.monotonic()
-    rerun, worker = _start_com(slow, host)
+    rerun = ComScript(slow, host=host)
+    worker = rerun.worker_pid
     try:
         took = time.monotonic() - started
         print(f"{where}: relaunch ready in {took:.2f} s, the orphan {orphan} ended")
@@ -75,9 +69,7 @@ def test_a_relaunch_ends_the_worker_a_killed_com_left_without_waiting_for_its_he
         assert not alive(orphan)
         assert took < 10
     finally:
-        rerun.terminate()
-        code = rerun.wait(15)
-    log = rerun.stderr.read()
+        code, _, log = rerun.stop()
     assert code == 0, log
     assert f"ended worker pid {orphan} of this node, left on" in log
     wait_until(lambda: not alive(worker), 10, "the relaunched worker to stop")

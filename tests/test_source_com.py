@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,36 +15,14 @@ import zmq
 
 from heron_remote import Settings
 
-from .helpers import ECHO_WORKER, PYTHON, WORKERS, com_env, pid_alive, wait_until
+from .helpers import ECHO_WORKER, ComScript, pid_alive, wait_until
 
-COM_SCRIPT = str(WORKERS / "heron_com.py")
 TOPIC = b"Parameters##echo##1"
 
 
-class ComProcess:
-    def __init__(self, settings: Settings, verbose: str = "||", **env: str) -> None:
-        self.proc = subprocess.Popen(
-            [PYTHON, COM_SCRIPT, ECHO_WORKER, verbose],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=com_env(settings, **env),
-        )
-        line = self.proc.stdout.readline()
-        if not line.startswith("COM READY"):
-            self.proc.kill()
-            raise AssertionError(f"com did not start: {line!r}\n{self.proc.stderr.read()}")
-        self.worker_pid = int(line.split()[2])
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, str, str]:
-        self.proc.send_signal(sig)
-        out, err = self.proc.communicate(timeout=15)
-        return self.proc.returncode, out, err
-
-
 @pytest.fixture
-def com(settings: Settings, tmp_path: Path) -> Iterator[ComProcess]:
-    c = ComProcess(settings, HERON_TEST_MARKER=str(tmp_path / "marker"))
+def com(settings: Settings, tmp_path: Path) -> Iterator[ComScript]:
+    c = ComScript(settings, HERON_TEST_MARKER=str(tmp_path / "marker"))
     yield c
     if c.proc.poll() is None:
         c.stop()
@@ -92,7 +69,7 @@ def _echo(sub: zmq.Socket) -> dict:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_the_worker_and_the_com_exits_0(com: ComProcess, sig: signal.Signals, tmp_path: Path) -> None:
+def test_signal_stops_the_worker_and_the_com_exits_0(com: ComScript, sig: signal.Signals, tmp_path: Path) -> None:
     assert pid_alive(com.worker_pid)
     code, out, err = com.stop(sig)
     assert code == 0, err
@@ -102,7 +79,7 @@ def test_signal_stops_the_worker_and_the_com_exits_0(com: ComProcess, sig: signa
 
 
 def test_sigkill_of_the_com_leaves_a_worker_that_ends_itself(
-    com: ComProcess, settings: Settings, tmp_path: Path
+    com: ComScript, settings: Settings, tmp_path: Path
 ) -> None:
     com.proc.kill()
     killed = time.monotonic()
@@ -114,7 +91,7 @@ def test_sigkill_of_the_com_leaves_a_worker_that_ends_itself(
     assert f"end_of_life {com.worker_pid}" in (tmp_path / "marker").read_text()
 
 
-def test_a_plain_pyzmq_subscriber_decodes_the_wire_format(com: ComProcess, settings: Settings) -> None:
+def test_a_plain_pyzmq_subscriber_decodes_the_wire_format(com: ComScript, settings: Settings) -> None:
     sub = _sub(settings.ports.data_publish, b"Counter##echo##1", b"Echo##echo##1")
     try:
         seen: dict[bytes, list[int]] = {b"Counter##echo##1": [], b"Echo##echo##1": []}
@@ -138,7 +115,7 @@ def test_a_plain_pyzmq_subscriber_decodes_the_wire_format(com: ComProcess, setti
         sub.close()
 
 
-def test_parameters_reach_the_worker_and_initialisation_is_retried(com: ComProcess, settings: Settings) -> None:
+def test_parameters_reach_the_worker_and_initialisation_is_retried(com: ComScript, settings: Settings) -> None:
     sub = _sub(settings.ports.data_publish, b"Echo##echo##1")
     try:
         echo = _send_parameters(settings, {"ok": False}, lambda: (e := _echo(sub))["parameters"] and e)
@@ -152,7 +129,7 @@ def test_parameters_reach_the_worker_and_initialisation_is_retried(com: ComProce
         sub.close()
 
 
-def test_proof_of_life_reaches_the_proof_of_life_forwarder(com: ComProcess, settings: Settings) -> None:
+def test_proof_of_life_reaches_the_proof_of_life_forwarder(com: ComScript, settings: Settings) -> None:
     sub = _sub(settings.ports.proof_of_life_publish, TOPIC)
     try:
         assert _recv(sub, timeout=3) == [TOPIC, b"POL"]
@@ -161,7 +138,7 @@ def test_proof_of_life_reaches_the_proof_of_life_forwarder(com: ComProcess, sett
 
 
 def test_verbose_file_logs_every_packet_with_a_timestamped_name(settings: Settings, tmp_path: Path) -> None:
-    c = ComProcess(settings, verbose=f"{tmp_path / 'packets.log'}||")
+    c = ComScript(settings, verbose=f"{tmp_path / 'packets.log'}||")
     time.sleep(0.5)
     code, _, err = c.stop()
     assert code == 0, err
@@ -173,7 +150,7 @@ def test_verbose_file_logs_every_packet_with_a_timestamped_name(settings: Settin
 
 
 def test_verbose_level_logs_packet_timing(settings: Settings) -> None:
-    c = ComProcess(settings, verbose="1||")
+    c = ComScript(settings, verbose="1||")
     time.sleep(0.5)
     code, _, err = c.stop()
     assert code == 0, err
@@ -183,7 +160,7 @@ def test_verbose_level_logs_packet_timing(settings: Settings) -> None:
 
 def test_relic_saves_parameters_history_and_substate(settings: Settings, tmp_path: Path) -> None:
     relic_dir = tmp_path / "relics"
-    c = ComProcess(settings, verbose=f"||{relic_dir}")
+    c = ComScript(settings, verbose=f"||{relic_dir}")
     sub = _sub(settings.ports.data_publish, b"Echo##echo##1")
     try:
         _send_parameters(settings, {"ok": True, "gain": 7}, lambda: _echo(sub)["initialised"])
