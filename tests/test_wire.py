@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heron_remote import IGNORE, DecodeError, decode_published
-from heron_remote.wire import check_output, decode_output, encode_output
+from heron_remote.wire import (
+    check_output,
+    check_packet,
+    decode_output,
+    encode_output,
+    packet_length,
+    packet_number,
+    parse_time,
+    payload_slots,
+    publish,
+    read_published,
+    recv_message,
+    resync,
+    send_packet,
+)
 
 
 @pytest.mark.parametrize(
@@ -125,3 +141,84 @@ def test_no_module_can_unpickle() -> None:
             if any(n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle") or "pyobj" in n for n in names):
                 offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+# -- whole messages on real sockets: every writer against its reader ----------------------------
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
+    """Two connected in-process sockets: what one sends, the other reads, in order."""
+    context = zmq.Context()
+    writer, reader = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    writer.bind("inproc://wire-test")
+    reader.connect("inproc://wire-test")
+    reader.rcvtimeo = 2000
+    yield writer, reader
+    writer.close(linger=0)
+    reader.close(linger=0)
+    context.term()
+
+
+def test_a_worker_packet_is_read_back_whole_and_checked(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
+    writer, reader = pair
+    big = np.arange(1 << 17, dtype=np.uint16)  # past ZERO_COPY_MIN: sent and received without copies
+    outputs = [np.eye(3), {"k": 1}, IGNORE, big]
+    frames = [f for value in outputs for f in encode_output(value)]
+    send_packet(writer, 7, frames, copy=False)
+    msg = recv_message(reader, packet_length(4), payload_slots(4), wait=True)
+    assert packet_number(msg) == 7
+    publish_flags, size = check_packet(msg, packet_length(4))
+    assert publish_flags == [True, True, False, True]
+    assert size == sum(memoryview(f).nbytes for f in frames[1::2])
+    assert isinstance(msg[8], zmq.Frame)  # the big payload was not copied on the way in
+    np.testing.assert_array_equal(decode_output(msg[7], msg[8]), big)
+
+
+def test_a_packet_too_long_or_too_short_is_found_and_the_reader_resyncs(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
+    writer, reader = pair
+    meta, payload = encode_output(np.zeros(2, np.uint8))
+    writer.send_multipart([b"1", meta, payload, b"extra"])  # one frame too many
+    writer.send_multipart([b"2", meta])  # one too few
+    writer.send_multipart([b"3", meta, payload])
+    writer.send_multipart([b"4", meta])  # one too few, last: nothing follows it
+    first = recv_message(reader, 3, payload_slots(1), wait=True)
+    assert packet_number(first) == 1 and check_packet(first, 3) == ([True], 2)
+    # The rest of the long one runs into its neighbour (read without asking where messages end),
+    # fails its check, and resync() finds the next boundary: only the neighbour is lost.
+    rest = recv_message(reader, 3, payload_slots(1), wait=True)
+    assert rest == [b"extra", b"2", meta]
+    with pytest.raises(DecodeError, match="the first frame must be the packet number"):
+        packet_number(rest)
+    assert resync(reader) == 0  # it ended on a boundary already
+    good = recv_message(reader, 3, payload_slots(1), wait=True)
+    assert packet_number(good) == 3 and check_packet(good, 3) == ([True], 2)
+    short = recv_message(reader, 3, payload_slots(1), wait=True)
+    assert packet_number(short) == 4
+    with pytest.raises(DecodeError, match="expected 3 frames"):
+        check_packet(short, 3)
+
+
+@pytest.mark.parametrize("value", [np.arange(6, dtype="<i2").reshape(2, 3), {"x": [1, 2]}])
+def test_a_published_message_reads_back_by_both_readers(pair: tuple[zmq.Socket, zmq.Socket], value: object) -> None:
+    writer, reader = pair
+    meta, payload = encode_output(value)
+    for _ in range(2):
+        publish(writer, b"Frame##cam##0", b"42", b"1700000000123456", meta, payload)
+    assert reader.recv() == b"Frame##cam##0"
+    index, seconds, got = read_published(reader.recv)
+    packet = decode_published(reader.recv_multipart())
+    assert (index, seconds) == (42, 1700000000.123456)
+    assert (packet.topic, packet.index, packet.time_us) == ("Frame##cam##0", 42, 1700000000123456)
+    for decoded in (got, packet.value):
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(decoded, value)
+        else:
+            assert decoded == value
+
+
+def test_a_float_time_frame_is_read_as_seconds() -> None:
+    assert parse_time(b"1700000000123456") == 1700000000.123456
+    assert parse_time(b"12.5") == 12.5
+    with pytest.raises(DecodeError, match="neither microseconds nor seconds"):
+        parse_time(b"noon")
