@@ -83,7 +83,7 @@ def _silent(acq: Hosts, tmp_path: Path) -> str:
 # (case, registry maker, source keyword changes, error type, what the message must say, bound in s)
 Case = tuple[str, Callable[[Hosts, Path], str] | None, dict, type[HeronRemoteError], str, float]
 CASES: list[Case] = [
-    ("unknown server id", None, {"ssh_remote_server_id": "acq9"}, ConfigError, r"unknown server 'acq9'.*known are", 1),
+    ("unknown server id", None, {"host": "acq9"}, ConfigError, r"unknown server 'acq9'.*known are", 1),
     ("malformed ssh_info.json", _malformed, {}, ConfigError, r"ssh_info\.json is not valid JSON", 1),
     ("unreachable host", _silent, {}, HostUnreachableError, r"no answer from acq1 .* within 3 s|cannot reach acq1", 5),
     (
@@ -139,7 +139,7 @@ def test_bad_input_fails_fast_with_a_specific_error_and_leaves_nothing(
     settings = remote_settings.replace(connect_timeout=3)
     if registry is not None:
         settings = settings.replace(ssh_info=registry(acq, tmp_path))
-    kwargs = {"worker_exec": CAMERA, "ssh_local_server_id": "rig", "ssh_remote_server_id": "acq1", **changes}
+    kwargs = {"worker_exec": CAMERA, "host": "acq1", **changes}
     ports_before = listening_ports()
     started = time.monotonic()
     with pytest.raises(error) as caught:

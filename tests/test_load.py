@@ -45,7 +45,7 @@ def test_eight_sources_on_two_hosts_for_a_minute_survive_a_link_cut(
             name=f"cam{i}",
             parameters={"shape": SHAPE, "fps": FPS},
             settings=settings,
-            ssh_remote_server_id=f"acq{1 + i % 2}",
+            host=f"acq{1 + i % 2}",
         )
         for i in range(8)
     ]

@@ -59,7 +59,7 @@ def start_remote_com(settings: Settings, host: str) -> tuple[subprocess.Popen, i
 
 
 def remote(settings: Settings, host: str = "acq1") -> dict:
-    return {"settings": settings, "ssh_local_server_id": "rig", "ssh_remote_server_id": host}
+    return {"settings": settings, "host": host}
 
 
 def test_remote_frames_are_exactly_what_the_worker_sent(
@@ -92,7 +92,7 @@ def test_remote_frames_are_exactly_what_the_worker_sent(
             assert worker_ns != os.readlink("/proc/self/ns/net")
             assert pid in acq.netns_pids(acq.hosts[0])
         assert HostConnection.open_connections() == 1
-        tunnel_ports = [t.local_port for t in cam._com.launcher._tunnels]
+        tunnel_ports = [t.local_port for t in cam.launcher.tunnels]
         assert len(tunnel_ports) == 4 and all(listening_address(p) == "127.0.0.1" for p in tunnel_ports)
     assert not remote_alive(acq, "acq1", pid)  # on_kill left nothing behind
     assert HostConnection.open_connections() == 0
@@ -252,7 +252,7 @@ def test_an_ssh_config_alias_connects_and_its_connection_is_released(
         assert conn.run("echo $SSH_CONNECTION")[1].split()[2] == real.host
     finally:
         conn.release()
-    assert HostConnection.open_connections() == 0 and not HostConnection._pool
+    assert HostConnection.open_connections() == 0 and not HostConnection.pooled()
 
 
 def test_a_link_cut_longer_than_the_death_window_is_reported_and_the_worker_ends_itself(
@@ -302,8 +302,8 @@ def test_a_short_link_cut_is_bridged_on_the_same_ports_and_the_lost_frames_count
         frames = cam.frames(timeout=20)
         seen = [next(frames).index for _ in range(20)]
         pid = cam.stats.worker_pid
-        launcher = cam._com.launcher
-        ports = sorted(t.local_port for t in launcher._tunnels)
+        launcher = cam.launcher
+        ports = sorted(t.local_port for t in launcher.tunnels)
         _link(acq, "acq1", "down")
         up = threading.Timer(cut_s, _link, args=(acq, "acq1", "up"))
         up.start()
@@ -323,7 +323,7 @@ def test_a_short_link_cut_is_bridged_on_the_same_ports_and_the_lost_frames_count
         print(f"data back {back:.2f} s after the link returned; {len(missing)} frames lost in the cut")
         assert back < 3.0
         assert launcher.connection.reconnects == 1
-        assert sorted(t.local_port for t in launcher._tunnels) == ports
+        assert sorted(t.local_port for t in launcher.tunnels) == ports
         assert stats.worker_pid == pid and remote_alive(acq, "acq1", pid)  # not restarted
         assert len(missing) == stats.lost + stats.malformed == cam.gaps
         assert stats.lost > 0  # frames were in flight on the dead connection
@@ -353,7 +353,7 @@ def test_sshd_killed_and_restarted_on_the_host_is_recovered_and_the_worker_keeps
         seen += [next(frames).index for _ in range(50)]
         print(f"data back {back:.2f} s after sshd restarted")
         assert back < 3.0
-        assert cam._com.launcher.connection.reconnects == 1
+        assert cam.launcher.connection.reconnects == 1
         assert cam.stats.worker_pid == pid and remote_alive(acq, "acq1", pid)
         missing = set(range(seen[0], seen[-1] + 1)) - set(seen)
         assert len(missing) == cam.stats.lost == cam.gaps
@@ -406,7 +406,7 @@ def test_a_port_taken_on_the_remote_does_not_stop_the_worker(acq: Hosts, remote_
         assert holder.stdout.readline().strip() == "held"
         with Source(CAMERA, port=port, parameters={"shape": [4, 4]}, **remote(remote_settings)) as src:
             assert next(src.frames(timeout=15)).index == 1
-            assert port not in src._com.launcher.ready.ports.values()
+            assert port not in src.launcher.ready.ports.values()
     finally:
         holder.kill()
         holder.wait(5)

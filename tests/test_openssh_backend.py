@@ -48,7 +48,7 @@ def cmdline(pid: int) -> list[str]:
 
 
 def remote(settings: Settings) -> dict:
-    return {"settings": settings, "ssh_local_server_id": "rig", "ssh_remote_server_id": "acq1"}
+    return {"settings": settings, "host": "acq1"}
 
 
 @pytest.fixture
@@ -64,8 +64,8 @@ def test_a_source_streams_through_one_ssh_master_that_ends_with_it(
     with Source(CAMERA, parameters={"shape": [64, 64], "fps": 200}, **remote(settings)) as cam:
         got = [f.index for f in cam.frames(timeout=10, limit=50)]
         assert got == list(range(got[0], got[0] + 50)) and cam.gaps == 0
-        launcher = cam._com.launcher
-        tunnels = list(launcher._tunnels)
+        launcher = cam.launcher
+        tunnels = list(launcher.tunnels)
         assert len(tunnels) == 4 and all(isinstance(t, OpenSSHTunnel) for t in tunnels)
         ports = [t.local_port for t in tunnels]
         assert all(listening_address(p) == "127.0.0.1" for p in ports)
@@ -95,8 +95,7 @@ def test_an_unknown_tunnel_backend_is_refused_naming_the_server(
         Source(
             CAMERA,
             settings=remote_settings.replace(ssh_info=reg),
-            ssh_local_server_id="rig",
-            ssh_remote_server_id="acq1",
+            host="acq1",
         ),
     ):
         pass
@@ -127,8 +126,7 @@ def test_an_unknown_host_key_is_refused_naming_the_host(acq: Hosts, tmp_path: Pa
         Source(
             CAMERA,
             settings=remote_settings.replace(ssh_info=reg),
-            ssh_local_server_id="rig",
-            ssh_remote_server_id="acq1",
+            host="acq1",
         ),
     ):
         pass

@@ -61,7 +61,7 @@ def measure_stream(name: str, plan: Plan, open_stream: StreamOpener) -> Result:
 #: attempt of the com through a tunnel once the bench worker has ended.
 _NOISY = {
     "heron_remote.source": logging.ERROR,
-    "heron_remote.ssh.connection.tunnel": logging.CRITICAL,
+    "heron_remote.ssh.sshtunnel_backend": logging.CRITICAL,
     "paramiko.transport": logging.CRITICAL,
 }
 

@@ -17,6 +17,7 @@ import paramiko
 
 from ..errors import HostKeyError
 from .registry import Server
+from .translate import translated
 
 __all__ = ["HostKeys", "fingerprint"]
 
@@ -49,10 +50,8 @@ class HostKeys:
         for f in self.files:
             if f.is_file():
                 keys = paramiko.HostKeys()
-                try:
+                with translated(HostKeyError, f"cannot read known_hosts file {f}", (OSError, paramiko.SSHException)):
                     keys.load(str(f))
-                except (OSError, paramiko.SSHException) as exc:
-                    raise HostKeyError(f"cannot read known_hosts file {f}: {exc}") from exc
                 for ktype, key in (keys.lookup(self.name) or {}).items():
                     self.known.setdefault(ktype, key)
 

@@ -1,4 +1,4 @@
-"""RemoteLauncher: a worker on an acquisition PC, started with fabric, reached through tunnels.
+"""RemoteLauncher: a worker on an acquisition PC, started over the host's link, reached through tunnels.
 
 The command is ``echo HERON_REMOTE_PID $$; exec env PYTHONUNBUFFERED=1 python3 …``:
 sshd makes the shell a session leader and ``exec`` keeps its pid, so the pid the
@@ -15,16 +15,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
-import time
-from typing import Any
+from collections.abc import Callable
 
 from .._protocol import WorkerArgs
 from ..errors import SSHError
 from ..launcher import WorkerLauncher
 from ..settings import Settings
-from .connection import HostConnection, Tunnel
+from .link import HostLink, RemoteProcess
 from .registry import Server
 from .shells import Shell
+from .tunnel import Tunnel
 
 __all__ = ["RemoteLauncher"]
 
@@ -32,14 +32,14 @@ logger = logging.getLogger(__name__)
 
 
 class _LineSink:
-    """A file-like object fabric writes a stream to; feeds the worker's output collector."""
+    """A file-like object a host writes one output stream to; feeds the worker's output collector."""
 
-    def __init__(self, launcher: RemoteLauncher, stream: str) -> None:
-        self._launcher = launcher
+    def __init__(self, feed: Callable[[str, str], None], stream: str) -> None:
+        self._feed = feed
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._launcher.output.feed(self._stream, text)
+        self._feed(self._stream, text)
         return len(text)
 
     def flush(self) -> None:
@@ -47,39 +47,65 @@ class _LineSink:
 
 
 class RemoteLauncher(WorkerLauncher):
-    """Runs the worker on ``server`` over the process's one SSH connection to it."""
+    """Runs the worker on ``connection``'s server.
+
+    The caller acquires the connection (``HostConnection.acquire(server, timeout=...,
+    link_timeout=...)``) and hands it over: once constructed, the launcher owns it and
+    releases it when the worker is stopped or abandoned. A constructor that raises leaves
+    it with the caller.
+    """
 
     _group_poll_s = 0.1  # each check is a command on the PC
 
-    def __init__(self, worker_exec: str, *, node: str, server: Server, settings: Settings | None = None) -> None:
-        self.where = server.name
-        super().__init__(worker_exec, node=node)
-        self.server = server
+    def __init__(
+        self, worker_exec: str, *, node_name: str, connection: HostLink, settings: Settings | None = None
+    ) -> None:
+        self.where = connection.server.name
+        super().__init__(worker_exec, node_name=node_name)
         self.settings = settings or Settings()
-        self.connection: HostConnection | None = None
-        self._promise: Any = None
+        self._server = connection.server
+        self._connection: HostLink | None = connection
+        self._process: RemoteProcess | None = None
         self._tunnels: list[Tunnel] = []
-        self._session_lost = False
         self._shell: Shell | None = None
+        self._lost_noted = False
+
+    @property
+    def server(self) -> Server:
+        return self._server
+
+    @property
+    def connection(self) -> HostLink | None:
+        """The host's connection; None once the launcher has released it."""
+        return self._connection
+
+    @property
+    def tunnels(self) -> tuple[Tunnel, ...]:
+        """The forwards to the worker's ports, in the order the com asked for them."""
+        return tuple(self._tunnels)
 
     def _python(self) -> str:
-        return self.server.python
+        return self._server.python
 
     def argv(self, args: WorkerArgs) -> list[str]:
         if args.port:
             self.log.info(
                 "port %d is not used on %s: remote workers bind free ports, so none collide", args.port, self.where
             )
-        return super().argv(dataclasses.replace(args, port=0, run_dir=self.server.run_dir or ""))
+        return super().argv(dataclasses.replace(args, port=0, run_dir=self._server.run_dir or ""))
+
+    def _link(self) -> HostLink:
+        if self._connection is None:
+            raise SSHError(f"no connection to {self._server.label}")
+        return self._connection
 
     def _spawn(self, argv: list[str]) -> None:
-        self.connection = HostConnection.acquire(
-            self.server, timeout=self.settings.connect_timeout, link_timeout=self.settings.link_timeout
-        )
-        self._shell = self.connection.shell
-        command = self._shell.start(argv)
-        self._promise = self.connection.start(
-            command, out_stream=_LineSink(self, "stdout"), err_stream=_LineSink(self, "stderr")
+        link = self._link()
+        self._shell = link.shell
+        self._process = link.start(
+            self._shell.start(argv),
+            out_stream=_LineSink(self.output.feed, "stdout"),
+            err_stream=_LineSink(self.output.feed, "stderr"),
         )
 
     @property
@@ -90,34 +116,30 @@ class RemoteLauncher(WorkerLauncher):
         return self.output.ready.pid if self.output.ready is not None else None
 
     def returncode(self) -> int | None:
-        """The status sshd reported; None while the worker runs, and once its session is lost."""
-        if self._promise is None:
+        """The status the host reported; None while the worker runs, and once its session is lost."""
+        process = self._process
+        if process is None:
             return None
-        channel = self._promise.runner.channel
-        if not channel.status_event.is_set():
-            return None
-        # paramiko ends every channel of a transport that closes, with status -1, as if by a signal.
-        if channel.exit_status != -1 or channel.get_transport().is_active():
-            return channel.exit_status
-        if not self._session_lost:
-            self._session_lost = True
+        code = process.poll()
+        if process.session_lost and not self._lost_noted:
+            self._lost_noted = True
             self.log.warning(
                 "the SSH session of worker %s ended with the connection; the worker runs on, watched by its "
                 "heartbeat, and its output is no longer seen here",
                 self.output.pid,
             )
-        return None
+        return code
 
     def _running(self) -> bool:
         # Once the session is lost the leader's status is unknown here: the group check says.
-        return self.returncode() is None and not self._session_lost
+        return self.returncode() is None and not (self._process is not None and self._process.session_lost)
 
     def _group_alive(self) -> bool:
-        pid = self.pid
-        if pid is None or self.connection is None or self._shell is None:
+        pid, link = self.pid, self._connection
+        if pid is None or link is None or self._shell is None:
             return False
         try:
-            code, _, _ = self.connection.run(self._shell.alive(pid), timeout=10)
+            code, _, _ = link.run(self._shell.alive(pid), timeout=10)
         except SSHError as exc:
             self.log.warning("cannot ask %s whether worker group %d is alive: %s", self.where, pid, exc)
             return False
@@ -128,11 +150,11 @@ class RemoteLauncher(WorkerLauncher):
         return "was killed by a signal" if code == -1 else super().describe_exit(code)
 
     def _signal_group(self, sig: signal.Signals) -> bool:
-        pid = self.pid
-        if pid is None or self.connection is None or self._shell is None:
+        pid, link = self.pid, self._connection
+        if pid is None or link is None or self._shell is None:
             return False
         try:
-            code, _, _ = self.connection.run(self._shell.signal(pid, sig), timeout=10)
+            code, _, _ = link.run(self._shell.signal(pid, sig), timeout=10)
         except SSHError as exc:
             self.log.error("cannot signal the worker's group %d on %s: %s", pid, self.where, exc)
             return False
@@ -149,32 +171,27 @@ class RemoteLauncher(WorkerLauncher):
         self._release()
 
     def address(self, port: int) -> str:
-        if self.connection is None:
-            raise SSHError(f"no connection to {self.server.label}")
-        tunnel = self.connection.forward(port)
+        tunnel = self._link().forward(port)
         self._tunnels.append(tunnel)
         return tunnel.address
 
     def _settle_output(self, timeout: float = 1.0) -> None:
-        if self._promise is None:
+        if self._process is None:
             return
-        channel = self._promise.runner.channel
-        deadline = time.monotonic() + timeout
-        while not (channel.closed or channel.eof_received) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.05)  # let fabric's reader threads hand over the last chunks
+        self._process.settle(timeout)
         self.output.flush()
 
     def _release(self) -> None:
-        conn, self.connection = self.connection, None
-        if conn is None:
+        link, self._connection = self._connection, None
+        if link is None:
             return
         for tunnel in self._tunnels:
-            conn.close_tunnel(tunnel)
+            tunnel.close()
         self._tunnels.clear()
-        if self._promise is not None and self.returncode() is not None:
+        process = self._process
+        if process is not None and process.poll() is not None:
             try:
-                self._promise.join()
+                process.join()
             except Exception as exc:
                 self.log.debug("collecting the remote command's end: %r", exc)
-        conn.release()
+        link.release()

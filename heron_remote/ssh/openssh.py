@@ -7,7 +7,7 @@ and eight 26 MB/s sources cost the rig process ~5% CPU each instead of ~17% (and
 Commands (starting and stopping workers) keep riding the host's paramiko connection; only
 the forwards move, so a host has one paramiko connection and one ssh master.
 
-One ``ssh -M -N`` control master per :class:`~heron_remote.ssh.connection.HostConnection`
+One ``ssh -M -N`` control master per host connection (a :class:`~heron_remote.ssh.tunnel.TunnelHost`)
 carries all of that host's forwards: each is added with ``ssh -O forward -L`` on a local
 port picked here (OpenSSH does not report a port it picks for ``-L``), checked by
 connecting to it, and removed with ``-O cancel``. The master exits (``-O exit``, then
@@ -33,19 +33,19 @@ import subprocess
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .._backoff import Backoff
 from .._procs import stop_child
+from .._shared import SharedRegistry
+from .._threads import KeptThread
 from ..errors import ConfigError, TunnelError
 from .registry import Server
+from .translate import translated
+from .tunnel import BaseTunnel, TunnelHost
 
-if TYPE_CHECKING:
-    from .connection import HostConnection
-
-__all__ = ["OpenSSHMaster", "OpenSSHTunnel", "openssh_forward"]
+__all__ = ["OpenSSHMaster", "OpenSSHTunnel", "master_argv", "master_of", "openssh_forward"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 CONTROL_TIMEOUT_S = 10.0
 #: Local ports tried for one forward: another program may take a free port before ssh binds it.
 PORT_ATTEMPTS = 5
-RESTART_BACKOFF_MAX_S = 2.0
+RESTART_BACKOFF = Backoff(first=0.1, maximum=2.0)
 _STDERR_TAIL = 1500
 
 
@@ -66,37 +66,67 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class OpenSSHTunnel:
+def master_argv(
+    ssh: str | None, server: Server, username: str, control_path: Path, timeout: float, link_timeout: float
+) -> list[str]:
+    """The command line of a control master to ``server``; ConfigError where this backend cannot work."""
+    s = server
+    if os.name == "nt":
+        raise ConfigError(
+            f'server {s.name!r}: the "openssh" tunnel needs ssh control masters, which Windows\' OpenSSH '
+            'lacks; use "tunnel": "sshtunnel"'
+        )
+    if ssh is None:
+        raise ConfigError(f'server {s.name!r}: the "openssh" tunnel needs the ssh program, which is not on PATH')
+    if s.key_file is None and s.password is not None:
+        raise ConfigError(
+            f'server {s.name!r} has only a password, and the "openssh" tunnel needs a key (ssh takes '
+            'passwords only from a prompt): give it a "key_file", or use "tunnel": "sshtunnel"'
+        )
+    known = s.known_hosts or str(Path("~/.ssh/known_hosts").expanduser())
+    options = {
+        "BatchMode": "yes",  # never a prompt: a password or passphrase question fails instead
+        "StrictHostKeyChecking": "yes",
+        "UserKnownHostsFile": known,
+        "UpdateHostKeys": "no",  # known_hosts is written by our policy only (trust on first use)
+        "ExitOnForwardFailure": "yes",
+        "ServerAliveInterval": str(max(1, round(link_timeout / 3))),
+        "ServerAliveCountMax": "3",
+        "ConnectTimeout": str(max(1, round(timeout))),
+        "ControlMaster": "yes",
+        "ControlPath": str(control_path),
+        "ControlPersist": "no",
+        "Ciphers": CIPHERS,
+    }
+    if s.known_hosts:  # as paramiko's check: the server's file alone when it names one
+        options["GlobalKnownHostsFile"] = "/dev/null"
+    argv = [ssh, "-F", "/dev/null", "-N", "-T"]
+    for key, value in options.items():
+        argv += ["-o", f"{key}={value}"]
+    if s.key_file:
+        argv += ["-o", "IdentitiesOnly=yes", "-i", s.key_file]
+    argv += ["-p", str(s.port), "-l", username, "--", s.host]
+    setpriv = shutil.which("setpriv")
+    if setpriv and os.uname().sysname == "Linux":
+        argv = [setpriv, "--pdeathsig", "TERM", *argv]  # ends with this process, however it dies
+    return argv
+
+
+class OpenSSHTunnel(BaseTunnel):
     """A local forward ``127.0.0.1:local_port`` -> the server's ``remote_host:remote_port``, via ssh."""
 
     def __init__(self, master: OpenSSHMaster, local_port: int, remote_host: str, remote_port: int) -> None:
-        self.remote = (remote_host, remote_port)
-        self.local_port = local_port
+        super().__init__(local_port, (remote_host, remote_port))
         #: What close() calls: removes the forward from the master (or ends a master no longer needed).
-        self.release: Callable[[OpenSSHTunnel], None] = master.remove
-        self._closed = False
+        self.on_close: Callable[[OpenSSHTunnel], None] = master.remove
 
     @property
     def spec(self) -> str:
         """The ``-L`` argument of this forward."""
         return f"127.0.0.1:{self.local_port}:{self.remote[0]}:{self.remote[1]}"
 
-    @property
-    def address(self) -> str:
-        return f"tcp://127.0.0.1:{self.local_port}"
-
-    def close(self) -> None:
-        """Remove the forward (and end the master with its last one). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self.release(self)
-
-    def __enter__(self) -> OpenSSHTunnel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _close(self) -> None:
+        self.on_close(self)
 
 
 class OpenSSHMaster:
@@ -114,7 +144,7 @@ class OpenSSHMaster:
         self._dir = Path(tempfile.mkdtemp(prefix="hr-ssh-"))  # a short path: a socket name has ~100 bytes
         self.control_path = self._dir / "ctl"
         try:
-            self._argv = self._master_argv()
+            self._argv = master_argv(self._ssh, server, username, self.control_path, timeout, link_timeout)
         except BaseException:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
@@ -123,55 +153,14 @@ class OpenSSHMaster:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Path = self._dir / "stderr"
         self._spawned = threading.Event()
-        self._spawn_error: BaseException | None = None
         self._closing = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: KeptThread | None = None
         self._was_up = False
+        self._open_lock = threading.Lock()
+        self._opened = False
+        self._open_error: BaseException | None = None
 
     # -- the command lines -----------------------------------------------------------
-    def _master_argv(self) -> list[str]:
-        s = self.server
-        if os.name == "nt":
-            raise ConfigError(
-                f'server {s.name!r}: the "openssh" tunnel needs ssh control masters, which Windows\' OpenSSH '
-                'lacks; use "tunnel": "sshtunnel"'
-            )
-        ssh = self._ssh
-        if ssh is None:
-            raise ConfigError(f'server {s.name!r}: the "openssh" tunnel needs the ssh program, which is not on PATH')
-        if s.key_file is None and s.password is not None:
-            raise ConfigError(
-                f'server {s.name!r} has only a password, and the "openssh" tunnel needs a key (ssh takes '
-                'passwords only from a prompt): give it a "key_file", or use "tunnel": "sshtunnel"'
-            )
-        known = s.known_hosts or str(Path("~/.ssh/known_hosts").expanduser())
-        options = {
-            "BatchMode": "yes",  # never a prompt: a password or passphrase question fails instead
-            "StrictHostKeyChecking": "yes",
-            "UserKnownHostsFile": known,
-            "UpdateHostKeys": "no",  # known_hosts is written by our policy only (trust on first use)
-            "ExitOnForwardFailure": "yes",
-            "ServerAliveInterval": str(max(1, round(self.link_timeout / 3))),
-            "ServerAliveCountMax": "3",
-            "ConnectTimeout": str(max(1, round(self.timeout))),
-            "ControlMaster": "yes",
-            "ControlPath": str(self.control_path),
-            "ControlPersist": "no",
-            "Ciphers": CIPHERS,
-        }
-        if s.known_hosts:  # as paramiko's check: the server's file alone when it names one
-            options["GlobalKnownHostsFile"] = "/dev/null"
-        argv = [ssh, "-F", "/dev/null", "-N", "-T"]
-        for key, value in options.items():
-            argv += ["-o", f"{key}={value}"]
-        if s.key_file:
-            argv += ["-o", "IdentitiesOnly=yes", "-i", s.key_file]
-        argv += ["-p", str(s.port), "-l", self.username, "--", s.host]
-        setpriv = shutil.which("setpriv")
-        if setpriv and os.uname().sysname == "Linux":
-            argv = [setpriv, "--pdeathsig", "TERM", *argv]  # ends with this process, however it dies
-        return argv
-
     def _control(self, operation: str, *args: str) -> subprocess.CompletedProcess[str]:
         """``ssh -O operation args`` against this master."""
         argv = [self._ssh or "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-S", str(self.control_path)]
@@ -193,11 +182,11 @@ class OpenSSHMaster:
     # -- life cycle ------------------------------------------------------------------
     def open(self) -> None:
         """Start the master and return once it is logged in, or raise TunnelError with ssh's stderr."""
-        self._thread = threading.Thread(target=self._run, name=f"heron-openssh-{self.server.name}", daemon=True)
-        self._thread.start()
+        self._thread = thread = KeptThread.start_new(self._run, name=f"heron-openssh-{self.server.name}")
         self._spawned.wait()
-        if self._spawn_error is not None:
-            raise TunnelError(f"cannot start ssh for {self.server.label}: {self._spawn_error}")
+        if self._proc is None:  # the spawn failed, and the thread ends with why
+            thread.join()
+            raise TunnelError(f"cannot start ssh for {self.server.label}: {thread.error}") from thread.error
         try:
             self._wait_ready(self.timeout + 5)
         except BaseException:
@@ -205,6 +194,20 @@ class OpenSSHMaster:
             raise
         self._was_up = True
         self.log.info("OpenSSH master to %s up (pid %s)", self.server.label, self.pid)
+
+    def open_once(self) -> None:
+        """Open on the first call; later calls wait for that one, and share its failure."""
+        with self._open_lock:
+            if self._open_error is not None:
+                raise self._open_error
+            if self._opened:
+                return
+            try:
+                self.open()
+            except BaseException as exc:
+                self._open_error = exc
+                raise
+            self._opened = True
 
     @property
     def pid(self) -> int | None:
@@ -218,16 +221,12 @@ class OpenSSHMaster:
             return subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
 
     def _run(self) -> None:
-        """Run the master, and run it again while forwards need it; the thread that spawned it
+        """Run the master, and run it again while forwards need it. The thread that spawned it
         must outlive it, as the parent-death signal follows the thread."""
         try:
             self._proc = self._spawn()
-        except OSError as exc:
-            self._spawn_error = exc
-            return
         finally:
             self._spawned.set()
-        delay = 0.1
         while True:
             code = self._proc.wait()
             if self._closing.is_set() or not self._was_up:  # closed, or open() reports the failure
@@ -238,30 +237,38 @@ class OpenSSHMaster:
                 code,
                 self.stderr_tail() or "no message",
             )
-            while not self._closing.wait(delay):
-                delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
-                try:
-                    self._proc = self._spawn()
-                    if self._closing.is_set():  # close() may have missed this one
-                        self._end(self._proc)
-                        return
-                    self._wait_ready(self.timeout + 5)
-                except (OSError, TunnelError) as exc:
-                    self.log.warning("restarting the OpenSSH master to %s failed: %s", self.server.label, exc)
-                    continue
-                self.restarts += 1
-                with self._lock:  # those still open now: some may have closed while it was down
-                    forwards = list(self._tunnels)
-                for tunnel in forwards:
-                    done = self._control("forward", "-L", tunnel.spec)
-                    if done.returncode != 0:
-                        self.log.error("forward %s on %s not restored: %s", tunnel.spec, self.server.name, done.stderr)
-                self.log.warning("OpenSSH master to %s back; forwards kept their local ports", self.server.label)
-                delay = 0.1
-                break
+            if not self._restart():
+                return
+
+    def _restart(self) -> bool:
+        """Start the master again, with back-off, until it is up (True) or being closed (False)."""
+        attempt = 0
+        while not self._closing.wait(RESTART_BACKOFF.delay(attempt := attempt + 1)):
+            try:
+                self._proc = self._spawn()
+                if self._closing.is_set():  # close() may have missed this one
+                    self._end(self._proc)
+                    return False
+                self._wait_ready(self.timeout + 5)
+            except (OSError, subprocess.SubprocessError, TunnelError) as exc:
+                self.log.warning("restarting the OpenSSH master to %s failed: %s", self.server.label, exc)
+                continue
+            self.restarts += 1
+            with self._lock:  # those still open now: some may have closed while it was down
+                forwards = list(self._tunnels)
+            for tunnel in forwards:
+                done = self._control("forward", "-L", tunnel.spec)
+                if done.returncode != 0:
+                    self.log.error("forward %s on %s not restored: %s", tunnel.spec, self.server.name, done.stderr)
+            self.log.warning("OpenSSH master to %s back; forwards kept their local ports", self.server.label)
+            return True
+        return False
 
     def _is_up(self) -> bool:
-        return self._control("check").returncode == 0
+        try:
+            return self._control("check").returncode == 0
+        except subprocess.TimeoutExpired:
+            return False  # a master that does not answer is not up; the caller's deadline decides
 
     def _wait_ready(self, timeout: float) -> None:
         """Until ``-O check`` answers: the control socket appears only once ssh has logged in."""
@@ -309,13 +316,12 @@ class OpenSSHMaster:
 
     def _check_listening(self, tunnel: OpenSSHTunnel) -> None:
         """Connect to the new port: the master accepted ``-O forward``, so its listener must answer."""
-        try:
-            with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=self.timeout):
-                pass
-        except OSError as exc:
-            raise TunnelError(
-                f"the OpenSSH forward {tunnel.spec} to {self.server.label} does not accept connections: {exc}"
-            ) from exc
+        failed = f"the OpenSSH forward {tunnel.spec} to {self.server.label} does not accept connections"
+        with (
+            translated(TunnelError, failed, (OSError,)),
+            socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=self.timeout),
+        ):
+            pass
 
     def remove(self, tunnel: OpenSSHTunnel) -> None:
         with self._lock:
@@ -341,8 +347,11 @@ class OpenSSHMaster:
             return
         self._closing.set()
         self._end(self._proc, graceful=True)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(5)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+            if thread.error is not None and self._was_up:  # a failed open() has raised it already
+                self.log.error("the OpenSSH master thread of %s failed: %r", self.server.label, thread.error)
         self._end(self._proc)  # one the restart loop started meanwhile
         shutil.rmtree(self._dir, ignore_errors=True)
         self.log.info("OpenSSH master to %s closed", self.server.label)
@@ -359,70 +368,35 @@ class OpenSSHMaster:
         stop_child(proc)
 
 
-# -- one master per HostConnection ----------------------------------------------------------
+# -- one master per host connection -----------------------------------------------------------
+
+#: The master of each connection, shared by its forwards: the last one closed ends it.
+_masters: SharedRegistry[TunnelHost, OpenSSHMaster] = SharedRegistry(OpenSSHMaster.close)
 
 
-class _Shared:
-    """A connection's master and how many forwards (made or being made) hold it."""
+def openssh_forward(host: TunnelHost, remote_port: int, remote_host: str = "127.0.0.1") -> OpenSSHTunnel:
+    """A forward through the OpenSSH master of ``host``'s connection, started with its first forward."""
 
-    def __init__(self, master: OpenSSHMaster) -> None:
-        self.master = master
-        self.users = 0
-        self.opened = threading.Lock()
-        self.is_open = False
-        self.error: BaseException | None = None
+    def make() -> OpenSSHMaster:
+        return OpenSSHMaster(host.server, host.username, timeout=host.timeout, link_timeout=host.link_timeout)
 
-
-_masters: weakref.WeakKeyDictionary[HostConnection, _Shared] = weakref.WeakKeyDictionary()
-_masters_lock = threading.Lock()
-
-
-def openssh_forward(connection: HostConnection, remote_port: int, remote_host: str = "127.0.0.1") -> OpenSSHTunnel:
-    """A forward through the OpenSSH master of ``connection``, started with its first forward."""
-    with _masters_lock:
-        shared = _masters.get(connection)
-        if shared is None:
-            master = OpenSSHMaster(
-                connection.server, connection.username, timeout=connection.timeout, link_timeout=connection.link_timeout
-            )
-            shared = _masters[connection] = _Shared(master)
-        shared.users += 1
+    master, _ = _masters.acquire(host, make)
     try:
-        with shared.opened:  # the first caller logs in; the others wait for it, and share its failure
-            if shared.error is not None:
-                raise shared.error
-            if not shared.is_open:
-                try:
-                    shared.master.open()
-                except BaseException as exc:
-                    shared.error = exc
-                    raise
-                shared.is_open = True
-        tunnel = shared.master.forward(remote_port, remote_host)
+        master.open_once()  # the first caller logs in; the others wait for it, and share its failure
+        tunnel = master.forward(remote_port, remote_host)
     except BaseException:
-        _drop_user(weakref.ref(connection), shared, None)
+        _masters.release(host, master)
         raise
-    ref = weakref.ref(connection)
-    tunnel.release = lambda t: _drop_user(ref, shared, t)
+    tunnel.on_close = lambda t: _drop(host, master, t)
     return tunnel
 
 
-def _drop_user(ref: weakref.ref[HostConnection], shared: _Shared, tunnel: OpenSSHTunnel | None) -> None:
-    """One forward fewer on the master: cancel it, or end the master if it was the last."""
-    connection = ref()
-    with _masters_lock:
-        shared.users -= 1
-        last = shared.users == 0
-        if last and connection is not None and _masters.get(connection) is shared:
-            del _masters[connection]
-    if last:
-        shared.master.close()
-    elif tunnel is not None:
-        shared.master.remove(tunnel)
+def _drop(host: TunnelHost, master: OpenSSHMaster, tunnel: OpenSSHTunnel) -> None:
+    """One forward fewer on the master: end it if that was the last, else cancel the forward."""
+    if not _masters.release(host, master):
+        master.remove(tunnel)
 
 
-def master_of(connection: HostConnection) -> OpenSSHMaster | None:
-    """The OpenSSH master ``connection`` runs now, if any (for tests and the bench)."""
-    with _masters_lock:
-        shared = _masters.get(connection)
-    return shared.master if shared is not None else None
+def master_of(host: TunnelHost) -> OpenSSHMaster | None:
+    """The OpenSSH master ``host``'s connection runs now, if any (for tests and the bench)."""
+    return _masters.get(host)

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .tunnel import BACKENDS, DEFAULT_BACKEND
 
-__all__ = ["TUNNEL_BACKENDS", "Registry", "Server", "default_registry_path"]
+__all__ = ["Registry", "Server", "default_registry_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ _KEYS = {
     "run_dir",
     "tunnel",
 }
-#: The port-forward backends a server may name in ``"tunnel"``; the first is the default.
-TUNNEL_BACKENDS = ("sshtunnel", "openssh")
 
 
 def default_registry_path() -> Path:
@@ -77,8 +76,8 @@ class Server:
     trust_on_first_use: bool = False
     #: Where the PC keeps its start records (default: its temp dir, per user).
     run_dir: str | None = None
-    #: The port-forward backend: "sshtunnel" (paramiko, in this process) or "openssh" (the ssh binary).
-    tunnel: str = TUNNEL_BACKENDS[0]
+    #: The port-forward backend, a key of :data:`heron_remote.ssh.tunnel.BACKENDS`.
+    tunnel: str = DEFAULT_BACKEND
 
     @property
     def label(self) -> str:
@@ -207,9 +206,9 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
     tofu = entry.get("trust_on_first_use", False)
     if not isinstance(tofu, bool):
         raise ConfigError(f'{where}: server {sid!r} has "trust_on_first_use" {tofu!r}; it must be true or false')
-    tunnel = entry.get("tunnel", TUNNEL_BACKENDS[0])
-    if tunnel not in TUNNEL_BACKENDS:
-        allowed = " or ".join(f'"{b}"' for b in TUNNEL_BACKENDS)
+    tunnel = entry.get("tunnel", DEFAULT_BACKEND)
+    if tunnel not in BACKENDS:
+        allowed = " or ".join(f'"{b}"' for b in BACKENDS)
         who = f"{sid!r} ({entry['Name']})" if entry.get("Name") else repr(sid)
         raise ConfigError(f'{where}: server {who} has "tunnel" {tunnel!r}; it must be {allowed}')
     return Server(

@@ -53,14 +53,15 @@ class PosixShell(Shell):
     def signal(self, pid: int, sig: signal.Signals) -> str:
         name = sig.name.removeprefix("SIG")
         # The group first; the pid alone where the worker does not lead one (a wrapper's exec).
-        return f"kill -{name} -- -{pid} 2>/dev/null || kill -{name} {pid} 2>/dev/null"
+        # No "--": dash, Debian's sh, takes it for a pid and signals nothing.
+        return f"kill -{name} -{pid} 2>/dev/null || kill -{name} {pid} 2>/dev/null"
 
     def alive(self, pid: int) -> str:
         # Zombies do not count: the PC's init may be slow to reap what the worker left. The
         # group first; the pid alone where the worker leads none (as signal() falls back).
         return (
             f"if command -v ps >/dev/null; then ps -e -o pid=,pgid=,stat= | awk '($1 == {pid} || $2 == {pid}) "
-            f"&& $3 !~ /^Z/ {{n++}} END {{exit n ? 0 : 1}}'; else kill -0 -- -{pid} 2>/dev/null || "
+            f"&& $3 !~ /^Z/ {{n++}} END {{exit n ? 0 : 1}}'; else kill -0 -{pid} 2>/dev/null || "
             f"kill -0 {pid} 2>/dev/null; fi"
         )
 
