@@ -220,6 +220,8 @@ class AcqHosts:
                 "known_hosts": str(self.known_hosts),
                 # Namespace hosts share this machine's files: each keeps its start records apart.
                 "run_dir": str(self.workdir / h.name / "run"),
+                # They share this machine's files too: the rig's own interpreter (a venv's) runs the workers.
+                "python": sys.executable,
                 **extra.get(h.name, {}),
             }
             for i, h in enumerate(self.hosts)
