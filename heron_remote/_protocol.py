@@ -64,6 +64,8 @@ class WorkerArgs:
     run_dir: str = ""
     #: Outputs per packet (0: not said, as when Heron starts the worker).
     outputs: int = 0
+    #: The CPU the worker pins itself to (Heron's cpu_to_pin); None: any.
+    cpu: int | None = None
 
     def to_argv(self) -> list[str]:
         # Heron's positional layout first, so Heron's own parser still reads it;
@@ -81,6 +83,8 @@ class WorkerArgs:
             value = getattr(self, key)
             if value:
                 argv.append(f"{_OPTION_PREFIX}{key.replace('_', '-')}={value}")
+        if self.cpu is not None:
+            argv.append(f"{_OPTION_PREFIX}cpu={self.cpu}")
         return argv
 
     @classmethod
@@ -95,6 +99,7 @@ class WorkerArgs:
         token: str = "",
         node_id: str = "",
         outputs: int = 0,
+        cpu: int | None = None,
     ) -> WorkerArgs:
         return cls(
             port=port,
@@ -106,6 +111,7 @@ class WorkerArgs:
             token=token,
             node_id=node_id,
             outputs=outputs,
+            cpu=cpu,
         )
 
     @classmethod
@@ -137,6 +143,7 @@ class WorkerArgs:
                 node_id=options.get("node-id", ""),
                 run_dir=options.get("run-dir", ""),
                 outputs=int(options.get("outputs", 0)),
+                cpu=int(options["cpu"]) if "cpu" in options else None,
             )
         except ValueError as exc:
             raise ConfigError(usage + repr(argv)) from exc

@@ -1,6 +1,8 @@
 """The three forwarders (data, parameters, proof of life): XSUB -> XPUB proxies.
 
-Publishers connect to a forwarder's submit port, subscribers to its publish port.
+Publishers connect to a forwarder's submit port, subscribers to its publish port. The
+XSUB side subscribes to everything, as Heron's forwarders do: topics are filtered here,
+on the way out, so a subscriber that joins sees the next message any publisher sends.
 Each proxy runs in a thread of its own, which creates, binds and closes its sockets;
 a TERMINATE on its control socket stops it. They bind 127.0.0.1 unless another
 interface is asked for.
@@ -40,6 +42,8 @@ _NAMES = ("data", "parameters", "proof_of_life")
 HWM = 200
 
 
+#: An XSUB socket's subscription message for every topic.
+_SUBSCRIBE_ALL = b"\x01"
 _LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0")
 _ids = itertools.count(1)
 #: Ports this process's forwarders serve, with their in-process endpoints.
@@ -170,6 +174,11 @@ class Forwarders:
         aliases = []
         try:
             try:
+                # Subscribed to everything, as Heron's forwarders are: a publisher sends all it has
+                # from the moment it connects, and a new subscriber's subscription needs to reach
+                # only this forwarder, not travel on to every publisher. Without it the first
+                # messages after a subscriber joined were lost more often than with Heron's.
+                frontend.send(_SUBSCRIBE_ALL)
                 proxy.submit = self._bind(frontend, proxy.submit, proxy, "submit")
                 proxy.bound.append(proxy.submit)
                 proxy.publish = self._bind(backend, proxy.publish, proxy, "publish")

@@ -48,16 +48,25 @@ _NO_SERVER = ("None", None, "")
 
 
 def host_of(ssh_local_server_id: str | None, ssh_remote_server_id: str | None) -> str | None:
-    """Heron's pair of server ids as one host: a registry id or name, or None for this machine."""
+    """Heron's pair of server ids as one host: a registry id or name, or None for this machine.
+
+    The worker runs where the remote id says; 'None' is this machine, whatever the local id
+    (Heron's editor sets it for local nodes). The rig needs no SSH server: the local id only
+    told Heron how workers would reach back, and ours never do.
+    """
     if ssh_remote_server_id in _NO_SERVER:
-        if ssh_local_server_id not in _NO_SERVER:
-            raise ConfigError(
-                f"ssh_local_server_id is {ssh_local_server_id!r} but ssh_remote_server_id is 'None': "
-                "set the remote server id to run the worker over SSH, or both to 'None' to run it here"
-            )
         return None
-    # The rig needs no SSH server: only the remote id matters, the local one is Heron's legacy.
     return str(ssh_remote_server_id)
+
+
+def cpu_of(cpu_to_pin: str | int | None) -> int | None:
+    """Heron's cpu_to_pin ('Any', or a CPU number) as the CPU to pin the worker to, or None."""
+    if cpu_to_pin is None or (isinstance(cpu_to_pin, str) and cpu_to_pin.strip() in ("", "Any", "None")):
+        return None
+    text = str(cpu_to_pin).strip() if isinstance(cpu_to_pin, (str, int)) and not isinstance(cpu_to_pin, bool) else ""
+    if not text.isdigit():
+        raise ConfigError(f"cpu_to_pin must be 'Any' or a CPU number (0, 1, ...), got {cpu_to_pin!r}")
+    return int(text)
 
 
 def _checked(sending_topics: object, parameters_topic: object, port: object) -> int:
@@ -121,6 +130,7 @@ class SourceCom:
             num_sending_topics=len(self.sending_topics),
             outputs=len(self.outputs),
             relic_dir=self.relic,
+            cpu=cpu_of(cpu_to_pin),
         )
         self._relay = Relay(
             route_topics(self.sending_topics, self.outputs),
@@ -129,7 +139,7 @@ class SourceCom:
             self.log,
             verbose=self.verbose,
         )
-        self._parameters = ParametersRelay(self.log)
+        self._parameters = ParametersRelay(self.log, self.stats)
         self._supervisor = Supervisor(spec, self.settings, self.stats, on_error=on_worker_error)
         self._status = StatusPublisher(self.node_name, self.stats, lambda: self._supervisor.where)
         self._sockets: ComSockets | None = None

@@ -142,3 +142,29 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     return proc.stdout.readline() if ready else ""
+
+
+def on_host(acq: object, name: str, command: str) -> tuple[int, str, str]:
+    """Run a command on acquisition host ``name`` (of ``acq.registry``) over SSH: real fabric, our connection."""
+    from heron_remote.ssh import HostConnection, Registry
+
+    conn = HostConnection.acquire(Registry.load(acq.registry).get(name))  # type: ignore[attr-defined]
+    try:
+        return conn.run(command, timeout=20)
+    finally:
+        conn.release()
+
+
+def remote_alive(acq: object, name: str, pid: int) -> bool:
+    """Whether ``pid`` runs on acquisition host ``name`` (a zombie counts as gone)."""
+    _, out, _ = on_host(acq, name, f"awk '/^State/{{print $2}}' /proc/{pid}/status 2>/dev/null")
+    return out.strip() not in ("", "Z")
+
+
+def free_port_group(offset: int = 0) -> int:
+    """The first of four free ports, below the ephemeral range (32768 on Linux) where bind(0)
+    and outgoing connections take theirs; ``offset`` keeps two callers of one process apart."""
+    for base in range(20000 + (os.getpid() % 400 + offset) * 20, 32000, 20):
+        if all(listening_address(base + k) is None for k in range(4)):
+            return base
+    raise AssertionError("no free port group")

@@ -9,6 +9,7 @@ import pytest
 from heron_remote import ConfigError, ForwarderPorts, Settings, SourceCom
 from heron_remote._protocol import ReadyLine, WorkerArgs
 from heron_remote._verbosity import parse_verbosity, timestamped
+from heron_remote.source_com import cpu_of
 
 
 def test_source_com_keeps_the_seed_signature() -> None:
@@ -123,6 +124,20 @@ def test_source_com_refuses_bad_input_by_name(kwargs: dict, reason: str) -> None
         SourceCom(**{**base, **kwargs})
 
 
-def test_a_local_server_id_without_a_remote_one_is_refused() -> None:
-    with pytest.raises(ConfigError, match="ssh_remote_server_id is 'None'"):
-        SourceCom(["Frame##x##0"], "Parameters##x##0", 0, "w.py", ssh_local_server_id="0")
+def test_heron_server_ids_turn_into_one_host() -> None:
+    """Heron's editor starts local nodes with the local id set and the remote one 'None'."""
+    com = SourceCom(["Frame##x##0"], "Parameters##x##0", 0, "w.py", ssh_local_server_id="0")
+    assert com.host is None and not com.is_remote
+    remote = SourceCom(["Frame##x##0"], "Parameters##x##0", 0, "w.py", "||", "0", "acq1")
+    assert remote.host == "acq1" and remote.is_remote
+
+
+@pytest.mark.parametrize(("cpu_to_pin", "cpu"), [("Any", None), (None, None), ("1", 1), (0, 0)])
+def test_cpu_to_pin_is_heron_s_any_or_a_cpu_number(cpu_to_pin: object, cpu: int | None) -> None:
+    assert cpu_of(cpu_to_pin) == cpu  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["first", "-1", True, 1.5])
+def test_a_cpu_to_pin_that_is_no_cpu_number_is_refused_by_name(bad: object) -> None:
+    with pytest.raises(ConfigError, match="cpu_to_pin must be 'Any' or a CPU number"):
+        SourceCom(["Frame##x##0"], "Parameters##x##0", 0, "w.py", cpu_to_pin=bad)  # type: ignore[arg-type]

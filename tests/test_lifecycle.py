@@ -11,19 +11,13 @@ import pytest
 from heron_remote import Settings, Source
 from heron_remote.testing import AcqHosts, ExternalHosts
 
-from .helpers import WORKERS, ComScript, pid_alive, wait_until
+from .helpers import WORKERS, ComScript, pid_alive, remote_alive, wait_until
 
 # Each test runs a worker on a namespace host too (the acq fixture).
 pytestmark = pytest.mark.multihost
 
 Hosts = AcqHosts | ExternalHosts
 SPAWNING = str(WORKERS / "spawning_worker.py")
-
-
-def _on_host_alive(acq: Hosts, host: str, pid: int) -> bool:
-    from .test_multihost import remote_alive
-
-    return remote_alive(acq, host, pid)
 
 
 @pytest.mark.parametrize("where", ["local", "acq1"])
@@ -35,7 +29,7 @@ def test_stop_ends_the_worker_and_the_helper_it_spawned(
         alive = pid_alive
     else:
         src = Source(SPAWNING, settings=remote_settings, host=where)
-        alive = lambda pid: _on_host_alive(acq, where, pid)  # noqa: E731
+        alive = lambda pid: remote_alive(acq, where, pid)  # noqa: E731
     with src:
         first = next(src.frames(timeout=15)).arrays[0]
         worker, helper = src.stats.worker_pid, first["helper"]
@@ -53,7 +47,7 @@ def test_a_relaunch_ends_the_worker_a_killed_com_left_without_waiting_for_its_he
     # A 30 s death window: waiting it out is not what makes the relaunch work.
     slow = (settings if where == "local" else remote_settings).replace(heartbeat_rate=1.0, heartbeats_to_death=30)
     host = None if where == "local" else where
-    alive = pid_alive if where == "local" else (lambda pid: _on_host_alive(acq, where, pid))
+    alive = pid_alive if where == "local" else (lambda pid: remote_alive(acq, where, pid))
     crashed = ComScript(slow, host=host)
     orphan = crashed.worker_pid
     crashed.proc.kill()  # the rig's experiment dies: its worker runs on, holding the camera

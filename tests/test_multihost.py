@@ -22,40 +22,21 @@ from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 from heron_remote.ssh import HostConnection, Registry
 from heron_remote.testing import AcqHosts, ExternalHosts
 
-from .helpers import CAMERA, ECHO_WORKER, PYTHON, WORKERS, com_env, edit_registry, listening_address, wait_until
+from .helpers import (
+    CAMERA,
+    ECHO_WORKER,
+    PYTHON,
+    WORKERS,
+    ComScript,
+    edit_registry,
+    listening_address,
+    on_host,
+    remote_alive,
+    wait_until,
+)
 
 pytestmark = pytest.mark.multihost
 Hosts = AcqHosts | ExternalHosts
-
-
-def on_host(acq: Hosts, name: str, command: str) -> tuple[int, str, str]:
-    """Run a command on an acquisition host over SSH (real fabric, our connection)."""
-    conn = HostConnection.acquire(Registry.load(acq.registry).get(name))
-    try:
-        return conn.run(command, timeout=20)
-    finally:
-        conn.release()
-
-
-def remote_alive(acq: Hosts, name: str, pid: int) -> bool:
-    _, out, _ = on_host(acq, name, f"awk '/^State/{{print $2}}' /proc/{pid}/status 2>/dev/null")
-    return out.strip() not in ("", "Z")
-
-
-def start_remote_com(settings: Settings, host: str) -> tuple[subprocess.Popen, int]:
-    """A Heron-style com script in its own process (another rig process) with its worker on ``host``."""
-    proc = subprocess.Popen(
-        [PYTHON, str(WORKERS / "heron_com.py"), ECHO_WORKER, "||", host],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=com_env(settings),
-    )
-    line = proc.stdout.readline()
-    if not line.startswith("COM READY"):
-        proc.kill()
-        raise AssertionError(f"com did not start: {line!r}\n{proc.stderr.read()}")
-    return proc, int(line.split()[2])
 
 
 def remote(settings: Settings, host: str = "acq1") -> dict:
@@ -116,10 +97,11 @@ def test_parameters_reach_the_remote_worker(remote_settings: Settings) -> None:
 
 
 def test_sigkill_of_the_com_leaves_a_remote_worker_that_ends_itself(remote_settings: Settings, acq: Hosts) -> None:
-    proc, pid = start_remote_com(remote_settings, "acq1")
+    com = ComScript(remote_settings, host="acq1")
+    pid = com.worker_pid
     try:
         assert remote_alive(acq, "acq1", pid)
-        proc.kill()
+        com.proc.kill()
         killed = time.monotonic()
         wait_until(
             lambda: not remote_alive(acq, "acq1", pid),
@@ -131,13 +113,13 @@ def test_sigkill_of_the_com_leaves_a_remote_worker_that_ends_itself(remote_setti
             f"(window {remote_settings.death_window:g} s)"
         )
     finally:
-        proc.kill()
-        proc.wait(5)
+        com.proc.kill()
+        com.proc.wait(5)
 
 
 def test_sources_share_one_connection_per_host_and_ports_never_collide(remote_settings: Settings, acq: Hosts) -> None:
     # Another rig process on the same PC, and two sources here asking for the same port group.
-    other_rig, _ = start_remote_com(remote_settings, "acq1")
+    other_rig = ComScript(remote_settings, host="acq1")
     try:
         with (
             Source(CAMERA, name="a", parameters={"shape": [4, 4]}, port=6600, **remote(remote_settings)) as a,
@@ -149,8 +131,7 @@ def test_sources_share_one_connection_per_host_and_ports_never_collide(remote_se
             assert HostConnection.open_connections() == 2  # acq1 and acq2: one each
             assert a.stats.worker_pid != b.stats.worker_pid
     finally:
-        other_rig.terminate()
-        assert other_rig.wait(15) == 0
+        assert other_rig.stop()[0] == 0
 
 
 def test_trust_on_first_use_pins_the_key_when_asked(acq: Hosts, remote_settings: Settings, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import zmq
 
 from heron_remote import Settings
 
-from .helpers import ECHO_WORKER, ComScript, pid_alive, wait_until
+from .helpers import ECHO_WORKER, ComScript, free_port_group, pid_alive, wait_until
 
 TOPIC = b"Parameters##echo##1"
 
@@ -104,7 +103,7 @@ def test_a_plain_pyzmq_subscriber_decodes_the_wire_format(com: ComScript, settin
             seen[topic].append(int(index))
             if topic == b"Counter##echo##1":
                 meta = json.loads(meta)
-                assert meta == {"data_type": "ndarray", "dtype": "<i8", "shape": [1]}
+                assert meta == {"data_type": "ndarray", "dtype": "int64", "shape": [1]}  # as Heron spells it
                 values[int(index)] = np.frombuffer(payload, dtype=meta["dtype"]).reshape(meta["shape"])[0]
         counters = seen[b"Counter##echo##1"]
         assert counters == list(range(counters[0], counters[0] + len(counters)))  # one by one, no gap
@@ -181,7 +180,7 @@ def test_relic_saves_parameters_history_and_substate(settings: Settings, tmp_pat
 def test_fixed_port_group_and_a_clash_names_the_port(settings: Settings) -> None:
     from heron_remote import Source, WorkerStartError
 
-    base = _free_port_group()
+    base = free_port_group()
     with Source(ECHO_WORKER, name="first", outputs=("Counter", "Echo"), port=base, settings=settings) as first:
         assert first.launcher.ready.ports == {
             "data": base,
@@ -192,16 +191,6 @@ def test_fixed_port_group_and_a_clash_names_the_port(settings: Settings) -> None
         second = Source(ECHO_WORKER, name="second", outputs=("Counter", "Echo"), port=base, settings=settings)
         with pytest.raises(WorkerStartError, match=f"cannot bind the data socket on 127.0.0.1:{base}"):
             second.start()
-
-
-def _free_port_group() -> int:
-    from .helpers import listening_address
-
-    # Below the ephemeral range (32768 on Linux), where bind(0) and outgoing connections take ports.
-    for base in range(20000 + os.getpid() % 500 * 20, 32000, 20):
-        if all(listening_address(base + k) is None for k in range(4)):
-            return base
-    raise AssertionError("no free port group")
 
 
 def test_packets_lost_before_the_com_are_counted_and_seen_as_gaps(settings: Settings) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths, raw
+from .editor import editor_flow, format_editor_flow
 from .launch import format_launch, launch_latency
 from .links import LOCAL, LOOPBACK, NAMESPACE, Link, LinkUnavailable, open_links
 from .protocol import Plan, Result
@@ -83,6 +84,8 @@ STUDIES = [
     Study(f"launch-{NAMESPACE}", NAMESPACE, "launch", _launch()),
     Study(f"launch-{NAMESPACE}-openssh", NAMESPACE, "launch", _launch("openssh")),
     Study("scale", NAMESPACE, "scale", lambda link, quick: scale(link, quick=quick)),
+    Study("editor-local", LOCAL, "editor", lambda link, quick: editor_flow(link, runs=2 if quick else 5)),
+    Study(f"editor-{NAMESPACE}", NAMESPACE, "editor", lambda link, quick: editor_flow(link, runs=2 if quick else 5)),
     Study("scale-openssh", NAMESPACE, "scale_openssh", lambda link, quick: scale(link, quick=quick, tunnel="openssh")),
 ]
 
@@ -189,6 +192,8 @@ def _study_line(name: str, found: dict[str, Any]) -> str:
         return f"  {name:<16} FAILED: {found['error']}"
     if "rows" in found:
         return f"  {name:<16} {len(found['rows'])} rows in {found['wall_s']:.0f} s"
+    if "first_data_median_s" in found:
+        return f"  {name:<16} first data median {found['first_data_median_s']:.2f} s"
     kinds = [f"{k} median {found[k]['median_s']:.3f} s" for k in ("cold", "warm") if k in found]
     return f"  {name:<16} {', '.join(kinds)}"
 
@@ -255,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(progress_line(result), flush=True)
         for study in studies:
             found = _run_study(study, links[study.link], args.quick)
-            if study.section == "launch":
+            if study.section in ("launch", "editor"):
                 sections.setdefault(study.section, {})[study.name] = found
             else:
                 sections[study.section] = found
@@ -295,6 +300,9 @@ def _print_summary(
     if "launch" in sections:
         print()
         print(format_launch(sections["launch"]))
+    if "editor" in sections:
+        print()
+        print(format_editor_flow(sections["editor"]))
     for key, title in (("scale", "scale (sshtunnel, the default)"), ("scale_openssh", "scale (OpenSSH backend)")):
         if key in sections:
             print(f"\n{title}:")
@@ -306,7 +314,7 @@ def _print_summary(
 
 
 def _study_results(sections: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    found = list(sections.get("launch", {}).items())
+    found = list(sections.get("launch", {}).items()) + list(sections.get("editor", {}).items())
     for key in ("scale", "scale_openssh"):
         if key in sections:
             found.append((key, sections[key]))

@@ -1,4 +1,10 @@
-"""Parameters on their way to the worker: from the parameters forwarder and from ``send_parameters``."""
+"""Parameters on their way to the worker: from the parameters forwarder and from ``send_parameters``.
+
+The worker receives JSON. From the forwarder come JSON (ours) or, from Heron's editor, a
+pickled list: that is read as plain data only (:mod:`.plain_pickle`: nothing named in it is
+looked up or run) and passed on as JSON. Anything else is refused, said in
+``stats.last_error`` and logged once for each reason.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from typing import Any
 import zmq
 
 from ..errors import ConfigError
+from .plain_pickle import PlainPickleError, is_pickle, load_plain
+from .stats import ComStats
 
 __all__ = ["ParametersRelay", "encode_parameters"]
 
@@ -29,8 +37,10 @@ class ParametersRelay:
     which owns the sockets.
     """
 
-    def __init__(self, log: logging.LoggerAdapter) -> None:
+    def __init__(self, log: logging.LoggerAdapter[logging.Logger], stats: ComStats) -> None:
         self._log = log
+        self._stats = stats
+        self._said: set[str] = set()
         self._submitted: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._last: bytes | None = None
         self._from_forwarder: zmq.Socket | None = None
@@ -60,11 +70,33 @@ class ParametersRelay:
             self._to_worker.send(self._last)
 
     def _relay(self, raw: bytes) -> None:
-        try:
-            json.loads(raw)
-        except ValueError:
-            self._log.error("dropped parameters that are not JSON (heron_remote never unpickles): %r", raw[:60])
+        message = raw if not is_pickle(raw) else self._from_pickle(raw)
+        if message is None:
             return
-        self._last = raw
+        try:
+            json.loads(message)
+        except ValueError:
+            self._refuse(f"parameters that are neither JSON nor a pickle of plain data: {bytes(raw[:60])!r}")
+            return
+        self._last = message
         assert self._to_worker is not None
-        self._to_worker.send(raw)
+        self._to_worker.send(message)
+
+    def _from_pickle(self, raw: bytes) -> bytes | None:
+        """Heron's editor pickles a list of values: read as plain data, passed on as JSON."""
+        try:
+            value = load_plain(raw)
+        except PlainPickleError as exc:
+            self._refuse(f"refused pickled parameters: {exc}")
+            return None
+        try:
+            return json.dumps(value).encode()
+        except (TypeError, ValueError) as exc:
+            self._refuse(f"pickled parameters hold a value the worker cannot receive as JSON: {exc}")
+            return None
+
+    def _refuse(self, why: str) -> None:
+        self._stats.last_error = why
+        if why not in self._said and len(self._said) < 100:  # the editor sends the same parameters 21 times
+            self._said.add(why)
+            self._log.error("%s", why)

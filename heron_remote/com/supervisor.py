@@ -40,6 +40,8 @@ class WorkerSpec:
     num_sending_topics: int
     outputs: int
     relic_dir: str
+    #: The CPU the worker is pinned to (Heron's cpu_to_pin), or None.
+    cpu: int | None = None
 
 
 def make_launcher(spec: WorkerSpec, settings: Settings) -> WorkerLauncher:
@@ -130,6 +132,7 @@ class Supervisor:
             token=secrets.token_hex(8),
             node_id=spec.node_id,
             outputs=spec.outputs,
+            cpu=spec.cpu,
         )
 
     def _connect(self) -> None:

@@ -1,6 +1,6 @@
 """One output's two frames, ``[metadata, payload]``: how an array or a dict travels. No pickle.
 
-``metadata`` is ``{"data_type": "ndarray", "dtype": "<u1", "shape": [h, w]}`` with the
+``metadata`` is ``{"data_type": "ndarray", "dtype": "uint8", "shape": [h, w]}`` with the
 array's raw C-order bytes as payload, ``{"data_type": "dict"}`` with a JSON payload,
 or ``{"data_type": "ignore"}`` (empty payload) for an output the com must not publish.
 Parsed metadata is cached by its bytes: a camera sends the same few over and over.
@@ -17,7 +17,16 @@ import zmq
 
 from ..errors import DecodeError
 
-__all__ = ["IGNORE", "ZERO_COPY_MIN", "Meta", "check_output", "decode_output", "encode_output", "parse_meta"]
+__all__ = [
+    "IGNORE",
+    "ZERO_COPY_MIN",
+    "Meta",
+    "check_output",
+    "decode_output",
+    "dtype_name",
+    "encode_output",
+    "parse_meta",
+]
 
 #: The value a worker sends for an output that must not be published (Heron's convention).
 IGNORE = "Ignore"
@@ -64,7 +73,7 @@ def _array_meta(value: np.ndarray) -> bytes:
         return _IGNORE_META
     if dtype.hasobject:
         raise TypeError("object arrays cannot be sent: send numeric arrays, or a dict for JSON data")
-    meta = json.dumps({"data_type": "ndarray", "dtype": dtype.str, "shape": list(value.shape)}).encode()
+    meta = json.dumps({"data_type": "ndarray", "dtype": dtype_name(dtype), "shape": list(value.shape)}).encode()
     # Text arrays are not cached: one of them may be the Ignore marker.
     if dtype.kind != "U" and len(_META_CACHE) < 256:
         _META_CACHE[(dtype, value.shape)] = meta
@@ -73,6 +82,22 @@ def _array_meta(value: np.ndarray) -> bytes:
 
 #: The dtype of metadata that carries no array.
 _NO_DTYPE = np.dtype(np.uint8)
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """How the metadata spells ``dtype``: Heron's ``str(dtype)`` ("int16") wherever it names the
+    dtype exactly (native byte order), numpy's ``dtype.str`` ("<i2", ">f8", "|V3") elsewhere.
+
+    Heron's readers build arrays with ``str(dtype)`` and turn what they do not recognise into
+    other types (its image decoder makes "<i2" unsigned); numpy reads both spellings.
+    """
+    name = str(dtype)
+    try:
+        if np.dtype(name) == dtype:
+            return name
+    except TypeError:
+        pass  # structured dtypes print as a list, which np.dtype() does not read back
+    return dtype.str
 
 
 class Meta:

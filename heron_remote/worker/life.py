@@ -15,13 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import zmq
 
 from .. import _records as records
 from .._threads import KeptThread
-from ..relic import Relic
 
 __all__ = ["EXIT_BAD_START", "EXIT_NO_HEARTBEAT", "EXIT_OK", "EXIT_WORK_FAILED", "WorkerLife"]
 
@@ -39,13 +38,19 @@ END_OF_LIFE_S = 1.5
 DELIVER_S = 5.0
 
 
+class SavedState(Protocol):
+    """A node's saved state (its relic): flushed and closed when the worker ends."""
+
+    def close(self) -> None: ...
+
+
 class WorkerLife:
     """The end of one worker process; :meth:`die` and :meth:`finish` never return."""
 
     def __init__(self, label: str, end_of_life_function: Callable[[], Any] | None) -> None:
         self._label = label
         self._end_of_life_function = end_of_life_function
-        self.relic: Relic | None = None
+        self.relic: SavedState | None = None
         self._dying = threading.Lock()
         self._finishing = self._delivering = self._stop_asked = False
         self._record: tuple[str, str, Path] | None = None  # node id, token, run dir

@@ -15,7 +15,9 @@ from .._streams import guard_std_streams
 from .life import EXIT_BAD_START, EXIT_WORK_FAILED
 from .runtime import SourceWorker
 
-__all__ = ["start_the_source_worker_process"]
+__all__ = ["pin_to_cpu", "run_worker", "start_the_source_worker_process"]
+
+logger = logging.getLogger("heron_remote.worker")
 
 
 def start_the_source_worker_process(
@@ -28,6 +30,17 @@ def start_the_source_worker_process(
     Never returns: the process ends when the work function returns (status 0), raises
     (status 1), the com stops it (SIGTERM) or the com's heartbeat stops (status 3).
     """
+    run_worker(work_function, end_of_life_function, initialisation_function)
+
+
+def run_worker(
+    work_function: Callable[[Any], Any],
+    end_of_life_function: Callable[[], Any] | None,
+    initialisation_function: Callable[[Any], bool] | None = None,
+    *,
+    worker_class: type[SourceWorker] = SourceWorker,
+) -> NoReturn:
+    """:func:`start_the_source_worker_process` with a worker of ``worker_class`` (Heron's flavour)."""
     try:
         args = WorkerArgs.parse(sys.argv[1:])
     except ValueError as exc:
@@ -37,7 +50,9 @@ def start_the_source_worker_process(
     guard_std_streams(node)  # before logging takes hold of sys.stderr
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    worker = SourceWorker(
+    if args.cpu is not None:
+        pin_to_cpu(args.cpu)
+    worker = worker_class(
         args.port,
         args.parameters_topic,
         initialisation_function,
@@ -60,3 +75,20 @@ def start_the_source_worker_process(
     except Exception:
         worker._die(f"the work function raised:\n{traceback.format_exc()}", EXIT_WORK_FAILED)
     worker.finish()
+
+
+def pin_to_cpu(cpu: int) -> bool:
+    """Pin this process (and the threads and children it starts) to ``cpu``; False, with one
+    warning saying why, where the OS cannot or the CPU does not exist."""
+    setaffinity = getattr(os, "sched_setaffinity", None)
+    if setaffinity is None:
+        logger.warning("cannot pin the worker to CPU %d: this OS (%s) has no CPU affinity call", cpu, sys.platform)
+        return False
+    try:
+        setaffinity(0, {cpu})
+    except (OSError, ValueError) as exc:
+        usable = sorted(os.sched_getaffinity(0))
+        logger.warning("cannot pin the worker to CPU %d (this PC lets it use CPUs %s): %s", cpu, usable, exc)
+        return False
+    logger.info("worker pinned to CPU %d", cpu)
+    return True

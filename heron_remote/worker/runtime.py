@@ -83,6 +83,7 @@ class SourceWorker:
         self._ports_lock = threading.Lock()
         self._threads: dict[str, KeptThread] = {}
         self._reaped: tuple[int, ...] = ()
+        self._relic: Relic | None = None
 
     # -- what tests and tools may read --------------------------------------------
     @property
@@ -199,7 +200,11 @@ class SourceWorker:
                 except Exception as exc:
                     logger.exception("the initialisation function raised; it is retried with the next parameters")
                     self._heartbeat.report(f"the initialisation function raised {type(exc).__name__}: {exc}")
-        relic = self._life.relic
+        self._save_parameters(value)
+
+    def _save_parameters(self, value: Any) -> None:
+        """Parameters that arrive after the Parameters table was started are appended to it."""
+        relic = self._relic
         if relic is not None and relic.has("Parameters"):
             relic.add_parameters(self.index, parameters=value)
 
@@ -221,14 +226,15 @@ class SourceWorker:
     def _relic_or_none(self) -> Relic | None:
         if self.relic_path is None:
             return None
-        if self._life.relic is None:
-            self._life.relic = Relic(
+        if self._relic is None:
+            self._relic = Relic(
                 self.relic_path,
                 self.node_name,
                 self.node_index,
                 flush_every=self.num_of_iters_to_update_relics_substate,
             )
-        return self._life.relic
+            self._life.relic = self._relic  # saved when the worker ends
+        return self._relic
 
     def relic_create_parameters_df(self, **parameters: Any) -> None:
         """Start the Parameters table with these named values; later updates are appended."""

@@ -1,0 +1,1 @@
+"""Heron's ``Heron.gui`` package, as far as nodes use it: their visualisation."""
