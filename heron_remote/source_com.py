@@ -120,27 +120,10 @@ class SourceCom:
         self.node_id = node_id or parameters_topic
         self.stats = ComStats()
         self.log = NodeLogger(logger, node=self.node_name, host="com")
-        spec = WorkerSpec(
-            worker_exec=worker_exec,
-            node_name=self.node_name,
-            node_id=self.node_id,
-            host=host_of(ssh_local_server_id, ssh_remote_server_id),
-            port=self.port,
-            parameters_topic=parameters_topic,
-            num_sending_topics=len(self.sending_topics),
-            outputs=len(self.outputs),
-            relic_dir=self.relic,
-            cpu=cpu_of(cpu_to_pin),
-        )
-        self._relay = Relay(
-            route_topics(self.sending_topics, self.outputs),
-            len(self.outputs),
-            self.stats,
-            self.log,
-            verbose=self.verbose,
-        )
+        routes = route_topics(self.sending_topics, self.outputs)
+        self._relay = Relay(routes, len(self.outputs), self.stats, self.log, verbose=self.verbose)
         self._parameters = ParametersRelay(self.log, self.stats)
-        self._supervisor = Supervisor(spec, self.settings, self.stats, on_error=on_worker_error)
+        self._supervisor = Supervisor(self._worker_spec(), self.settings, self.stats, on_error=on_worker_error)
         self._status = StatusPublisher(self.node_name, self.stats, lambda: self._supervisor.where)
         self._sockets: ComSockets | None = None
         self._heartbeat: Heartbeat | None = None
@@ -152,6 +135,21 @@ class SourceCom:
         self._kill_lock = threading.RLock()  # on_kill may be a signal handler of the locking thread
 
     # -- what it is and how it goes ---------------------------------------------------
+    def _worker_spec(self) -> WorkerSpec:
+        """What the supervisor starts: Heron's server ids and cpu_to_pin turned into ours, once."""
+        return WorkerSpec(
+            worker_exec=self.worker_exec,
+            node_name=self.node_name,
+            node_id=self.node_id,
+            host=host_of(self.ssh_local_server_id, self.ssh_remote_server_id),
+            port=self.port,
+            parameters_topic=self.parameters_topic,
+            num_sending_topics=len(self.sending_topics),
+            outputs=len(self.outputs),
+            relic_dir=self.relic,
+            cpu=cpu_of(self.cpu_to_pin),
+        )
+
     def define_verbosity_and_relic(self, verbosity_string: str) -> tuple[int | str, str]:
         """Split ``"verbosity||relic_dir"`` into (int level or log-file name, relic dir or ``'_'``)."""
         return parse_verbosity(verbosity_string)

@@ -1,6 +1,6 @@
 """Remote workers on acquisition hosts: namespaces with their own sshd here, compose services elsewhere.
 
-The hosts come from the ``acq`` fixture (heron_remote/testing.py); with $HERON_REMOTE_TEST_SSH_INFO set
+The hosts come from the ``acq`` fixture (heron_remote/testing/hosts.py); with $HERON_REMOTE_TEST_SSH_INFO set
 they are whatever that registry names acq1 and acq2.
 """
 

@@ -1,4 +1,4 @@
-"""Acquisition hosts for tests and benchmarks: network namespaces with their own sshd, or a fake one.
+"""Acquisition hosts for tests and benchmarks: network namespaces with their own sshd.
 
 Each host is a network namespace joined to this machine by a veth pair (addresses in
 198.18.0.0/15, MTU 1500 like a LAN), running its own sshd with a generated host key
@@ -9,8 +9,6 @@ The hosts are written to a server registry (ssh_info.json) with the names acq1, 
 tests that get their hosts from ``$HERON_REMOTE_TEST_SSH_INFO`` (docker-compose) use
 that registry instead and create nothing.
 
-:class:`FakeHost` needs no sshd at all: a :class:`~heron_remote.ssh.link.HostLink` that runs
-commands on this machine, for unit tests of what the SSH layer does with a host.
 """
 
 from __future__ import annotations
@@ -19,28 +17,19 @@ import contextlib
 import fcntl
 import json
 import os
-import pwd
 import re
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
-from ._procs import stop_child
-from ._threads import KeptThread
-from .errors import HostUnreachableError
-from .ssh.link import TextSink
-from .ssh.registry import Server
-from .ssh.shells import PosixShell, Shell
-from .ssh.tunnel import BaseTunnel
+from .._procs import stop_child
 
-__all__ = ["AcqHosts", "ExternalHosts", "FakeHost", "FakeProcess", "FakeTunnel", "Host", "acquisition_hosts"]
+__all__ = ["AcqHosts", "ExternalHosts", "Host", "acquisition_hosts", "namespaces_possible"]
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 ENV_VAR = "HERON_REMOTE_TEST_SSH_INFO"
@@ -293,133 +282,3 @@ class ExternalHosts:
 def acquisition_hosts(workdir: Path) -> AcqHosts | ExternalHosts:
     registry = os.environ.get(ENV_VAR)
     return ExternalHosts(registry) if registry else AcqHosts(workdir)
-
-
-# -- a host without sshd ------------------------------------------------------------------------
-
-
-class FakeTunnel(BaseTunnel):
-    """A "forward" on a host that is this machine: the local port is the remote port."""
-
-    def __init__(self, remote_port: int, remote_host: str = "127.0.0.1") -> None:
-        super().__init__(remote_port, (remote_host, remote_port))
-
-
-def _login_shell() -> str:
-    """The shell sshd runs commands in for this user (its login shell: dash's kill differs from bash's)."""
-    try:
-        shell = pwd.getpwuid(os.getuid()).pw_shell
-    except KeyError:
-        return "sh"
-    return shell if shell and os.access(shell, os.X_OK) else "sh"
-
-
-class FakeProcess:
-    """A :class:`~heron_remote.ssh.link.RemoteProcess` run here by the login shell, in a new session (as sshd does)."""
-
-    def __init__(self, command: str, out: TextSink, err: TextSink) -> None:
-        self._proc = subprocess.Popen(
-            [_login_shell(), "-c", command],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-        self._lost = threading.Event()
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        self._readers = [
-            KeptThread.start_new(self._read, name=f"fake-host-{name}-{self._proc.pid}", args=(pipe, sink))
-            for name, pipe, sink in (("out", self._proc.stdout, out), ("err", self._proc.stderr, err))
-        ]
-
-    @property
-    def pid(self) -> int:
-        """The pid of the session's shell (and, after its ``exec``, of the command)."""
-        return self._proc.pid
-
-    def _read(self, pipe: IO[str], sink: TextSink) -> None:
-        with pipe:
-            while chunk := pipe.readline():
-                if not self._lost.is_set():  # a lost session's output is not seen any more
-                    sink.write(chunk)
-
-    def lose_session(self) -> None:
-        self._lost.set()
-
-    def poll(self) -> int | None:
-        code = self._proc.poll()  # reaps it even when its session is lost
-        return None if self._lost.is_set() else code
-
-    @property
-    def session_lost(self) -> bool:
-        return self._lost.is_set()
-
-    def settle(self, timeout: float) -> None:
-        for reader in self._readers:
-            reader.join(timeout)
-            reader.check()
-
-    def join(self) -> None:
-        self._proc.wait(10)
-        self.settle(5)
-
-
-class FakeHost:
-    """A :class:`~heron_remote.ssh.link.HostLink` whose host is this machine: no sshd, no tunnel.
-
-    Commands run in the user's login shell, as sshd runs them (a POSIX host); ``forward()`` hands
-    back the port itself. :meth:`cut` drops the link as a lost SSH connection would: commands fail
-    until :meth:`restore`, and the sessions of processes started so far are lost for good (status
-    unknown here, output no longer seen) while the processes run on. What was asked is recorded.
-    """
-
-    def __init__(self, name: str = "fake-pc", *, python: str = sys.executable) -> None:
-        self.server = Server(id=name, name=name, host="127.0.0.1", python=python)
-        self.shell: Shell = PosixShell()
-        #: What run() and start() were given (also while the link was cut), what they and forward() made.
-        self.commands: list[str] = []
-        self.started: list[str] = []
-        self.processes: list[FakeProcess] = []
-        self.tunnels: list[FakeTunnel] = []
-        self.releases = 0  # calls of release()
-        self._cut = False
-
-    def _check_link(self) -> None:
-        if self._cut:
-            raise HostUnreachableError(f"no connection to {self.server.label}: the link is cut")
-
-    def run(self, command: str, *, timeout: float = 30.0) -> tuple[int, str, str]:
-        self.commands.append(command)
-        self._check_link()
-        done = subprocess.run(
-            [_login_shell(), "-c", command], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout
-        )
-        return done.returncode, done.stdout, done.stderr
-
-    def start(self, command: str, *, out_stream: TextSink, err_stream: TextSink) -> FakeProcess:
-        self.started.append(command)
-        self._check_link()
-        process = FakeProcess(command, out_stream, err_stream)
-        self.processes.append(process)
-        return process
-
-    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> FakeTunnel:
-        self._check_link()
-        tunnel = FakeTunnel(remote_port, remote_host)
-        self.tunnels.append(tunnel)
-        return tunnel
-
-    def release(self) -> None:
-        self.releases += 1
-
-    def cut(self) -> None:
-        """Drop the link: every session so far is lost, and commands fail until restore()."""
-        self._cut = True
-        for process in self.processes:
-            process.lose_session()
-
-    def restore(self) -> None:
-        """The link is back (a reconnect): commands run again; lost sessions stay lost."""
-        self._cut = False
