@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._backoff import Backoff
 from .errors import ConfigError
 
 __all__ = ["ForwarderPorts", "RestartPolicy", "Settings"]
@@ -80,7 +81,7 @@ class RestartPolicy:
 
     def delay(self, restart: int) -> float:
         """Seconds to wait before restart number ``restart`` (from 1)."""
-        return min(self.backoff * 2 ** (restart - 1), self.max_backoff)
+        return Backoff(first=self.backoff, maximum=self.max_backoff).delay(restart)
 
 
 @dataclass(frozen=True, kw_only=True)
