@@ -114,3 +114,19 @@ def test_forwarders_command_runs_until_signalled(sig: signal.Signals) -> None:
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_publishers_are_asked_for_everything_so_a_new_subscriber_misses_nothing() -> None:
+    """The submit side subscribes to every topic, as Heron's forwarders do: a publisher sends all it
+    has from the moment it connects, and a subscription needs to reach only the forwarder. (Passed
+    on to the publishers instead, it arrived there too late for a source's first message more often
+    than with Heron's forwarders.)"""
+    with Forwarders(ports=FREE_PORTS) as fw:
+        publisher = zmq.Context.instance().socket(zmq.XPUB)  # an XPUB sees the subscriptions it is sent
+        publisher.linger = 0
+        publisher.rcvtimeo = 5000
+        try:
+            publisher.connect(f"tcp://127.0.0.1:{fw.ports.data_submit}")
+            assert publisher.recv() == b"\x01"  # subscribe to every topic, with no subscriber downstream
+        finally:
+            publisher.close()

@@ -291,3 +291,15 @@ def test_a_worker_pins_itself_or_says_why_not(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING):
         assert pin_to_cpu(4096) is False
     assert "cannot pin the worker to CPU 4096 (this PC lets it use CPUs" in caplog.text
+
+
+def test_heron_remote_ssh_info_wins_over_the_tree_s_registry(tmp_path: Path) -> None:
+    node = tmp_path / "Heron" / "Operations" / "Sources" / "Cam" / "Cam"
+    node.mkdir(parents=True)
+    registry = tmp_path / "Heron" / "communication" / "ssh_info.json"
+    registry.parent.mkdir()
+    registry.write_text("{}")
+    assert gu.com_settings(node / "cam_com.py", Settings()).ssh_info == str(registry)
+    chosen = Settings(ssh_info="/etc/lab/ssh_info.json")  # what HERON_REMOTE_SSH_INFO set
+    assert gu.com_settings(node / "cam_com.py", chosen).ssh_info == "/etc/lab/ssh_info.json"
+    assert gu.com_settings(tmp_path / "com.py", Settings()).ssh_info is None  # no Heron tree: the default

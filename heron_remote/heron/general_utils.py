@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigError
+from ..settings import Settings
 
 if TYPE_CHECKING:
     from ..source_com import SourceCom
@@ -34,6 +35,7 @@ __all__ = [
     "accurate_delay",
     "add_timestamp_to_filename",
     "choose_color_according_to_operations_type",
+    "com_settings",
     "full_split_path",
     "get_next_available_port_group",
     "heron_ssh_info",
@@ -91,6 +93,15 @@ def heron_ssh_info(script: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+def com_settings(script: str | os.PathLike[str], settings: Settings) -> Settings:
+    """``settings`` (from the environment), with the registry of the Heron tree ``script`` is in,
+    unless ``HERON_REMOTE_SSH_INFO`` named one."""
+    registry = heron_ssh_info(script)
+    if settings.ssh_info is None and registry is not None:
+        return settings.replace(ssh_info=str(registry))
+    return settings
+
+
 def start_the_source_communications_process(
     node_attribute_type: Sequence[str], node_attribute_names: Sequence[str]
 ) -> SourceCom:
@@ -100,7 +111,6 @@ def start_the_source_communications_process(
     ``HERON_REMOTE_SSH_INFO`` names another. The caller registers ``com.on_kill`` and runs
     ``com.start_ioloop()``, as Heron's source coms do.
     """
-    from ..settings import Settings
     from ..source_com import SourceCom
 
     (port, _, sending, parameters_topic, verbose, local_id, remote_id, worker_exec, cpu) = parse_arguments_to_com(
@@ -108,10 +118,7 @@ def start_the_source_communications_process(
     )
     if not logging.getLogger().handlers:  # the com script is the program: say what happens, on stderr
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
-    registry = heron_ssh_info(sys.argv[0])
-    if settings.ssh_info is None and registry is not None:
-        settings = settings.replace(ssh_info=str(registry))
+    settings = com_settings(sys.argv[0], Settings.from_env())
     outputs = [name for name, kind in zip(node_attribute_names, node_attribute_type, strict=False) if "Output" in kind]
     com = SourceCom(
         sending_topics=sending,
