@@ -346,24 +346,23 @@ def test_value_shows_the_last_buffer_values(fake: FakeViewers, ending: list[Visu
     assert fake.ended() and not vis.visualiser_showing
 
 
-def test_plots_keep_a_line_per_element_or_per_row(fake: FakeViewers, ending: list[VisualisationDPG]) -> None:
+def test_plots_draw_lines_as_heron_does(fake: FakeViewers, ending: list[VisualisationDPG]) -> None:
     vis = VisualisationDPG("Plot", 1, "Single Pane Plot", _buffer=4, _x_axis_label="t", _y_axis_base_label="V")
     ending.append(vis)
     vis.visualisation_on = True
-    for i in range(6):
-        vis.visualise(np.array([i, -i]))
-    wait_until(lambda: fake.updates() and fake.updates()[-1]["data"][0][-1] == 5, 20, "the last sample")
-    last = fake.updates()[-1]
-    assert last["shape"] == [2, 4] and last["data"] == [[2, 3, 4, 5], [-2, -3, -4, -5]]
+    vis.visualise(np.arange(6.0))  # a 1-D array: one line of its last _buffer values
+    wait_until(lambda: fake.updates() and fake.updates()[-1]["data"] == [[2, 3, 4, 5]], 20, "the line")
+    assert fake.updates()[-1]["shape"] == [1, 4]
     spec = fake.records()[0]["spec"]
     assert (spec["x_label"], spec["y_label"], spec["plot_title"]) == ("t", "V", "Plot")
 
-    vis.visualise(np.arange(20.0).reshape(2, 10))  # Heron's layout: a line per row
+    vis.visualise(np.arange(20.0).reshape(2, 10))  # a line per row
     wait_until(lambda: fake.updates()[-1]["shape"] == [2, 4], 20, "the rows")
     wait_until(lambda: fake.updates()[-1]["data"] == [[6, 7, 8, 9], [16, 17, 18, 19]], 20, "the rows' tails")
 
-    vis.visualise(7.0)  # a number: a new single line
-    wait_until(lambda: fake.updates()[-1]["data"] == [[7.0]], 20, "a single sample")
+    for value in (7.0, 8.0):  # numbers: one more value of a line each
+        vis.visualise(value)
+    wait_until(lambda: fake.updates()[-1]["data"] == [[7.0, 8.0]], 20, "the numbers' line")
 
 
 def test_multi_pane_and_all_history(fake: FakeViewers, ending: list[VisualisationDPG]) -> None:
@@ -371,9 +370,12 @@ def test_multi_pane_and_all_history(fake: FakeViewers, ending: list[Visualisatio
     ending.append(vis)
     vis.visualisation_on = True
     for i in range(50):
-        vis.visualise([i, 2 * i, 3 * i])
-    wait_until(lambda: fake.updates() and fake.updates()[-1]["shape"] == [3, 50], 20, "all 50 samples")
-    assert fake.updates()[-1]["data"][2][-1] == 147
+        vis.visualise(float(i))
+    wait_until(lambda: fake.updates() and fake.updates()[-1]["shape"] == [1, 50], 20, "all 50 values")
+    assert fake.updates()[-1]["data"][0][-1] == 49
+    vis.visualise(np.arange(150.0).reshape(3, 50))  # a pane per row, all of each
+    wait_until(lambda: fake.updates()[-1]["shape"] == [3, 50], 20, "three panes")
+    assert fake.updates()[-1]["data"][2][-1] == 149
 
 
 def test_images_become_rgb_uint8_and_are_thinned(fake: FakeViewers, ending: list[VisualisationDPG]) -> None:
@@ -659,7 +661,7 @@ def test_a_real_window_under_xvfb(
     red = np.zeros((48, 64, 3), np.uint8)
     red[..., 2] = 255  # BGR
     data = {"Image": red, "Value": np.array([42]), "Single Pane Plot": [1.0, 2.0, 3.0]}.get(kind, np.random.rand(3))
-    expected = {"Image": [48, 64, 3], "Single Pane Plot": [3, 8], "Multi Pane Plot": [3, 8]}.get(kind)
+    expected = {"Image": [48, 64, 3], "Single Pane Plot": [1, 3], "Multi Pane Plot": [1, 3]}.get(kind)
 
     for opening in (1, 2):  # open, close, and open again: what crashes dearpygui in a thread
         trace = tmp_path / f"trace{opening}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from .._procs import group_members
 from .._threads import KeptThread
 from ..forwarders import Forwarders
 from ..heron.editor import HeronEditor
@@ -122,9 +122,11 @@ def _watch(alive: Callable[[], bool], ended: list[float]) -> None:
 
 
 def _alive_check(link: Link, pid: int) -> Callable[[], bool]:
+    """Whether the worker runs: read here where its host shares this machine's processes (a network
+    namespace), every 10 ms to the millisecond; else asked over SSH (each check a command, ~0.15 s)."""
+    if link.host is None or link.host.netns or link.registry is None:
+        return lambda: pid_alive(pid)
     command = f"test -d /proc/{pid} && ! grep -q '^State:.*Z' /proc/{pid}/status"
-    if link.host is None or link.registry is None:
-        return lambda: subprocess.run(["sh", "-c", command], timeout=10).returncode == 0
     server = Registry.load(link.registry).get(link.server_id)
 
     def remote() -> bool:
@@ -151,3 +153,8 @@ def format_editor_flow(sections: dict[str, dict[str, Any]]) -> str:
         )
     lines.append("(from the editor starting the com; worker gone: from the TERM, the KILL follows 0.5 s after it)")
     return "\n".join(lines)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs here (a zombie counts as gone): the worker leads its process group."""
+    return pid in group_members(pid)

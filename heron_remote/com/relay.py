@@ -12,7 +12,7 @@ import zmq
 from .._protocol import DATA_HWM_RANGE, data_hwm
 from .._verbosity import PacketLog, PacketTimer
 from ..errors import ConfigError, DecodeError
-from ..wire import check_packet, packet_length, packet_number, payload_slots, publish, recv_message, resync
+from ..wire import PacketError, packet_length, parse_packet, payload_slots, publish, recv_message, resync
 from .sequence import PacketSequence
 from .stats import ComStats
 
@@ -65,7 +65,7 @@ class Relay:
         self.routes = routes
         self.stats = stats
         self.log = log
-        self.sequence = PacketSequence()
+        self.sequence = PacketSequence(on_jump=self._jumped)
         self._frames = packet_length(outputs)
         self._slots = payload_slots(outputs)
         self._verbose = verbose
@@ -106,17 +106,14 @@ class Relay:
         """
         stats = self.stats
         stats.received += 1
-        sequence = self.sequence
         try:
-            lost = sequence.lost
-            renumbered = sequence.renumbered
-            index = sequence.advance(packet_number(msg))
-            if sequence.lost != lost or sequence.renumbered != renumbered:
-                self._jumped(sequence.lost - lost)
-            publish_flags, size = check_packet(msg, self._frames)
-        except DecodeError as exc:
+            number, publish_flags, size = parse_packet(msg, self._frames)
+        except PacketError as exc:
+            if exc.number is not None:
+                self.sequence.advance(exc.number)  # it is numbered: a gap is not counted twice
             self._malformed(exc)
             return False
+        index = self.sequence.advance(number)
         stats.bytes_received += size
         if size.bit_length() != self._size_class:
             self._size_class = size.bit_length()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = ["PacketSequence"]
 
 
@@ -14,9 +16,11 @@ class PacketSequence:
     numbered twice.
     """
 
-    __slots__ = ("_base", "_last", "index", "lost", "renumbered")
+    __slots__ = ("_base", "_last", "index", "lost", "on_jump", "renumbered")
 
-    def __init__(self) -> None:
+    def __init__(self, on_jump: Callable[[int], None] | None = None) -> None:
+        #: Called with the packets missed (0 when the numbering started again) after a jump.
+        self.on_jump = on_jump
         self.index = 0
         self.lost = 0
         #: How many times the numbering started again.
@@ -28,14 +32,19 @@ class PacketSequence:
         """The index of packet ``number``."""
         if number == self._last + 1:  # the usual case
             self._last = number
-        elif number <= self._last:
+            self.index = index = self._base + number
+            return index
+        missed = 0
+        if number <= self._last:
             self.renumbered += 1
             self._base = self.index
-            self._last = number
         else:
-            self.lost += number - self._last - 1
-            self._last = number
+            missed = number - self._last - 1
+            self.lost += missed
+        self._last = number
         self.index = self._base + number
+        if self.on_jump is not None:
+            self.on_jump(missed)
         return self.index
 
     def new_worker(self) -> None:

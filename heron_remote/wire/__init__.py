@@ -4,10 +4,12 @@ messages on sockets. Documented in the README so that any pyzmq client can read 
 from .codec import IGNORE, ZERO_COPY_MIN, Meta, check_output, decode_output, encode_output, parse_meta
 from .frames import (
     Packet,
+    PacketError,
     check_packet,
     decode_published,
     packet_length,
     packet_number,
+    parse_packet,
     parse_time,
     payload_slots,
     publish,
@@ -22,6 +24,7 @@ __all__ = [
     "ZERO_COPY_MIN",
     "Meta",
     "Packet",
+    "PacketError",
     "check_output",
     "check_packet",
     "decode_output",
@@ -30,6 +33,7 @@ __all__ = [
     "packet_length",
     "packet_number",
     "parse_meta",
+    "parse_packet",
     "parse_time",
     "payload_slots",
     "publish",

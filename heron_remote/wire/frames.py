@@ -33,10 +33,12 @@ from .codec import ZERO_COPY_MIN, check_output, decode_output, parse_meta
 
 __all__ = [
     "Packet",
+    "PacketError",
     "check_packet",
     "decode_published",
     "packet_length",
     "packet_number",
+    "parse_packet",
     "parse_time",
     "payload_slots",
     "publish",
@@ -91,6 +93,34 @@ def packet_number(msg: list[Any]) -> int:
     if not first.isdigit():
         raise DecodeError("the first frame must be the packet number (an ascii integer)")
     return int(first)
+
+
+class PacketError(DecodeError):
+    """A worker packet that breaks the format; ``number`` is its number when its first frame has one."""
+
+    def __init__(self, message: str, number: int | None) -> None:
+        super().__init__(message)
+        self.number = number
+
+
+def parse_packet(msg: list[Any], expected: int) -> tuple[int, list[bool], int]:
+    """(number, publish-or-ignore per output, payload bytes) of a worker packet of ``expected`` frames.
+
+    The relay's hot path, in one call. Raises PacketError, which carries the packet's number
+    when it has one: a packet of the wrong length is numbered all the same (so a gap is not
+    counted twice), one whose first frame is no number is the rest of a packet too long.
+    """
+    first = msg[0] if msg else b""
+    if type(first) is not bytes:
+        first = _bytes(first)
+    if not first.isdigit():
+        raise PacketError("the first frame must be the packet number (an ascii integer)", None)
+    number = int(first)
+    try:
+        flags, size = check_packet(msg, expected)
+    except DecodeError as exc:
+        raise PacketError(str(exc), number) from None
+    return number, flags, size
 
 
 def check_packet(msg: list[Any], expected: int) -> tuple[list[bool], int]:

@@ -65,21 +65,20 @@ class _Shaper:
                 continue
             if array.size == 0:
                 continue
-            if array.ndim == 2:
-                self._rows = array[:, -self._length :]
+            if array.ndim in (1, 2):  # as Heron draws them: a line, or a line per row, of its last values
+                self._rows = array.reshape(-1, array.shape[-1])[:, -self._length :]
                 self._samples.clear()
-            elif array.ndim <= 1:
-                sample = array.reshape(-1)
-                if self._samples and self._samples[-1].shape != sample.shape:
+            elif array.ndim == 0:  # a number: one more value of a line kept here
+                if self._rows is not None:
                     self._samples.clear()
-                self._samples.append(sample)
+                self._samples.append(array.reshape(1))
                 self._rows = None
             else:
                 self._say(
                     "plot-shape",
                     logging.WARNING,
-                    "cannot plot the data of %s: it is a number, a 1-D array (a sample of each line) or a 2-D "
-                    "array (a line per row), not an array of shape %s",
+                    "cannot plot the data of %s: it is a number (one more value of a line), a 1-D array (a "
+                    "line) or a 2-D array (a line per row), not an array of shape %s",
                     self._title,
                     array.shape,
                 )

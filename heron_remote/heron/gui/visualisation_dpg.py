@@ -36,10 +36,9 @@ The types, as in Heron:
 ``'Value'``
     the last ``_buffer`` values as text, newest at the bottom.
 ``'Single Pane Plot'`` and ``'Multi Pane Plot'``
-    one line per element, in one plot or in one plot each: a number or a 1-D array is one
-    sample of each line and the last ``_buffer`` samples are drawn (Heron itself draws a 1-D
-    array as one line of its last ``_buffer`` elements); a 2-D array is drawn as Heron draws
-    it, a line per row over the row's last ``_buffer`` values.
+    in one plot, or in one plot per line, as Heron draws them: a 1-D array is a line of its
+    last ``_buffer`` values, a 2-D array a line per row over the row's last ``_buffer`` values;
+    a number (which Heron cannot plot) is one more value of a line, the last ``_buffer`` drawn.
 ``'Histogram'``
     accepted; shows nothing (as in Heron).
 
