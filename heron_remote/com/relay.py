@@ -41,17 +41,16 @@ def route_topics(sending_topics: Sequence[str], outputs: Sequence[str]) -> list[
 
 
 class Relay:
+    """Relays a worker's packets to the data forwarder, in the thread that owns the sockets.
+
+    Each packet is checked against the wire format, numbered (:class:`PacketSequence`),
+    stamped with the com's time and published once per sending topic of its output.
+    A malformed packet is dropped and counted; the com's queue from the worker is sized
+    by the packets' bytes.
     """
 
-        #: Where packets are published; set by attach(), before the first packet.
-        _publish: zmq.Socket
-    Relays a worker's packets to the data forwarder, in the thread that owns the sockets.
-
-        Each packet is checked against the wire format, numbered (:class:`PacketSequence`),
-        stamped with the com's time and published once per sending topic of its output.
-        A malformed packet is dropped and counted; the com's queue from the worker is sized
-        by the packets' bytes.
-    """
+    #: Where packets are published; set by attach(), before the first packet.
+    _publish: zmq.Socket
 
     def __init__(
         self,

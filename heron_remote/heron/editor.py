@@ -57,12 +57,13 @@ class HeronEditor:
         """Start the com as the editor does: ``python <com.py> <port> 0 <n_out> [topics…] <node> …``."""
         argv = [sys.executable, str(com_file), str(port), "0", str(len(sending_topics)), *sending_topics]
         argv += [self.node_name, verbose, local_id, remote_id, worker_exec, cpu]
-        out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the com writes it
-        try:
+        if log is None:
+            self.proc = subprocess.Popen(
+                argv, start_new_session=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            return
+        with open(log, "wb") as out:  # the com writes to it until it ends
             self.proc = subprocess.Popen(argv, start_new_session=True, env=env, stdout=out, stderr=out)
-        finally:
-            if log is not None:
-                out.close()  # type: ignore[union-attr]
 
     def wait_for_proof_of_life(self, timeout: float) -> None:
         """Until the node's proof of life arrives (the editor waits without a bound; this one has)."""

@@ -110,12 +110,10 @@ def parse_packet(msg: list[Any], expected: int) -> tuple[int, list[bool], int]:
     when it has one: a packet of the wrong length is numbered all the same (so a gap is not
     counted twice), one whose first frame is no number is the rest of a packet too long.
     """
-    first = msg[0] if msg else b""
-    if type(first) is not bytes:
-        first = _bytes(first)
-    if not first.isdigit():
-        raise PacketError("the first frame must be the packet number (an ascii integer)", None)
-    number = int(first)
+    try:
+        number = packet_number(msg)
+    except DecodeError as exc:
+        raise PacketError(str(exc), None) from None
     try:
         flags, size = check_packet(msg, expected)
     except DecodeError as exc:
