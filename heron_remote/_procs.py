@@ -15,8 +15,9 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-__all__ = ["cmdline", "end_group", "end_process", "group_members", "stop_child"]
+__all__ = ["Identity", "cmdline", "end_group", "end_process", "group_members", "identify", "stop_child"]
 
 _PROC = Path("/proc")
 
@@ -29,6 +30,52 @@ def _stat(pid: int) -> tuple[str, int] | None:
         return None
     fields = raw.rsplit(b")", 1)[1].split()
     return fields[0].decode(), int(fields[2])
+
+
+class Identity(NamedTuple):
+    """What tells one process from any other that ever had its pid: who runs it, since when, in which group."""
+
+    pid: int
+    pgid: int
+    uid: int
+    #: Start time in clock ticks after boot (Linux), or ps's start stamp elsewhere.
+    started: str
+    argv: tuple[str, ...]
+
+
+def identify(pid: int) -> Identity | None:
+    """The identity of live process ``pid`` (None when it does not run, is a zombie or cannot be read)."""
+    if os.name == "nt" or pid <= 0:
+        return None
+    try:
+        pgid = os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+    if _PROC.is_dir():
+        try:
+            raw = (_PROC / str(pid) / "stat").read_bytes()
+            uid = (_PROC / str(pid)).stat().st_uid
+        except OSError:
+            return None
+        fields = raw.rsplit(b")", 1)[1].split()
+        if fields[0] == b"Z":
+            return None
+        started = fields[19].decode()  # field 22 of stat: starttime, counted from the state (field 3)
+    else:
+        try:
+            out = subprocess.run(
+                ["ps", "-o", "uid=,lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        uid_text, _, started = out.stdout.strip().partition(" ")
+        if not uid_text.isdigit():
+            return None
+        uid, started = int(uid_text), started.strip()
+    argv = cmdline(pid)
+    if argv is None:
+        return None
+    return Identity(pid, pgid, uid, started, tuple(argv))
 
 
 def group_members(pgid: int) -> list[int]:

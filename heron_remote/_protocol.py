@@ -28,6 +28,28 @@ PID_PREFIX = "HERON_REMOTE_PID "
 PROTOCOL_VERSION = 1
 CHANNELS = ("data", "heartbeat", "parameters", "liveness")
 
+# Exit statuses a com can tell apart.
+EXIT_OK = 0
+EXIT_WORK_FAILED = 1
+EXIT_BAD_START = 2
+EXIT_NO_HEARTBEAT = 3
+#: Another com's live worker holds the node on this host; nothing was ended.
+EXIT_HELD = 4
+#: Ended by a signal its com did not ask for (somebody else ended it).
+EXIT_ENDED_OUTSIDE = 5
+#: Its com is gone (its pipe or SSH session closed, unanswered).
+EXIT_ORPHANED = 6
+
+#: What each status means, for a com's messages.
+EXIT_MEANINGS = {
+    EXIT_WORK_FAILED: "its work function or a service thread failed",
+    EXIT_BAD_START: "it could not start (bad arguments, a port or folder it cannot use)",
+    EXIT_NO_HEARTBEAT: "it heard no pulse from its com for its death window",
+    EXIT_HELD: "another com's worker holds this node on that host",
+    EXIT_ENDED_OUTSIDE: "somebody other than its com ended it with a signal",
+    EXIT_ORPHANED: "it found its com gone",
+}
+
 PULSE = b"PULSE"
 LIVE = b"LIVE"
 
@@ -66,6 +88,14 @@ class WorkerArgs:
     outputs: int = 0
     #: The CPU the worker pins itself to (Heron's cpu_to_pin); None: any.
     cpu: int | None = None
+    #: The com that owns the worker (``str(ComId)``), for the start record.
+    com: str = ""
+    #: What the worker's stdin is: "pipe" (its local com's pipe: closed means the com is gone),
+    #: "session" (its SSH session: closed, with no answer to a probe, means the com is gone),
+    #: or "" (nothing: a worker started some other way reads no stdin).
+    control: str = ""
+    #: Seconds a "session" worker waits for an answer from its com once its stdin closed.
+    session_grace: float = 0.75
 
     def to_argv(self) -> list[str]:
         # Heron's positional layout first, so Heron's own parser still reads it;
@@ -79,12 +109,14 @@ class WorkerArgs:
             f"{_OPTION_PREFIX}heartbeat-rate={self.heartbeat_rate!r}",
             f"{_OPTION_PREFIX}heartbeats-to-death={self.heartbeats_to_death}",
         ]
-        for key in ("token", "node_id", "run_dir", "outputs"):
+        for key in ("token", "node_id", "run_dir", "outputs", "com", "control"):
             value = getattr(self, key)
             if value:
                 argv.append(f"{_OPTION_PREFIX}{key.replace('_', '-')}={value}")
         if self.cpu is not None:
             argv.append(f"{_OPTION_PREFIX}cpu={self.cpu}")
+        if self.control:
+            argv.append(f"{_OPTION_PREFIX}session-grace={self.session_grace!r}")
         return argv
 
     @classmethod
@@ -100,6 +132,7 @@ class WorkerArgs:
         node_id: str = "",
         outputs: int = 0,
         cpu: int | None = None,
+        com: str = "",
     ) -> WorkerArgs:
         return cls(
             port=port,
@@ -112,6 +145,8 @@ class WorkerArgs:
             node_id=node_id,
             outputs=outputs,
             cpu=cpu,
+            com=com,
+            session_grace=settings.session_grace,
         )
 
     @classmethod
@@ -144,6 +179,9 @@ class WorkerArgs:
                 run_dir=options.get("run-dir", ""),
                 outputs=int(options.get("outputs", 0)),
                 cpu=int(options["cpu"]) if "cpu" in options else None,
+                com=options.get("com", ""),
+                control=_control(options.get("control", "")),
+                session_grace=float(options.get("session-grace", 0.75)),
             )
         except ValueError as exc:
             raise ConfigError(usage + repr(argv)) from exc
@@ -191,15 +229,34 @@ class ReadyLine:
             return None
 
 
-def pulse() -> list[bytes]:
-    return [PULSE, str(time.time_ns()).encode()]
+def _control(value: str) -> str:
+    if value not in CONTROLS:
+        raise ValueError(f"unknown control {value!r}")
+    return value
 
 
-def liveness(pid: int, seq: int, echo_ns: int, error: str | None = None) -> list[bytes]:
-    """A worker's beacon; ``error`` is what went wrong in it that its com should report."""
+#: What a worker's stdin can be (see WorkerArgs.control).
+CONTROLS = ("", "pipe", "session")
+#: The line a com writes to its worker's stdin to stop it.
+STOP_LINE = "stop"
+
+
+def pulse(answer: int | None = None) -> list[bytes]:
+    """A com's pulse; ``answer`` echoes a worker's probe (it asked whether its com still lives)."""
+    frames = [PULSE, str(time.time_ns()).encode()]
+    if answer is not None:
+        frames.append(str(answer).encode())
+    return frames
+
+
+def liveness(pid: int, seq: int, echo_ns: int, error: str | None = None, probe: int | None = None) -> list[bytes]:
+    """A worker's beacon; ``error`` is what went wrong in it that its com should report, ``probe``
+    asks the com to answer at once (the worker's stdin closed: is the com still there?)."""
     body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns}
     if error is not None:
         body["error"] = error
+    if probe is not None:
+        body["probe"] = probe
     return [LIVE, json.dumps(body).encode()]
 
 

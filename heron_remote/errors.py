@@ -7,8 +7,10 @@ Every error is a :class:`HeronRemoteError`, so one ``except`` catches them all::
     ├── ForwarderError         a forwarder could not bind (port in use, bad interface)
     ├── DecodeError            a message does not follow the wire format (also a ValueError)
     ├── NoDataError            no frame arrived within Source.frames()'s timeout (also a TimeoutError)
+    ├── UnsafePathError        a private folder or file is another account's, a symlink or open to others
     ├── WorkerError            something went wrong with a worker process
     │   ├── WorkerStartError   it did not start, or did not report ready in time
+    │   │   └── NodeHeldError  a worker of another, running com holds the node on that host
     │   ├── WorkerExitedError  it ended while the com was running
     │   └── WorkerLostError    nothing came from it for longer than its death window
     └── SSHError               the SSH layer (heron_remote.ssh) failed
@@ -33,8 +35,10 @@ __all__ = [
     "HostKeyError",
     "HostUnreachableError",
     "NoDataError",
+    "NodeHeldError",
     "SSHError",
     "TunnelError",
+    "UnsafePathError",
     "WorkerError",
     "WorkerExitedError",
     "WorkerLostError",
@@ -60,6 +64,15 @@ class DecodeError(HeronRemoteError, ValueError):
 
 class NoDataError(HeronRemoteError, TimeoutError):
     """No frame arrived within the timeout given to :meth:`heron_remote.Source.frames`."""
+
+
+class UnsafePathError(HeronRemoteError):
+    """A folder or file heron_remote keeps on a host is not safe to use: another account's,
+    a symbolic link, or open to other accounts. ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        super().__init__(message)
 
 
 class SSHError(HeronRemoteError):
@@ -107,6 +120,11 @@ class WorkerError(HeronRemoteError):
 
 class WorkerStartError(WorkerError):
     """The worker did not start or did not report ready within the start timeout."""
+
+
+class NodeHeldError(WorkerStartError):
+    """A worker of another com that still runs (or still pulses) holds the node on that host:
+    the launch ends nothing and fails; the message names the holder and what to do."""
 
 
 class WorkerExitedError(WorkerError):

@@ -9,6 +9,7 @@ runs the worker on this machine in a new session; the SSH layer adds a remote on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
@@ -24,9 +25,9 @@ from typing import IO
 from ._logging import NodeLogger
 from ._output import WorkerOutput
 from ._procs import group_members
-from ._protocol import ReadyLine, WorkerArgs
+from ._protocol import EXIT_HELD, EXIT_MEANINGS, STOP_LINE, ReadyLine, WorkerArgs
 from ._threads import KeptThread
-from .errors import ConfigError, WorkerError, WorkerExitedError, WorkerStartError
+from .errors import ConfigError, NodeHeldError, WorkerError, WorkerExitedError, WorkerStartError
 
 __all__ = ["LocalLauncher", "WorkerLauncher"]
 
@@ -42,6 +43,8 @@ class WorkerLauncher(ABC):
     where: str = "this machine"
     #: Seconds between checks of the worker's group while stopping (a remote check is a command).
     _group_poll_s: float = 0.02
+    #: What the worker's stdin is (WorkerArgs.control): how it tells its com is gone.
+    control: str = "pipe"
 
     def __init__(self, worker_exec: str, *, node_name: str) -> None:
         if not isinstance(worker_exec, str) or not worker_exec.strip():
@@ -99,6 +102,10 @@ class WorkerLauncher(ABC):
     def _check_exec(self, argv: list[str]) -> None:
         """Fail early when the program or script cannot exist where the worker runs."""
 
+    def _tell(self, line: str) -> bool:
+        """Write ``line`` to the worker's control channel (stdin); False when it is closed."""
+        return False
+
     # -- shared logic --------------------------------------------------------
     def argv(self, args: WorkerArgs) -> list[str]:
         try:
@@ -109,7 +116,7 @@ class WorkerLauncher(ABC):
             words[0] = self._python()
         elif words[0].endswith(".py"):
             words.insert(0, self._python())
-        return words + args.to_argv()
+        return words + dataclasses.replace(args, control=self.control).to_argv()
 
     def start(self, args: WorkerArgs) -> None:
         argv = self.argv(args)
@@ -169,6 +176,13 @@ class WorkerLauncher(ABC):
         """The error for a worker that ended with ``code``, carrying its last stderr lines."""
         self._settle_output()
         how = self.describe_exit(code)
+        if starting and code == EXIT_HELD:
+            return NodeHeldError(
+                f"worker of node {self.node_name!r} on {self.where} did not start: {how}",
+                node=self.node_name,
+                returncode=code,
+                stderr_tail=self.output.tail(),
+            )
         if starting:
             return WorkerStartError(
                 f"worker of node {self.node_name!r} on {self.where} {how} before it was ready "
@@ -185,7 +199,10 @@ class WorkerLauncher(ABC):
         )
 
     def describe_exit(self, code: int) -> str:
-        return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        if code < 0:
+            return f"was killed by signal {-code}"
+        meaning = EXIT_MEANINGS.get(code)
+        return f"exited with status {code}" + (f" ({meaning})" if meaning else "")
 
     def stop(self, grace: float = 3.0) -> int | None:
         """TERM the worker's group, KILL it after ``grace`` s, confirm it is gone. Idempotent."""
@@ -198,6 +215,9 @@ class WorkerLauncher(ABC):
         try:
             if not self._spawned:
                 return None
+            if self._running() and self._tell(STOP_LINE + "\n"):
+                self.log.info("stopping worker (asked on its control channel; TERM after %.1f s)", grace)
+                self._wait_running(grace)
             if self._running() or self._group_alive():
                 self.log.info("stopping worker (TERM to its group, KILL after %.1f s)", grace)
                 self._signal_group(signal.SIGTERM)
@@ -220,6 +240,14 @@ class WorkerLauncher(ABC):
     def abandon(self) -> None:
         """Give up on a worker that stopped answering. Here it can still be signalled: stop it."""
         self.stop(grace=0.5)
+
+    def _wait_running(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._running():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def _wait_exit(self, timeout: float) -> bool:
         """Wait until the worker, then everything of its process group, has ended."""
@@ -271,7 +299,7 @@ class LocalLauncher(WorkerLauncher):
         try:
             self._proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # the worker's control channel: it closes when this process ends
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -301,6 +329,17 @@ class LocalLauncher(WorkerLauncher):
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def _tell(self, line: str) -> bool:
+        stdin = self._proc.stdin if self._proc is not None else None
+        if stdin is None:
+            return False
+        try:
+            stdin.write(line)
+            stdin.flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
     def returncode(self) -> int | None:
         return None if self._proc is None else self._proc.poll()
 
@@ -315,6 +354,14 @@ class LocalLauncher(WorkerLauncher):
         except ProcessLookupError:
             return False
         return True
+
+    def _release(self) -> None:
+        stdin = self._proc.stdin if self._proc is not None else None
+        if stdin is not None:
+            try:
+                stdin.close()
+            except OSError as exc:  # the worker is gone and the pipe broke: nothing to tell it any more
+                self.log.debug("closing the worker's stdin: %s", exc)
 
     def _settle_output(self, timeout: float = 1.0) -> None:
         for reader in self._readers:

@@ -1,6 +1,7 @@
 """A worker's relic: its Parameters history and Substate rows, saved as it runs.
 
 Two JSON Lines files per node, ``<relic_dir>/<node_name>_<node_index>/Parameters.jsonl``
+(the folder name made safe: a name such as ``../x`` is percent-encoded, never a path)
 and ``Substate.jsonl``; every row is a JSON object with the worker's packet ``index``
 and the wall-clock ``time``, so the standard library reads them back::
 
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from ._paths import safe_name
+
 __all__ = ["Relic", "read_relic"]
 
 logger = logging.getLogger(__name__)
@@ -31,7 +34,7 @@ class Relic:
     def __init__(
         self, relic_dir: str | os.PathLike[str], node_name: str, node_index: str, *, flush_every: int = 100
     ) -> None:
-        self.folder = Path(relic_dir) / f"{node_name}_{node_index}"
+        self.folder = Path(relic_dir) / safe_name(f"{node_name}_{node_index}")
         self.flush_every = max(1, int(flush_every))
         self._files: dict[str, IO[str]] = {}
         self._pending = 0

@@ -100,6 +100,10 @@ class Settings:
     link_timeout: seconds without anything from an SSH host before its connection counts as
         dropped and is opened again (the tunnels keep their local ports).
     restart: a :class:`RestartPolicy`, or its mode as a string ("never", "on-failure").
+    session_grace: seconds a remote worker whose SSH session closed while pulses still came
+        waits for its com to answer before it ends itself (its com was killed). Raise it only
+        if sshd on a PC may end sessions while the com lives on (a killed sshd), at the cost of
+        an orphan holding the camera that much longer.
     """
 
     heartbeat_rate: float = 1.0
@@ -112,13 +116,21 @@ class Settings:
     connect_timeout: float = 10.0
     link_timeout: float = 3.0
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    session_grace: float = 0.75
 
     def __post_init__(self) -> None:
         if isinstance(self.restart, str):
             object.__setattr__(self, "restart", RestartPolicy(mode=self.restart))
         elif not isinstance(self.restart, RestartPolicy):
             raise ConfigError(f"Settings.restart must be a RestartPolicy or a mode string, got {self.restart!r}")
-        for name in ("heartbeat_rate", "start_timeout", "stop_grace", "connect_timeout", "link_timeout"):
+        for name in (
+            "heartbeat_rate",
+            "start_timeout",
+            "stop_grace",
+            "connect_timeout",
+            "link_timeout",
+            "session_grace",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"Settings.{name} must be a positive number of seconds, got {value!r}")
@@ -148,6 +160,7 @@ class Settings:
                 ("forwarder_host", str),
                 ("connect_timeout", float),
                 ("link_timeout", float),
+                ("session_grace", float),
             ),
         )
         port_kwargs = _from_env(
@@ -178,6 +191,7 @@ class Settings:
             "HERON_REMOTE_FORWARDER_HOST": self.forwarder_host,
             "HERON_REMOTE_CONNECT_TIMEOUT": repr(float(self.connect_timeout)),
             "HERON_REMOTE_LINK_TIMEOUT": repr(float(self.link_timeout)),
+            "HERON_REMOTE_SESSION_GRACE": repr(float(self.session_grace)),
         }
         if self.ssh_info:
             env["HERON_REMOTE_SSH_INFO"] = self.ssh_info

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import signal
 import subprocess
 import time
 
 import pytest
 
-from heron_remote import Settings, Source
+from heron_remote import Settings, Source, WorkerExitedError
 from heron_remote.testing import AcqHosts, ExternalHosts
 
-from .helpers import WORKERS, ComScript, pid_alive, remote_alive, wait_until
+from .helpers import PYTHON, WORKERS, ComScript, com_env, on_host, pid_alive, remote_alive, wait_until
 
 # Each test runs a worker on a namespace host too (the acq fixture).
 pytestmark = pytest.mark.multihost
@@ -40,25 +43,87 @@ def test_stop_ends_the_worker_and_the_helper_it_spawned(
     assert not alive(worker) and not alive(helper)
 
 
+def _alive(where: str, acq: Hosts):
+    """A check that a worker runs: /proc here, which namespace hosts share (to the millisecond), else over SSH."""
+    if where == "local" or acq.mode == "namespace":
+        return pid_alive
+    return lambda pid: remote_alive(acq, where, pid)
+
+
+def _gone_within(alive, pid: int, since: float, timeout: float = 10.0) -> float:
+    wait_until(lambda: not alive(pid), timeout, f"worker {pid} to end")
+    return time.monotonic() - since
+
+
 @pytest.mark.parametrize("where", ["local", "acq1"])
-def test_a_relaunch_ends_the_worker_a_killed_com_left_without_waiting_for_its_heartbeat(
+def test_a_com_killed_outright_leaves_no_worker_after_two_seconds(
     where: str, settings: Settings, remote_settings: Settings, acq: Hosts
 ) -> None:
-    # A 30 s death window: waiting it out is not what makes the relaunch work.
+    # A 30 s death window: waiting it out is not what ends the orphan.
     slow = (settings if where == "local" else remote_settings).replace(heartbeat_rate=1.0, heartbeats_to_death=30)
-    host = None if where == "local" else where
-    alive = pid_alive if where == "local" else (lambda pid: remote_alive(acq, where, pid))
-    crashed = ComScript(slow, host=host)
+    crashed = ComScript(slow, host=None if where == "local" else where)
     orphan = crashed.worker_pid
-    crashed.proc.kill()  # the rig's experiment dies: its worker runs on, holding the camera
-    crashed.proc.wait(5)
+    alive = _alive(where, acq)
     assert alive(orphan)
+    time.sleep(1.5)  # pulses flowing, as in an experiment that has run a while
+    crashed.proc.kill()  # the rig's experiment dies: its worker must not hold the camera
+    took = _gone_within(alive, orphan, time.monotonic())
+    crashed.proc.wait(5)
+    print(f"{where}: worker gone {took:.2f} s after its com was SIGKILLed (death window 30 s)")
+    assert took <= 2.0
+
+
+SOURCE_SCRIPT = """
+import sys, time
+from heron_remote import Settings, Source, WorkerExitedError
+src = Source("python -m heron_remote.examples.synthetic_camera", name="plain",
+             parameters={"shape": [8, 8], "fps": 50}, settings=Settings.from_env(),
+             host=sys.argv[1] if len(sys.argv) > 1 else None)
+src.start()
+frames = src.frames(timeout=20)
+next(frames)
+print("PID", src.stats.worker_pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "acq1"])
+def test_a_plain_source_script_killed_by_sigterm_leaves_no_worker_after_two_seconds(
+    where: str, settings: Settings, remote_settings: Settings, acq: Hosts
+) -> None:
+    chosen = (settings if where == "local" else remote_settings).replace(heartbeats_to_death=30)
+    args = [PYTHON, "-c", SOURCE_SCRIPT] + ([] if where == "local" else [where])
+    script = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=com_env(chosen))
+    try:
+        line = script.stdout.readline() if select.select([script.stdout], [], [], 30)[0] else ""
+        assert line.startswith("PID "), line
+        pid, alive = int(line.split()[1]), _alive(where, acq)
+        time.sleep(1.0)
+        script.terminate()  # no handler in the script: Python dies at once, nothing is cleaned up
+        took = _gone_within(alive, pid, time.monotonic())
+        print(f"{where}: worker gone {took:.2f} s after its Source script got SIGTERM")
+        assert took <= 2.0
+    finally:
+        script.kill()
+        script.wait(5)
+
+
+def test_a_relaunch_ends_at_once_the_worker_a_killed_com_left(remote_settings: Settings, acq: Hosts) -> None:
+    # The orphan would wait 30 s for an answer and 30 s for pulses: neither is what ends it.
+    slow = remote_settings.replace(heartbeat_rate=1.0, heartbeats_to_death=30, session_grace=30.0)
+    crashed = ComScript(slow, host="acq1")
+    orphan = crashed.worker_pid
+    alive = _alive("acq1", acq)
+    crashed.proc.kill()
+    crashed.proc.wait(5)
+    time.sleep(0.5)
+    assert alive(orphan)  # it is asking for its com, and holds the node
     started = time.monotonic()
-    rerun = ComScript(slow, host=host)
+    rerun = ComScript(slow, host="acq1")
     worker = rerun.worker_pid
     try:
         took = time.monotonic() - started
-        print(f"{where}: relaunch ready in {took:.2f} s, the orphan {orphan} ended")
+        print(f"relaunch ready in {took:.2f} s, the orphan {orphan} ended")
         assert worker != orphan and alive(worker)
         assert not alive(orphan)
         assert took < 10
@@ -67,6 +132,51 @@ def test_a_relaunch_ends_the_worker_a_killed_com_left_without_waiting_for_its_he
     assert code == 0, log
     assert f"ended worker pid {orphan} of this node, left on" in log
     wait_until(lambda: not alive(worker), 10, "the relaunched worker to stop")
+
+
+@pytest.mark.parametrize("where", ["local", "acq1"])
+def test_a_second_script_cannot_take_a_node_a_running_com_holds(
+    where: str, settings: Settings, remote_settings: Settings, acq: Hosts
+) -> None:
+    chosen = settings if where == "local" else remote_settings
+    host = None if where == "local" else where
+    first = ComScript(chosen, host=host)
+    alive = _alive(where, acq)
+    try:
+        with pytest.raises(AssertionError) as caught:
+            ComScript(chosen, host=host)  # the same node (Parameters##echo##1), same account
+        message = str(caught.value)
+        print(message.splitlines()[-3:])
+        assert "NodeHeldError" in message and f"is held by worker pid {first.worker_pid}" in message
+        assert "Nothing was ended" in message
+        assert alive(first.worker_pid)
+        time.sleep(chosen.heartbeat_rate * 2)
+        assert first.proc.poll() is None and alive(first.worker_pid)  # and its com still streams
+    finally:
+        code, _, log = first.stop()
+    assert code == 0, log
+    assert "worker stopped (status 0)" in log
+
+
+@pytest.mark.parametrize("where", ["local", "acq1"])
+def test_a_worker_ended_by_somebody_else_is_an_error_for_its_com_not_a_finish(
+    where: str, settings: Settings, remote_settings: Settings, acq: Hosts
+) -> None:
+    chosen = settings if where == "local" else remote_settings
+    camera = "python -m heron_remote.examples.synthetic_camera"
+    host = None if where == "local" else where
+    with Source(camera, parameters={"shape": [8, 8], "fps": 50}, settings=chosen, host=host) as src:
+        frames = src.frames(timeout=20)
+        next(frames)
+        pid = src.stats.worker_pid
+        if where == "local":
+            os.kill(pid, signal.SIGTERM)
+        else:
+            on_host(acq, where, f"kill -TERM {pid}")
+        with pytest.raises(WorkerExitedError, match="somebody other than its com ended it") as caught:
+            for _ in frames:
+                pass
+    assert caught.value.returncode == 5
 
 
 def test_status_shows_each_remote_source_live_and_as_json(remote_settings: Settings, acq: Hosts) -> None:

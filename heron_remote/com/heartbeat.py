@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import zmq
 
@@ -12,6 +13,9 @@ from .._threads import KeptThread
 from ..errors import HeronRemoteError
 
 __all__ = ["Heartbeat", "back_off"]
+
+#: Seconds between checks for a stop while waiting for the next pulse.
+_STOP_CHECK_S = 0.05
 
 
 def back_off(sock: zmq.Socket) -> None:
@@ -37,6 +41,8 @@ class Heartbeat:
         self._log = log
         self._target: str | None = None
         self._thread: KeptThread | None = None
+        self._answer: int | None = None
+        self._wake = threading.Event()
 
     def start(self) -> None:
         if self._thread is None:
@@ -49,6 +55,11 @@ class Heartbeat:
     def aim(self, endpoint: str) -> None:
         """Pulse the worker at ``endpoint`` from now on."""
         self._target = endpoint
+
+    def answer(self, probe: int) -> None:
+        """Pulse at once, echoing the worker's ``probe``: it asked whether this com still lives."""
+        self._answer = probe
+        self._wake.set()
 
     @property
     def started(self) -> bool:
@@ -71,6 +82,15 @@ class Heartbeat:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    def _pause(self, seconds: float) -> None:
+        """Wait until the next pulse is due, an answer is asked for, or the com stops."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._wake.wait(min(left, _STOP_CHECK_S)):
+                break
+        self._wake.clear()
+
     def _loop(self) -> None:
         sock: zmq.Socket | None = None
         target: str | None = None
@@ -87,11 +107,12 @@ class Heartbeat:
                     back_off(sock)
                     sock.connect(target)
                 if sock is not None:
+                    answer, self._answer = self._answer, None
                     try:
-                        sock.send_multipart(pulse(), zmq.NOBLOCK)
+                        sock.send_multipart(pulse(answer), zmq.NOBLOCK)
                     except zmq.Again:
                         pass  # the pipe is full or not up yet: a late pulse is useless, drop it
-                self._stopping.wait(self._rate if sock is not None else 0.02)
+                self._pause(self._rate if sock is not None else 0.02)
         except BaseException:
             self._log.exception("the heartbeat thread failed")
             raise

@@ -13,6 +13,7 @@ import zmq
 
 from .._logging import NodeLogger
 from .._protocol import WorkerArgs, parse_liveness
+from .._records import ComId
 from ..errors import AuthenticationError, HostKeyError, SSHError, WorkerError, WorkerLostError, WorkerStartError
 from ..launcher import LocalLauncher, WorkerLauncher
 from ..settings import Settings
@@ -133,6 +134,7 @@ class Supervisor:
             node_id=spec.node_id,
             outputs=spec.outputs,
             cpu=spec.cpu,
+            com=str(ComId.here()),
         )
 
     def _connect(self) -> None:
@@ -180,6 +182,9 @@ class Supervisor:
             return
         self.stats.liveness_seen += 1
         self.heard()
+        probe = body.get("probe")
+        if isinstance(probe, int) and not isinstance(probe, bool) and self._heartbeat is not None:
+            self._heartbeat.answer(probe)  # the worker's session closed: it asks whether we still live
         echo = body.get("echo_ns")
         if isinstance(echo, int) and echo > 0:
             self.stats.heartbeat_rtt_s = (time.time_ns() - echo) / 1e9

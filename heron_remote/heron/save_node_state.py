@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .._paths import safe_name
 from .._verbosity import NO_RELIC
 from ..errors import ConfigError
 
@@ -87,7 +88,7 @@ class SaveNodeState:
             if any(c in part for c in "/\\") or part in ("", ".", ".."):
                 raise ConfigError(f"node name {node_name!r} and index {node_index!r} must be plain names, not paths")
         self.operational = path not in ("", NO_RELIC)
-        self.folder = Path(path) / f"{node_name}##{node_index}"
+        self.folder = Path(path) / safe_name(f"{node_name}##{node_index}")
         self.num_of_iters = DEFAULT_ITERATIONS if num_of_iters is None else int(num_of_iters)
         self._tables: dict[str, _Table] = {}
         self._lock = threading.Lock()

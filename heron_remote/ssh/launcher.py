@@ -56,6 +56,7 @@ class RemoteLauncher(WorkerLauncher):
     """
 
     _group_poll_s = 0.1  # each check is a command on the PC
+    control = "session"
 
     def __init__(
         self, worker_exec: str, *, node_name: str, connection: HostLink, settings: Settings | None = None
@@ -169,6 +170,10 @@ class RemoteLauncher(WorkerLauncher):
             self._stopped = True
         self.log.warning("giving up on the worker (pid %s): it ends itself without pulses", self.output.pid)
         self._release()
+
+    def _tell(self, line: str) -> bool:
+        process = self._process
+        return process is not None and not process.session_lost and process.send(line)
 
     def address(self, port: int) -> str:
         tunnel = self._link().forward(port)

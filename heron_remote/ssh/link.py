@@ -44,6 +44,10 @@ class RemoteProcess(Protocol):
         """Collect the end of a command that has ended (raises what the runner saw go wrong)."""
         ...
 
+    def send(self, text: str) -> bool:
+        """Write ``text`` to its stdin; False when that is closed (its session ended)."""
+        ...
+
 
 class HostLink(Protocol):
     """A host's connection as a launcher uses it. The launcher's :meth:`release` gives it back."""

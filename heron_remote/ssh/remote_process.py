@@ -129,3 +129,13 @@ class FabricProcess:
 
     def join(self) -> None:
         self._promise.join()
+
+    def send(self, text: str) -> bool:
+        channel = self._channel
+        if channel.closed or not channel.get_transport().is_active():
+            return False
+        try:
+            channel.sendall(text.encode())
+        except (OSError, EOFError, paramiko.SSHException):
+            return False
+        return True

@@ -45,7 +45,7 @@ class FakeProcess:
     def __init__(self, command: str, out: TextSink, err: TextSink) -> None:
         self._proc = subprocess.Popen(
             [_login_shell(), "-c", command],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -89,6 +89,17 @@ class FakeProcess:
     def join(self) -> None:
         self._proc.wait(10)
         self.settle(5)
+
+    def send(self, text: str) -> bool:
+        stdin = self._proc.stdin
+        if stdin is None or self._lost.is_set():
+            return False
+        try:
+            stdin.write(text)
+            stdin.flush()
+        except (OSError, ValueError):
+            return False
+        return True
 
 
 class FakeHost:

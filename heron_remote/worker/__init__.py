@@ -14,17 +14,29 @@ A Heron source worker ports by changing its imports::
 :mod:`.runtime` is the worker object a work function holds, :mod:`.heartbeat` its pulses
 and beacons, :mod:`.life` how the process ends, :mod:`.main` the entry point. The worker
 ends itself, after ``end_of_life_function``, when its com's pulses stop for
-``heartbeats_to_death`` beats, and on SIGTERM or SIGINT.
+``heartbeats_to_death`` beats, when its com is gone (:mod:`.control`: its stdin closed),
+and on SIGTERM or SIGINT.
 """
 
-from .life import EXIT_BAD_START, EXIT_NO_HEARTBEAT, EXIT_OK, EXIT_WORK_FAILED
+from .life import (
+    EXIT_BAD_START,
+    EXIT_ENDED_OUTSIDE,
+    EXIT_HELD,
+    EXIT_NO_HEARTBEAT,
+    EXIT_OK,
+    EXIT_ORPHANED,
+    EXIT_WORK_FAILED,
+)
 from .main import start_the_source_worker_process
 from .runtime import SourceWorker
 
 __all__ = [
     "EXIT_BAD_START",
+    "EXIT_ENDED_OUTSIDE",
+    "EXIT_HELD",
     "EXIT_NO_HEARTBEAT",
     "EXIT_OK",
+    "EXIT_ORPHANED",
     "EXIT_WORK_FAILED",
     "SourceWorker",
     "start_the_source_worker_process",

@@ -15,9 +15,18 @@ from .life import EXIT_NO_HEARTBEAT
 __all__ = ["WorkerHeartbeat"]
 
 
+#: Seconds between a worker's probes while it waits for its com to answer one.
+PROBE_EVERY_S = 0.05
+
+
 class WorkerHeartbeat:
     """Answers each pulse with a beacon (the com measures the round trip), beacons every
-    ``rate`` seconds, and ends the worker when no pulse came for ``rate * beats_to_death``."""
+    ``rate`` seconds, and ends the worker when no pulse came for ``rate * beats_to_death``.
+
+    :meth:`probe` asks the com to answer at once: a worker whose SSH session closed learns
+    within ``session_grace`` whether its com still lives (the answer echoes the probe, so a
+    pulse already on its way when the com died cannot pass for one).
+    """
 
     def __init__(
         self,
@@ -32,6 +41,28 @@ class WorkerHeartbeat:
         self._die = die
         self._error: str | None = None
         self._now = threading.Event()
+        #: Called on every pulse (the start record's live file takes its time).
+        self.on_pulse: Callable[[], object] = lambda: None
+        self._probe: tuple[int, float, Callable[[], object]] | None = None
+        self._probes = 0
+        self._probe_lock = threading.Lock()
+        self._last_pulse = time.monotonic()
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def last_pulse(self) -> float:
+        """``time.monotonic()`` of the last pulse (or of the start)."""
+        return self._last_pulse
+
+    def probe(self, timeout: float, unanswered: Callable[[], object]) -> None:
+        """Ask the com to answer within ``timeout`` s; else call ``unanswered`` (in the heartbeat thread)."""
+        with self._probe_lock:
+            self._probes += 1
+            self._probe = (self._probes, time.monotonic() + timeout, unanswered)
+        self._now.set()
 
     def report(self, error: str) -> None:
         """Tell the com, with the next beacon (sent at once), what went wrong in the worker."""
@@ -47,33 +78,48 @@ class WorkerHeartbeat:
         self._bind(beacon, "liveness")
         window = self._rate * self._beats_to_death
         pid, seq, echo = os.getpid(), 0, 0
-        last_pulse = time.monotonic()
-        next_beacon = last_pulse
+        self._last_pulse = time.monotonic()
+        next_beacon = self._last_pulse
         connected = False
         while True:
-            wait = min(next_beacon, last_pulse + window) - time.monotonic()
+            probe = self._probe
+            wait = min(next_beacon, self._last_pulse + window) - time.monotonic()
             if self._now.is_set():
                 self._now.clear()
                 next_beacon, wait = time.monotonic(), 0
             if pulses.poll(max(0, int(wait * 1000) + 1)):
                 frames = pulses.recv_multipart()
                 if frames and frames[0] == PULSE:
-                    last_pulse = time.monotonic()
+                    self._on_pulse(frames, probe)
                     connected = True
-                    if len(frames) > 1 and frames[1].isdigit():
+                    if len(frames) > 1 and frames[1].isdigit() and len(frames[1]) < 24:
                         echo = int(frames[1])
-                    next_beacon = last_pulse  # answer at once: the com measures the round trip
+                    next_beacon = self._last_pulse  # answer at once: the com measures the round trip
             now = time.monotonic()
-            if now - last_pulse > window:
+            if now - self._last_pulse > window:
                 self._die(
                     f"no heartbeat from the com for {window:g} s ({self._beats_to_death} beats): ending",
                     EXIT_NO_HEARTBEAT,
                 )
+            probe = self._probe
+            if probe is not None and now > probe[1]:
+                self._probe = None
+                probe[2]()
             if now >= next_beacon:
                 seq += 1
                 error, self._error = self._error, None
+                asking = probe[0] if probe is not None else None
                 try:
-                    beacon.send_multipart(liveness(pid, seq, echo, error), zmq.NOBLOCK)
+                    beacon.send_multipart(liveness(pid, seq, echo, error, asking), zmq.NOBLOCK)
                 except zmq.Again:
                     self._error = self._error or error  # goes with the next beacon
-                next_beacon = now + (self._rate if connected else min(0.1, self._rate))
+                every = self._rate if connected else min(0.1, self._rate)
+                next_beacon = now + (PROBE_EVERY_S if self._probe is not None else every)
+
+    def _on_pulse(self, frames: list[bytes], probe: tuple[int, float, Callable[[], object]] | None) -> None:
+        self._last_pulse = time.monotonic()
+        self.on_pulse()
+        if probe is not None and len(frames) > 2 and frames[2] == str(probe[0]).encode():
+            with self._probe_lock:
+                if self._probe is probe:
+                    self._probe = None

@@ -14,23 +14,34 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 import zmq
 
 from .. import _records as records
+from .._protocol import (
+    EXIT_BAD_START,
+    EXIT_ENDED_OUTSIDE,
+    EXIT_HELD,
+    EXIT_NO_HEARTBEAT,
+    EXIT_OK,
+    EXIT_ORPHANED,
+    EXIT_WORK_FAILED,
+)
 from .._threads import KeptThread
 
-__all__ = ["EXIT_BAD_START", "EXIT_NO_HEARTBEAT", "EXIT_OK", "EXIT_WORK_FAILED", "WorkerLife"]
+__all__ = [
+    "EXIT_BAD_START",
+    "EXIT_ENDED_OUTSIDE",
+    "EXIT_HELD",
+    "EXIT_NO_HEARTBEAT",
+    "EXIT_OK",
+    "EXIT_ORPHANED",
+    "EXIT_WORK_FAILED",
+    "WorkerLife",
+]
 
 logger = logging.getLogger("heron_remote.worker")
-
-# Exit statuses a com can tell apart.
-EXIT_OK = 0
-EXIT_WORK_FAILED = 1
-EXIT_BAD_START = 2
-EXIT_NO_HEARTBEAT = 3
 
 #: Seconds end_of_life_function may take before the worker exits anyway.
 END_OF_LIFE_S = 1.5
@@ -53,20 +64,41 @@ class WorkerLife:
         self.relic: SavedState | None = None
         self._dying = threading.Lock()
         self._finishing = self._delivering = self._stop_asked = False
-        self._record: tuple[str, str, Path] | None = None  # node id, token, run dir
+        self._claim: records.NodeClaim | None = None
+        #: Whether the com controls this worker: a signal it did not ask for is then reported.
+        self.controlled = False
+        self.stop_asked_by_com = False
 
     # -- start record ----------------------------------------------------------
-    def claim(self, node_id: str, token: str, run_dir: str = "") -> tuple[int, ...]:
-        """End any worker of ``node_id`` an earlier run left on this host, record this one; the ended pids."""
+    def claim(
+        self, node_id: str, token: str, run_dir: str = "", *, com: str = "", window: float = 10.0
+    ) -> tuple[int, ...]:
+        """Take ``node_id`` on this host, ending a holder whose com is gone; the ended pids.
+
+        Raises NodeHeldError when another com's live worker holds it.
+        """
         folder = records.run_dir(run_dir or None)
-        reaped = tuple(r.pid for r in records.claim(node_id, token, folder=folder))
-        self._record = (node_id, token, folder)
-        return reaped
+        self._claim, reaped = records.claim(node_id, token, folder=folder, com=com, window=window)
+        return tuple(r.pid for r in reaped)
+
+    def pulse(self) -> None:
+        if self._claim is not None:
+            self._claim.pulse()
+
+    def channel_closed(self) -> None:
+        """The com's control channel closed: a launch may end this worker while it asks its com."""
+        if self._claim is not None:
+            self._claim.closed()
+
+    def orphaned(self, reason: str) -> NoReturn:
+        """The com is gone: say so in the start record, then end."""
+        if self._claim is not None:
+            self._claim.orphaned()
+        self.die(reason, EXIT_ORPHANED)
 
     def _release(self) -> None:
-        if self._record is not None:
-            node_id, token, folder = self._record
-            records.release(node_id, token, folder=folder)
+        if self._claim is not None:
+            self._claim.release()
 
     # -- ending ------------------------------------------------------------------
     def die(self, reason: str, code: int) -> NoReturn:
@@ -77,7 +109,8 @@ class WorkerLife:
         _hard_exit_after(END_OF_LIFE_S + 0.5, code)
         level = logging.INFO if code == EXIT_OK else logging.ERROR
         logger.log(level, "worker %s (pid %d): %s", self._label, os.getpid(), reason)
-        self._end_of_life(timeout=END_OF_LIFE_S / 2 if code == EXIT_NO_HEARTBEAT else END_OF_LIFE_S)
+        hurried = code in (EXIT_NO_HEARTBEAT, EXIT_ORPHANED)  # nobody waits for this worker's end
+        self._end_of_life(timeout=END_OF_LIFE_S / 2 if hurried else END_OF_LIFE_S)
         self._release()
         _flush_and_exit(code)
 
@@ -105,7 +138,20 @@ class WorkerLife:
                 _exit_now(EXIT_OK)
             self._stop_asked = True
             return
-        self.die(f"stopped by signal {signal.Signals(signum).name}", EXIT_OK)
+        name = signal.Signals(signum).name
+        if self.controlled and not self.stop_asked_by_com:
+            self.die(f"ended by {name}, which its com did not ask for", EXIT_ENDED_OUTSIDE)
+        self.die(f"stopped by signal {name}", EXIT_OK)
+
+    def stop_from_com(self) -> None:
+        """The com wrote ``stop`` on the control channel: end normally."""
+        self.stop_asked_by_com = True
+        if self._finishing:
+            self._stop_asked = True
+            if self._delivering:
+                _exit_now(EXIT_OK)
+            return
+        self.die("stopped by its com", EXIT_OK)
 
     def _end_of_life(self, timeout: float) -> None:
         if self._end_of_life_function is not None:

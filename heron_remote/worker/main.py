@@ -12,7 +12,8 @@ from typing import Any, NoReturn
 
 from .._protocol import WorkerArgs
 from .._streams import guard_std_streams
-from .life import EXIT_BAD_START, EXIT_WORK_FAILED
+from ..errors import NodeHeldError, UnsafePathError
+from .life import EXIT_BAD_START, EXIT_HELD, EXIT_WORK_FAILED
 from .runtime import SourceWorker
 
 __all__ = ["pin_to_cpu", "run_worker", "start_the_source_worker_process"]
@@ -65,8 +66,16 @@ def run_worker(
     worker.num_outputs = args.outputs
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, worker.on_kill)
+    worker.start_control(args.control, args.session_grace)
     if args.token:
-        worker.claim_node(args.node_id or args.parameters_topic, args.token, args.run_dir)
+        try:
+            worker.claim_node(args.node_id or args.parameters_topic, args.token, args.run_dir, com=args.com)
+        except NodeHeldError as exc:
+            print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
+            os._exit(EXIT_HELD)
+        except UnsafePathError as exc:
+            print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
+            os._exit(EXIT_BAD_START)
     worker.connect_socket()
     worker.start_heartbeat_thread()
     worker.start_parameters_thread()

@@ -23,6 +23,7 @@ from .._verbosity import NO_RELIC
 from .._version import __version__
 from ..relic import Relic
 from ..wire import encode_output, send_packet
+from .control import ComControl
 from .heartbeat import WorkerHeartbeat
 from .life import EXIT_BAD_START, EXIT_WORK_FAILED, WorkerLife
 
@@ -98,9 +99,25 @@ class SourceWorker:
         return self._data
 
     # -- start record ----------------------------------------------------------
-    def claim_node(self, node_id: str, token: str, run_dir: str = "") -> None:
-        """End any worker of ``node_id`` an earlier run left on this host, and record this one."""
-        self._reaped = self._life.claim(node_id, token, run_dir)
+    def claim_node(self, node_id: str, token: str, run_dir: str = "", *, com: str = "") -> None:
+        """Take ``node_id`` on this host, ending a worker an earlier run left (NodeHeldError if a live com holds it)."""
+        window = self.heartbeat_rate * self.heartbeats_to_death
+        self._reaped = self._life.claim(node_id, token, run_dir, com=com, window=window)
+        self._heartbeat.on_pulse = self._life.pulse
+
+    def start_control(self, mode: str, session_grace: float) -> None:
+        """Read the com's control channel (stdin): ``stop``, and its end (the com is gone)."""
+        if not mode:
+            return
+        self._life.controlled = True
+        ComControl(
+            mode,
+            self._heartbeat,
+            session_grace=session_grace,
+            stop=self._life.stop_from_com,
+            gone=self._life.orphaned,
+            closed=self._life.channel_closed,
+        ).start()
 
     # -- sockets ---------------------------------------------------------------
     def _bind(self, sock: zmq.Socket, channel: str) -> None:
