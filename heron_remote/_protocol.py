@@ -40,10 +40,8 @@ EXIT_ENDED_OUTSIDE = 5
 #: Its com is gone (its pipe or SSH session closed, unanswered).
 EXIT_ORPHANED = 6
 
-#: What each status means, for a com's messages.
+#: What our own statuses mean, for a com's messages (1 and 2 are also Python's own: not explained).
 EXIT_MEANINGS = {
-    EXIT_WORK_FAILED: "its work function or a service thread failed",
-    EXIT_BAD_START: "it could not start (bad arguments, a port or folder it cannot use)",
     EXIT_NO_HEARTBEAT: "it heard no pulse from its com for its death window",
     EXIT_HELD: "another com's worker holds this node on that host",
     EXIT_ENDED_OUTSIDE: "somebody other than its com ended it with a signal",

@@ -72,6 +72,9 @@ class _FakeWorker:
     def join(self) -> None:
         pass
 
+    def send(self, text: str) -> bool:
+        return False  # its stdin is gone: the stop falls back to taskkill
+
 
 class _FakePC:
     """A Windows PC's side of a launch (a HostLink): records commands; the worker dies on the forced taskkill."""

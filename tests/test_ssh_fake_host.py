@@ -141,7 +141,7 @@ def test_a_worker_that_exits_before_it_is_ready_is_reported_with_its_status_and_
     host = FakeHost()
     launcher = RemoteLauncher(f"{worker} fail", node_name="cam", connection=host)
     launcher.start(ARGS)
-    with pytest.raises(WorkerStartError, match=r"(?s)on fake-pc exited with status 3 before it was ready.*no camera"):
+    with pytest.raises(WorkerStartError, match=r"(?s)on fake-pc exited with status 3 .*before it was ready.*no camera"):
         launcher.wait_ready(10)
     assert launcher.stop() == 3
     assert host.releases == 1
