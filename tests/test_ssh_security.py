@@ -1,0 +1,196 @@
+"""SSH against real sshd hosts: what a lab's ssh setup or a second registry entry must not change.
+
+Each attack (agent forwarding asked by ~/.ssh/config, a registry entry riding another's
+connection, revoked host keys) is shown to fail next to the legitimate use that still works.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from heron_remote import Settings, Source
+from heron_remote.errors import HostKeyError, TunnelError
+from heron_remote.ssh import HostConnection, Registry
+from heron_remote.ssh.openssh import OpenSSHMaster, OpenSSHTunnel
+from heron_remote.testing import AcqHosts, ExternalHosts
+
+from .helpers import CAMERA, ECHO_WORKER, edit_registry, on_host, wait_until
+
+pytestmark = pytest.mark.multihost
+Hosts = AcqHosts | ExternalHosts
+
+_AGENT_SOCK = 'echo "${SSH_AUTH_SOCK:-none} ${DISPLAY:-none}"'
+
+
+@pytest.fixture
+def agent_on_the_rig(acq: Hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A running ssh-agent holding the hosts' user key, and a ~/.ssh/config that forwards it everywhere."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n    ForwardAgent yes\n    ForwardX11 yes\n")
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(sock.exists, 10, "ssh-agent's socket")
+        key = Registry.load(acq.registry).get("acq1").key_file
+        assert key is not None
+        env = {"SSH_AUTH_SOCK": str(sock), "PATH": "/usr/bin:/bin"}
+        subprocess.run(["ssh-add", "-q", key], env=env, check=True, timeout=10, capture_output=True)
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.delenv("DISPLAY", raising=False)
+        yield sock
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def _asked_for_the_agent(conn: HostConnection) -> str:
+    """What a session that does ask for agent forwarding sees on the PC."""
+    chan = conn.transport.open_session(timeout=10)
+    handler = paramiko.agent.AgentRequestHandler(chan)
+    try:
+        chan.exec_command(_AGENT_SOCK)
+        chan.settimeout(10)
+        out = b""
+        while data := chan.recv(4096):
+            out += data
+        return out.decode().strip()
+    finally:
+        handler.close()
+        chan.close()
+
+
+def test_the_rigs_agent_is_never_forwarded_even_when_ssh_config_says_so(
+    acq: Hosts, remote_settings: Settings, agent_on_the_rig: Path
+) -> None:
+    server = Registry.load(acq.registry).get("acq1")
+    conn = HostConnection.acquire(server)
+    try:
+        _, out, _ = conn.run(_AGENT_SOCK)
+        assert out.split() == ["none", "none"]
+        with Source(ECHO_WORKER, outputs=("Counter", "Echo"), settings=remote_settings, host="acq1") as src:
+            next(src.frames(timeout=10))
+            pid = src.stats.worker_pid
+            code, environ, _ = on_host(acq, "acq1", f"tr '\\0' '\\n' < /proc/{pid}/environ")
+            assert code == 0 and "PYTHONUNBUFFERED=1" in environ.split()  # the worker's own environment
+            assert not [v for v in environ.split() if v.startswith(("SSH_AUTH_SOCK=", "DISPLAY="))]
+        # Last (sshd keeps a forwarded agent for the connection's later sessions): the PC does
+        # forward the agent to a session that asks for it, so this test can fail.
+        assert _asked_for_the_agent(conn).split()[0].startswith("/")
+    finally:
+        conn.release()
+
+
+def _odd_copies(acq: Hosts, tmp_path: Path) -> tuple[Path, Path]:
+    """The hosts' known_hosts and user key, copied into a folder whose name has a space and a '%'."""
+    server = Registry.load(acq.registry).get("acq1")
+    assert server.known_hosts and server.key_file
+    odd = tmp_path / "lab data 100%d"
+    odd.mkdir()
+    known, key = odd / "known hosts", odd / "id key"
+    known.write_text(Path(server.known_hosts).read_text())
+    key.write_bytes(Path(server.key_file).read_bytes())
+    key.chmod(0o600)
+    return known, key
+
+
+def test_openssh_reads_a_known_hosts_and_a_key_whose_paths_have_spaces(
+    acq: Hosts, tmp_path: Path, remote_settings: Settings
+) -> None:
+    known, key = _odd_copies(acq, tmp_path)
+    reg = edit_registry(acq, tmp_path, "acq1", tunnel="openssh", known_hosts=str(known), key_file=str(key))
+    settings = remote_settings.replace(ssh_info=reg)
+    with Source(CAMERA, parameters={"shape": [16, 16], "fps": 200}, settings=settings, host="acq1") as cam:
+        got = [f.index for f in cam.frames(timeout=10, limit=20)]
+        assert got == list(range(got[0], got[0] + 20))
+        assert all(isinstance(t, OpenSSHTunnel) for t in cam.launcher.tunnels)
+
+
+def _lookup(acq: Hosts, name: str = "acq1") -> str:
+    """The host's name in known_hosts."""
+    server = Registry.load(acq.registry).get(name)
+    return server.host if server.port == 22 else f"[{server.host}]:{server.port}"
+
+
+def test_openssh_checks_the_host_key_in_a_known_hosts_whose_path_has_spaces(acq: Hosts, tmp_path: Path) -> None:
+    known, key = _odd_copies(acq, tmp_path)
+    not_the_hosts = paramiko.Ed25519Key.from_private_key_file(str(key))
+    known.write_text(f"{_lookup(acq)} {not_the_hosts.get_name()} {not_the_hosts.get_base64()}\n")
+    server = Registry.load(edit_registry(acq, tmp_path, "acq1", known_hosts=str(known), key_file=str(key))).get("acq1")
+    master = OpenSSHMaster(server, "root", timeout=5)
+    with pytest.raises(TunnelError, match=r"(?s)acq1.*HOST IDENTIFICATION HAS CHANGED"):
+        master.open()
+
+
+def _host_key_line(acq: Hosts) -> str:
+    """acq1's line of the hosts' known_hosts."""
+    known = Registry.load(acq.registry).get("acq1").known_hosts
+    assert known is not None
+    return next(line for line in Path(known).read_text().splitlines() if line.split()[0] == _lookup(acq))
+
+
+def _connect_with(acq: Hosts, tmp_path: Path, known_hosts: str, **changes: object) -> None:
+    """Connect to acq1 with this known_hosts text and run a command."""
+    path = tmp_path / "known_hosts"
+    path.write_text(known_hosts)
+    server = Registry.load(edit_registry(acq, tmp_path, "acq1", known_hosts=str(path), **changes)).get("acq1")
+    conn = HostConnection.acquire(server, timeout=5)
+    try:
+        assert conn.run("echo ok")[1].strip() == "ok"
+    finally:
+        conn.release()
+
+
+def test_a_revoked_host_key_is_refused_naming_the_line(acq: Hosts, tmp_path: Path) -> None:
+    line = _host_key_line(acq)
+    _, ktype, key = line.split()[:3]
+    revoked = f"# withdrawn\n@revoked * {ktype} {key}\n"
+    with pytest.raises(HostKeyError, match=r"acq1 .*is REVOKED by .*known_hosts line 3: refusing"):
+        _connect_with(acq, tmp_path, f"{line}\n{revoked}")
+    # Trust on first use pins no revoked key either.
+    with pytest.raises(HostKeyError, match="REVOKED"):
+        _connect_with(acq, tmp_path, revoked, trust_on_first_use=True)
+    assert (tmp_path / "known_hosts").read_text() == revoked
+    assert HostConnection.open_connections() == 0
+
+
+def test_cert_authority_lines_hashed_names_and_wildcards_still_let_the_right_key_in(acq: Hosts, tmp_path: Path) -> None:
+    line = _host_key_line(acq)
+    name, ktype, key = line.split()[:3]
+    other = paramiko.ECDSAKey.generate()
+    ca = f"@cert-authority *.lab.example {other.get_name()} {other.get_base64()}\n"
+    _connect_with(acq, tmp_path, f"{ca}{line}\n")
+    # A key revoked for another host does not concern this one.
+    _connect_with(acq, tmp_path, f"@revoked other-pc {ktype} {key}\n{line}\n")
+    # As ssh-keygen -H and a lab's wildcard write them.
+    hashed = tmp_path / "hashed"
+    hashed.write_text(f"{line}\n")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(hashed)], check=True, capture_output=True, timeout=10)
+    assert name not in hashed.read_text()
+    _connect_with(acq, tmp_path, f"{ca}{hashed.read_text()}")
+    _connect_with(acq, tmp_path, f"{name.rsplit('.', 1)[0]}.*,!other {ktype} {key}\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("{name} {ktype} bm90IGEga2V5", r"line 2: cannot read this line"),
+        ("@trusted {name} {ktype} {key}", r"line 2: unknown marker '@trusted'"),
+        ("{name} {ktype}", r"line 2: expected 'host-patterns key-type base64-key'"),
+        ("|1|c2FsdA==|aGFzaA== {ktype} {key}", r"line 2: cannot read this line \(the hashed host name"),
+    ],
+)
+def test_an_unreadable_known_hosts_line_is_a_clear_error_naming_file_and_line(
+    acq: Hosts, tmp_path: Path, text: str, why: str
+) -> None:
+    line = _host_key_line(acq)
+    name, ktype, key = line.split()[:3]
+    bad = text.format(name=name, ktype=ktype, key=key)
+    with pytest.raises(HostKeyError, match=rf"known_hosts file {tmp_path}/known_hosts, {why}"):
+        _connect_with(acq, tmp_path, f"{line}\n{bad}\n")
