@@ -6,6 +6,7 @@ connection, revoked host keys) is shown to fail next to the legitimate use that 
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,9 @@ import paramiko
 import pytest
 
 from heron_remote import Settings, Source
-from heron_remote.errors import HostKeyError, TunnelError
+from heron_remote.errors import AuthenticationError, HostKeyError, TunnelError
 from heron_remote.ssh import HostConnection, Registry
+from heron_remote.ssh.connection import pool_key
 from heron_remote.ssh.openssh import OpenSSHMaster, OpenSSHTunnel
 from heron_remote.testing import AcqHosts, ExternalHosts
 
@@ -194,3 +196,76 @@ def test_an_unreadable_known_hosts_line_is_a_clear_error_naming_file_and_line(
     bad = text.format(name=name, ktype=ktype, key=key)
     with pytest.raises(HostKeyError, match=rf"known_hosts file {tmp_path}/known_hosts, {why}"):
         _connect_with(acq, tmp_path, f"{line}\n{bad}\n")
+
+
+def _entries_for_acq1(acq: Hosts, tmp_path: Path, **variants: dict[str, object]) -> Registry:
+    """The hosts' registry plus entries for acq1's PC, each named by its keyword and changed by its dict."""
+    raw = json.loads(Path(acq.registry).read_text())
+    acq1 = next(e for e in raw.values() if e["Name"] == "acq1")
+    for i, (name, changes) in enumerate(variants.items()):
+        raw[f"v{i}"] = {**acq1, "Name": name, **changes}
+    path = tmp_path / "ssh_info_variants.json"
+    path.write_text(json.dumps(raw))
+    return Registry.load(path)
+
+
+def test_an_entry_with_its_own_known_hosts_or_key_never_rides_another_entrys_connection(
+    acq: Hosts, tmp_path: Path
+) -> None:
+    name, _, _ = _host_key_line(acq).split()[:3]
+    wrong_key = tmp_path / "not_authorised"  # an ed25519 key, as the host's: only its bytes differ
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True, timeout=10)
+    wrong_known = tmp_path / "wrong_known_hosts"
+    ktype, key = wrong_key.with_suffix(".pub").read_text().split()[:2]
+    wrong_known.write_text(f"{name} {ktype} {key}\n")
+    reg = _entries_for_acq1(
+        acq,
+        tmp_path,
+        pinned_elsewhere={"known_hosts": str(wrong_known)},
+        other_key={"key_file": str(wrong_key)},
+    )
+    first = HostConnection.acquire(reg.get("acq1"))
+    try:
+        with pytest.raises(HostKeyError, match=r"pinned_elsewhere .*(CHANGED|knows only)"):
+            HostConnection.acquire(reg.get("pinned_elsewhere"), timeout=5)
+        with pytest.raises(AuthenticationError, match=r"other_key .*refused to log in"):
+            HostConnection.acquire(reg.get("other_key"), timeout=5)
+        assert HostConnection.pooled() == (first,)
+        assert first.run("echo ok")[1].strip() == "ok"
+    finally:
+        first.release()
+    assert HostConnection.open_connections() == 0
+
+
+def test_entries_with_the_same_settings_share_one_connection_and_a_tunnel_backend_gets_its_own(
+    acq: Hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HR_TEST_UNUSED_PASSWORD", "s3cret-never-in-a-key")
+    reg = _entries_for_acq1(
+        acq,
+        tmp_path,
+        same_pc={},
+        through_openssh={"tunnel": "openssh"},
+        with_password={"password": "s3cret-never-in-a-key"},
+    )
+    first = HostConnection.acquire(reg.get("acq1"))
+    try:
+        second = HostConnection.acquire(reg.get("same_pc"))
+        assert second is first  # one connection for one PC, whatever the entry is called
+        second.release()
+        third = HostConnection.acquire(reg.get("through_openssh"))
+        try:
+            assert third is not first
+            with third.forward(9) as tunnel, first.forward(9) as plain:
+                assert isinstance(tunnel, OpenSSHTunnel) and not isinstance(plain, OpenSSHTunnel)
+        finally:
+            third.release()
+        fourth = HostConnection.acquire(reg.get("with_password"))
+        try:
+            assert fourth is not first and HostConnection.open_connections() == 2
+            assert "s3cret" not in repr(pool_key(reg.get("with_password")))
+        finally:
+            fourth.release()
+    finally:
+        first.release()
+    assert HostConnection.open_connections() == 0
