@@ -7,6 +7,7 @@ connection, revoked host keys) is shown to fail next to the legitimate use that 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +15,15 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from heron_remote import Settings, Source
+from heron_remote import ConfigError, Settings, Source, WorkerError
 from heron_remote.errors import AuthenticationError, HostKeyError, TunnelError
 from heron_remote.ssh import HostConnection, Registry
+from heron_remote.ssh.check import check_server
 from heron_remote.ssh.connection import pool_key
 from heron_remote.ssh.openssh import OpenSSHMaster, OpenSSHTunnel
 from heron_remote.testing import AcqHosts, ExternalHosts
 
-from .helpers import CAMERA, ECHO_WORKER, edit_registry, on_host, wait_until
+from .helpers import CAMERA, ECHO_WORKER, PYTHON, edit_registry, on_host, wait_until
 
 pytestmark = pytest.mark.multihost
 Hosts = AcqHosts | ExternalHosts
@@ -269,3 +271,54 @@ def test_entries_with_the_same_settings_share_one_connection_and_a_tunnel_backen
     finally:
         first.release()
     assert HostConnection.open_connections() == 0
+
+
+@pytest.mark.parametrize(
+    "python",
+    [
+        "{py}; touch {mark} #",
+        "{py} $(touch {mark})",
+        "{py} `touch {mark}`",
+        "{py} -V && touch {mark} #",
+        "{py} | touch {mark}",
+    ],
+)
+def test_shell_code_in_the_registrys_python_runs_neither_in_check_nor_at_launch(
+    acq: Hosts, tmp_path: Path, remote_settings: Settings, python: str
+) -> None:
+    mark = tmp_path / "injected"
+    reg = edit_registry(acq, tmp_path, "acq1", python=python.format(py=shlex.quote(PYTHON), mark=mark))
+    injected = f"test -e {shlex.quote(str(mark))}"
+    report = check_server("acq1", ssh_info=reg)
+    assert on_host(acq, "acq1", injected)[0] == 1  # nothing ran
+    assert not report.ok
+    assert any(line.startswith('FAIL "python"') for line in report.lines), report
+    with (
+        pytest.raises(WorkerError, match="acq1"),
+        Source(ECHO_WORKER, settings=remote_settings.replace(ssh_info=reg, start_timeout=10), host="acq1"),
+    ):
+        pass
+    assert on_host(acq, "acq1", injected)[0] == 1
+    assert HostConnection.open_connections() == 0
+
+
+def test_an_interpreter_with_options_and_a_path_with_spaces_passes_check_and_launches(
+    acq: Hosts, tmp_path: Path, remote_settings: Settings
+) -> None:
+    wrapper = tmp_path / "lab python" / "python"  # a venv's interpreter needs its own folder: exec it
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(PYTHON)} "$@"\n')
+    wrapper.chmod(0o755)
+    reg = edit_registry(acq, tmp_path, "acq1", python=f"{shlex.quote(str(wrapper))} -X dev")
+    report = check_server("acq1", ssh_info=reg)
+    assert report.ok, report
+    settings = remote_settings.replace(ssh_info=reg)
+    with Source(ECHO_WORKER, outputs=("Counter", "Echo"), settings=settings, host="acq1") as src:
+        next(src.frames(timeout=10))
+        _, argv, _ = on_host(acq, "acq1", f"tr '\\0' '\\n' < /proc/{src.stats.worker_pid}/cmdline")
+        assert argv.splitlines()[1:3] == ["-X", "dev"]
+
+
+def test_a_python_value_that_is_not_words_is_refused_when_the_registry_is_read(acq: Hosts, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server '\d+': \"python\" .* \(no closing quotation\)"):
+        Registry.load(edit_registry(acq, tmp_path, "acq1", python="'/opt/lab venv/bin/python -X dev"))
