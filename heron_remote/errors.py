@@ -15,7 +15,7 @@ Every error is a :class:`HeronRemoteError`, so one ``except`` catches them all::
     │   └── WorkerLostError    nothing came from it for longer than its death window
     └── SSHError               the SSH layer (heron_remote.ssh) failed
         ├── HostUnreachableError   no answer, connection refused, name not resolved
-        ├── HostKeyError           the host key is unknown or has changed
+        ├── HostKeyError           the host key is unknown, changed or revoked; known_hosts unreadable
         ├── AuthenticationError    the server refused our key, agent keys or password
         └── TunnelError            a port forward could not be opened
 
@@ -84,7 +84,8 @@ class HostUnreachableError(SSHError):
 
 
 class HostKeyError(SSHError):
-    """The server's host key is not known, or differs from the known one."""
+    """The server's host key is not known, differs from the known one or is revoked; or a
+    known_hosts line cannot be read (the message names the file and the line)."""
 
 
 class AuthenticationError(SSHError):

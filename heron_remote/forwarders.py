@@ -5,7 +5,7 @@ XSUB side subscribes to everything, as Heron's forwarders do: topics are filtere
 on the way out, so a subscriber that joins sees the next message any publisher sends.
 Each proxy runs in a thread of its own, which creates, binds and closes its sockets;
 a TERMINATE on its control socket stops it. They bind 127.0.0.1 unless another
-interface is asked for.
+interface is asked for (a Source's are leased in :mod:`.forwarder_lease`).
 
 Each port is also bound in-process (``inproc://``) on the process's shared ZeroMQ
 context: a com or a subscriber in the same process (a :class:`~heron_remote.Source`)
@@ -15,24 +15,20 @@ copied through the kernel twice more on its way to a subscriber beside it.
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import itertools
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
 
-from ._shared import SharedRegistry
 from ._threads import KeptThread
 from .errors import ForwarderError
 from .settings import ForwarderPorts
 
-__all__ = ["ForwarderLease", "Forwarders", "endpoint", "lease_forwarders"]
+__all__ = ["Forwarders", "endpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -251,49 +247,3 @@ class Forwarders:
 
     def __repr__(self) -> str:
         return f"<Forwarders {self.host} {self.ports}>"
-
-
-#: Forwarders this process started on fixed ports, shared by its Sources and counted.
-_shared: SharedRegistry[tuple[str, ForwarderPorts], Forwarders] = SharedRegistry(Forwarders.close)
-
-
-class ForwarderLease:
-    """The forwarders one user (a Source) relies on; :meth:`close` gives them back. Idempotent.
-
-    ``running_here`` is the :class:`Forwarders` of this process the lease holds, shared and
-    counted, or None when forwarders that run elsewhere (another process) serve ``ports``.
-    """
-
-    def __init__(self, ports: ForwarderPorts, running_here: Forwarders | None, release: Callable[[], object]) -> None:
-        self.ports = ports
-        self.running_here = running_here
-        self._release: Callable[[], object] | None = release
-
-    def close(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
-
-    def __enter__(self) -> ForwarderLease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def lease_forwarders(host: str, ports: ForwarderPorts) -> ForwarderLease:
-    """Forwarders on ``host`` and ``ports``: this process's if it runs them, else started here
-    (and shared with its other users), else, when the ports are taken, the ones that hold them."""
-    if 0 in dataclasses.astuple(ports):  # free ports: nobody else can ask for these
-        own = Forwarders(host=host, ports=ports).start()
-        return ForwarderLease(own.ports, own, own.close)
-    key = (host, ports)
-    try:
-        shared, _ = _shared.acquire(key, lambda: Forwarders(host=host, ports=ports).start())
-    except ForwarderError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, zmq.ZMQError) and cause.errno == errno.EADDRINUSE:
-            logger.info("forwarders already run on %s; using them", host)
-            return ForwarderLease(ports, None, lambda: None)
-        raise
-    return ForwarderLease(shared.ports, shared, lambda: _shared.release(key, shared))

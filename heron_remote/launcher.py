@@ -64,8 +64,8 @@ class WorkerLauncher(ABC):
 
     # -- hooks -------------------------------------------------------------
     @abstractmethod
-    def _python(self) -> str:
-        """The interpreter that runs ``.py`` scripts and bare ``python`` commands."""
+    def _python(self) -> list[str]:
+        """The interpreter (its path, then its options) that runs ``.py`` scripts and bare ``python`` commands."""
 
     @abstractmethod
     def _spawn(self, argv: list[str]) -> None:
@@ -113,9 +113,9 @@ class WorkerLauncher(ABC):
         except ValueError as exc:
             raise ConfigError(f"worker_exec {self.worker_exec!r} is not a valid command line: {exc}") from exc
         if words[0].lower() in _PYTHON_NAMES:
-            words[0] = self._python()
+            words[0:1] = self._python()
         elif words[0].endswith(".py"):
-            words.insert(0, self._python())
+            words[0:0] = self._python()
         return words + dataclasses.replace(args, control=self.control).to_argv()
 
     def start(self, args: WorkerArgs) -> None:
@@ -280,8 +280,8 @@ class LocalLauncher(WorkerLauncher):
         self._proc: subprocess.Popen[str] | None = None
         self._readers: list[KeptThread] = []
 
-    def _python(self) -> str:
-        return sys.executable
+    def _python(self) -> list[str]:
+        return [sys.executable]
 
     def _check_exec(self, argv: list[str]) -> None:
         program = argv[0]

@@ -93,6 +93,9 @@ class Settings:
     start_timeout: seconds a worker has to report ready before the start fails.
     stop_grace: seconds between TERM and KILL when a worker is stopped.
     forwarder_host: where the com finds the forwarders.
+    forwarder_bind: the interface a Source opens its own forwarders on, when none answer at
+        forwarder_host. 127.0.0.1 unless set: on another interface anyone who reaches it can
+        read the frames and send parameters.
     ports: the forwarders' ports.
     ssh_info: the server registry file (default: $HERON_REMOTE_SSH_INFO, then
         ~/.config/heron_remote/ssh_info.json).
@@ -111,6 +114,7 @@ class Settings:
     start_timeout: float = 20.0
     stop_grace: float = 3.0
     forwarder_host: str = "127.0.0.1"
+    forwarder_bind: str = "127.0.0.1"
     ports: ForwarderPorts = field(default_factory=ForwarderPorts)
     ssh_info: str | None = None
     connect_timeout: float = 10.0
@@ -134,6 +138,10 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"Settings.{name} must be a positive number of seconds, got {value!r}")
+        for name in ("forwarder_host", "forwarder_bind"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"Settings.{name} must be an address or host name, got {value!r}")
         if not isinstance(self.heartbeats_to_death, int) or self.heartbeats_to_death < 1:
             raise ConfigError(f"Settings.heartbeats_to_death must be an int >= 1, got {self.heartbeats_to_death!r}")
 
@@ -158,6 +166,7 @@ class Settings:
                 ("start_timeout", float),
                 ("stop_grace", float),
                 ("forwarder_host", str),
+                ("forwarder_bind", str),
                 ("connect_timeout", float),
                 ("link_timeout", float),
                 ("session_grace", float),
@@ -189,6 +198,7 @@ class Settings:
             "HERON_REMOTE_START_TIMEOUT": repr(float(self.start_timeout)),
             "HERON_REMOTE_STOP_GRACE": repr(float(self.stop_grace)),
             "HERON_REMOTE_FORWARDER_HOST": self.forwarder_host,
+            "HERON_REMOTE_FORWARDER_BIND": self.forwarder_bind,
             "HERON_REMOTE_CONNECT_TIMEOUT": repr(float(self.connect_timeout)),
             "HERON_REMOTE_LINK_TIMEOUT": repr(float(self.link_timeout)),
             "HERON_REMOTE_SESSION_GRACE": repr(float(self.session_grace)),

@@ -6,7 +6,8 @@
 ...         print(index, arrays[0].shape)
 
 A :class:`Source` runs a :class:`SourceCom` in a thread of this process, starts the
-forwarders unless they are already running, and subscribes to its own topics.
+forwarders unless they are already running (on 127.0.0.1, or ``Settings.forwarder_bind``),
+and subscribes to its own topics.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import zmq
 from ._threads import KeptThread
 from .com.parameters import encode_parameters
 from .errors import ConfigError, NoDataError, WorkerError, WorkerStartError
-from .forwarders import ForwarderLease, lease_forwarders
+from .forwarder_lease import ForwarderLease, lease_forwarders
 from .forwarders import endpoint as forwarder_endpoint
 from .launcher import WorkerLauncher
 from .settings import Settings
@@ -110,8 +111,9 @@ class Source:
             _running.add(self.name)
             self._registered = True
         try:
-            self._forwarders = lease_forwarders(self.settings.forwarder_host, self.settings.ports)
-            self.settings = self.settings.replace(ports=self._forwarders.ports)
+            s = self.settings
+            self._forwarders = lease_forwarders(s.ports, find_at=s.forwarder_host, bind=s.forwarder_bind)
+            self.settings = s.replace(ports=self._forwarders.ports, forwarder_host=self._forwarders.host)
             self._com = self._make_com()
             self._sub = self._subscribe()
             self._sub_thread = threading.get_ident()

@@ -24,8 +24,8 @@ class _SlowPC(WorkerLauncher):
         self.signals: list[signal.Signals] = []
         self.released = 0
 
-    def _python(self) -> str:
-        return "python3"
+    def _python(self) -> list[str]:
+        return ["python3"]
 
     def _spawn(self, argv: list[str]) -> None:
         self.spawning.set()

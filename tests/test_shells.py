@@ -8,13 +8,18 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from heron_remote import ConfigError
 from heron_remote._protocol import CHANNELS, ReadyLine, WorkerArgs
 from heron_remote.ssh.launcher import RemoteLauncher
 from heron_remote.ssh.link import TextSink
 from heron_remote.ssh.registry import Server
 from heron_remote.ssh.shells import PROBE, CmdShell, PosixShell, PowerShell, shell_from_probe
 from heron_remote.ssh.tunnel import Tunnel
+
+from .windows_shells import PS_QUOTES, BrokenCommand, msvcrt_argv, powershell_words, through_cmd
 
 
 @pytest.mark.parametrize(
@@ -44,7 +49,9 @@ def test_a_real_posix_shell_answers_the_probe_as_posix_and_runs_the_start_comman
 
 def test_windows_commands_quote_their_words_and_end_the_tree() -> None:
     argv = ["python", "C:\\lab\\grab frames.py", 'say "hi"', "it's"]
-    assert CmdShell().start(argv) == 'set PYTHONUNBUFFERED=1&& python "C:\\lab\\grab frames.py" "say \\"hi\\"" it\'s'
+    assert CmdShell().start(argv) == (
+        'set PYTHONUNBUFFERED=1&& python ^"C:\\lab\\grab frames.py^" ^"say \\^"hi\\^"^" it\'s'
+    )
     assert PowerShell().start(argv) == (
         "$env:PYTHONUNBUFFERED = '1'; & 'python' 'C:\\lab\\grab frames.py' 'say \"hi\"' 'it''s'"
     )
@@ -147,3 +154,100 @@ def test_posix_commands_reach_a_whole_group_in_dash_and_in_bash(login_shell: str
     finally:
         subprocess.run(["pkill", "-KILL", "-g", str(leader.pid)], timeout=10)
         leader.kill()
+
+
+# -- Windows quoting, against models of cmd.exe, the C runtime and PowerShell (tests/windows_shells.py) ----
+
+#: A Windows PC's environment as cmd expands it, with names that the arguments below contain.
+WINDOWS_ENV = {"PATH": "C:\\Windows", "OS": "Windows_NT", "R": "1", "D": "2", "a": "A", "b": "B", "0": "zero"}
+NASTY = [
+    "Parameters##R&D##0",
+    "%PATH%",
+    "100%",
+    "%R%%D%",
+    "a^b",
+    "x|y",
+    "<in> out",
+    'say "hi"',
+    "wow!",
+    "",
+    "trailing\\",
+    "C:\\dir with space\\",
+    '\\\\"',
+    "(a) & (b)",
+    "^%OS^%",
+]
+WORD = st.text(alphabet=st.sampled_from([*"ab0RD %!^&|<>()\"\\'\t=#$`;", *PS_QUOTES, "é"]), max_size=12)
+
+
+def test_the_c_runtime_model_reads_back_what_pythons_list2cmdline_writes() -> None:
+    assert msvcrt_argv(subprocess.list2cmdline(NASTY)) == NASTY
+
+
+@given(st.lists(WORD, max_size=5))
+def test_the_c_runtime_model_agrees_with_list2cmdline_on_any_words(words: list[str]) -> None:
+    assert msvcrt_argv(subprocess.list2cmdline(words)) == words
+
+
+def test_cmd_would_split_a_plainly_quoted_topic_and_expand_percents() -> None:
+    """What the model catches: the C runtime's quoting alone is not enough for cmd."""
+    with pytest.raises(BrokenCommand, match="'&'"):
+        through_cmd("python " + subprocess.list2cmdline(["Parameters##R&D##0"]), WINDOWS_ENV)
+    assert through_cmd("python " + subprocess.list2cmdline(["%PATH%"]), WINDOWS_ENV) == ["python", "C:\\Windows"]
+
+
+@pytest.mark.parametrize("word", NASTY)
+def test_cmd_passes_each_special_character_to_python_as_it_is(word: str) -> None:
+    argv = ["C:\\Program Files\\R&D (x86)\\python.exe", "-u", word, "Parameters##R&D##0"]
+    line = CmdShell().command(argv)
+    assert through_cmd(line, WINDOWS_ENV) == argv
+    start = CmdShell().start(argv)
+    assert start == "set PYTHONUNBUFFERED=1&& " + line
+
+
+@given(st.lists(WORD, max_size=5))
+def test_cmd_passes_any_words_exactly(words: list[str]) -> None:
+    argv = ["python", *words]
+    assert through_cmd(CmdShell().command(argv), WINDOWS_ENV) == argv
+
+
+def test_cmd_refuses_what_no_quoting_can_pass() -> None:
+    with pytest.raises(ConfigError, match=r"program 'C:\\\\100%\\\\python.exe'.*'%'"):
+        CmdShell().command(["C:\\100%\\python.exe", "x"])
+    with pytest.raises(ConfigError, match="line break"):
+        CmdShell().command(["python", "a\r\nb"])
+    with pytest.raises(ConfigError, match="line break"):
+        PowerShell().command(["python", "a\nb"])
+
+
+def test_the_probe_tells_whether_cmd_expands_exclamation_marks_and_such_words_are_refused_there() -> None:
+    plain = shell_from_probe('"Windows_NT|$env:OS|!OS!|"')
+    delayed = shell_from_probe('"Windows_NT|$env:OS|Windows_NT|"')
+    assert isinstance(plain, CmdShell) and isinstance(delayed, CmdShell)
+    assert (plain.delayed_expansion, delayed.delayed_expansion) == (False, True)
+    assert through_cmd(plain.command(["python", "wow!"]), WINDOWS_ENV) == ["python", "wow!"]
+    assert through_cmd(delayed.command(["python", "Parameters##R&D##0"]), WINDOWS_ENV)[1] == "Parameters##R&D##0"
+    with pytest.raises(ConfigError, match=r"expands !names!.*'wow!'"):
+        delayed.command(["python", "wow!"])
+
+
+def test_powershell_would_end_a_string_at_a_typographic_quote_if_only_ascii_ones_were_doubled() -> None:
+    """What the model catches: the old quoting let a word close its string and run code."""
+    word = "it\u2019s; Remove-Item C:\\data -Recurse; \u2018"
+    # The string ends at U+2019: "s" joins it, and "; Remove-Item ..." would run as a statement.
+    with pytest.raises(AssertionError, match="ends inside a word, at 15"):
+        powershell_words("& 'python' '" + word.replace("'", "''") + "'")
+    assert powershell_words(PowerShell().command(["python", word])) == ["python", word]
+
+
+@pytest.mark.parametrize("word", ["it's", "it\u2019s", "\u2018q\u2019", "\u201ab\u201b", "''", "$env:PATH `n", ""])
+def test_powershell_passes_every_quote_character_literally(word: str) -> None:
+    argv = ["C:\\Python 3\\python.exe", word]
+    assert powershell_words(PowerShell().command(argv)) == argv
+    assert PowerShell().start(argv) == "$env:PYTHONUNBUFFERED = '1'; " + PowerShell().command(argv)
+
+
+@given(st.lists(WORD, max_size=5))
+def test_powershell_passes_any_words_exactly(words: list[str]) -> None:
+    argv = ["python", *words]
+    assert powershell_words(PowerShell().command(argv)) == argv

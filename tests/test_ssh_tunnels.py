@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import queue
+import shutil
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -139,13 +141,16 @@ def test_the_openssh_master_command_checks_host_keys_strictly_and_needs_a_key(tm
     argv = master_argv("/usr/bin/ssh", keyed, "lab", tmp_path / "ctl", 10.0, 3.0)
     ssh = argv.index("/usr/bin/ssh")
     assert argv[ssh : ssh + 3] == ["/usr/bin/ssh", "-F", "/dev/null"]
+    assert "-a" in argv and "-x" in argv  # the agent and X11 never forwarded
     assert argv[-6:] == ["-p", "2222", "-l", "lab", "--", "198.18.0.2"]
     for option in (
         "StrictHostKeyChecking=yes",
         "BatchMode=yes",
-        "UserKnownHostsFile=/kh",
+        'UserKnownHostsFile="/kh"',
         "GlobalKnownHostsFile=/dev/null",
-        f"ControlPath={tmp_path / 'ctl'}",
+        f'ControlPath="{tmp_path / "ctl"}"',
+        "ForwardAgent=no",
+        "ForwardX11=no",
         "ServerAliveInterval=1",
         "ConnectTimeout=10",
     ):
@@ -155,3 +160,26 @@ def test_the_openssh_master_command_checks_host_keys_strictly_and_needs_a_key(tm
         master_argv("/usr/bin/ssh", password_only, "lab", tmp_path / "ctl", 10.0, 3.0)
     with pytest.raises(ConfigError, match="needs the ssh program"):
         master_argv(None, keyed, "lab", tmp_path / "ctl", 10.0, 3.0)
+
+
+def test_ssh_itself_reads_the_paths_of_the_master_command_exactly(tmp_path: Path) -> None:
+    """A lab's paths hold spaces (and worse): ssh's own parser (``ssh -G``) reads back each file whole."""
+    ssh = shutil.which("ssh")
+    assert ssh is not None, "the openssh client is needed (apt-get install openssh-client)"
+    odd = tmp_path / 'lab "data" 100%d \\ files'
+    odd.mkdir()
+    known, key = odd / "known hosts", odd / "id key"
+    known.write_text("")
+    key.write_text("")
+    server = Server(id="0", name="acq1", host="198.18.0.2", key_file=str(key), known_hosts=str(known))
+    argv = master_argv(ssh, server, "lab", odd / "ctl %h", 10.0, 3.0)
+    argv = argv[argv.index(ssh) :]
+    printed = subprocess.run([ssh, "-G", *argv[1:]], capture_output=True, text=True, timeout=10)
+    config = [line.split(" ", 1) for line in printed.stdout.splitlines()]
+    assert ["userknownhostsfile", str(known)] in config
+    assert ["controlpath", str(odd / "ctl %h")] in config
+    # Key files are expanded after -G prints them: one whole word, its "%" escaped for that expansion.
+    assert [value for name, value in config if name == "identityfile"] == [str(key).replace("%", "%%")]
+    assert ["forwardagent", "no"] in config and ["forwardx11", "no"] in config
+    with pytest.raises(ConfigError, match=r"acq1.*known_hosts .*'\$\{'.*rename the file"):
+        master_argv(ssh, Server(id="0", name="acq1", host="h", key_file="/k", known_hosts="/a/${HOME}"), "l", odd, 1, 1)

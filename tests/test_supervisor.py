@@ -34,8 +34,8 @@ class _Worker(WorkerLauncher):
         self.code: int | None = None
         self.abandoned = self.stopped = False
 
-    def _python(self) -> str:
-        return "python"
+    def _python(self) -> list[str]:
+        return ["python"]
 
     def _spawn(self, argv: list[str]) -> None:
         pass

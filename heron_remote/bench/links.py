@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import select
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,7 @@ def _make_hosts(mode: str, stack: ExitStack) -> Link:
     stack.callback(hosts.close)
     names = tuple(h.name for h in hosts.hosts)
     # The workers must run this interpreter, which has heron_remote, whatever the host's PATH holds.
-    hosts.write_registry(**{name: {"python": sys.executable} for name in names})
+    hosts.write_registry(**{name: {"python": shlex.quote(sys.executable)} for name in names})
     return Link(
         NAMESPACE if mode == "namespace" else LOOPBACK,
         hosts.hosts[0],

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import platform
-import shlex
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from .connection import HostConnection
 from .hostkeys import HostKeys, fingerprint
 from .registry import Registry
 
-__all__ = ["CheckReport", "check_server"]
+__all__ = ["CheckReport", "check_server", "probe_argv"]
 
 # Run on the acquisition PC: versions, and whether the node's ports can be bound on its loopback.
 _PROBE = r"""
@@ -54,6 +54,13 @@ class CheckReport:
         return "\n".join([f"check of {self.server}:", *self.lines, f"{self.server} is {verdict} for heron_remote"])
 
 
+def probe_argv(python: list[str], ports: list[int]) -> list[str]:
+    """The interpreter's command with the probe for ``ports``: one line, in base64, so that no
+    shell (cmd cannot pass a line break) changes it."""
+    code = base64.b64encode(_PROBE.replace("PORTS", repr(ports)).encode()).decode()
+    return [*python, "-c", f"import base64; exec(base64.b64decode('{code}'))"]
+
+
 def check_server(ref: str, *, ssh_info: str | None = None, port: int = 0, timeout: float = 10.0) -> CheckReport:
     """Connect to a registry server and report what an experiment needs of it."""
     server = Registry.load(ssh_info).get(ref)
@@ -75,11 +82,24 @@ def check_server(ref: str, *, ssh_info: str | None = None, port: int = 0, timeou
         rtts = sorted(conn.round_trip() for _ in range(5))
         report.add(True, f"SSH round trip median {statistics.median(rtts) * 1000:.2f} ms (of 5)")
         ports = list(range(port, port + 4)) if port else [0]
-        code, out, err = conn.run(f"{server.python} -c {shlex.quote(_PROBE.replace('PORTS', repr(ports)))}", timeout=30)
+        # As a launch runs it: the interpreter's words, each quoted for the PC's shell.
+        code, out, err = conn.run(conn.shell.command(probe_argv(server.python_argv, ports)), timeout=30)
         if code != 0:
-            report.add(False, f"{server.python} on the PC failed (status {code}): {err.strip()[-300:]}")
+            report.add(
+                False,
+                f'"python" {server.python!r} failed on the PC (status {code}): {err.strip()[-300:]}. It is the '
+                "interpreter's path and its options, run as those words (never as shell code)",
+            )
             return report
-        probe = json.loads(out.strip().splitlines()[-1])
+        try:
+            probe = json.loads(out.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            report.add(
+                False,
+                f'"python" {server.python!r} on the PC did not run the probe (it printed {out.strip()[-300:]!r}): '
+                "it must be a Python interpreter, then any options it takes before -c",
+            )
+            return report
         local_py = platform.python_version()
         same_minor = probe["python"].rsplit(".", 1)[0] == local_py.rsplit(".", 1)[0]
         report.add(

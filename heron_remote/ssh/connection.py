@@ -9,8 +9,12 @@ backend (:mod:`.tunnel`) and fabric's commands (:mod:`.remote_process`). It is t
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
+import hashlib
+import hmac
 import logging
+import os
 import threading
 import time
 
@@ -26,17 +30,36 @@ from .transport import connect
 from .tunnel import Tunnel, open_tunnel
 from .watch import LinkWatch
 
-__all__ = ["HostConnection"]
+__all__ = ["HostConnection", "pool_key"]
 
 logger = logging.getLogger(__name__)
 
-_PoolKey = tuple[str, int, str | None]
+_PoolKey = tuple[object, ...]
+#: Keys the password's digest: two entries with one password share a connection, and the pool
+#: holds no value from which the password could be read back or guessed offline.
+_DIGEST_KEY = os.urandom(32)
+#: Fields that only name an entry: entries that differ in nothing else share a connection.
+_NAMES_ONLY = ("id", "name", "password")
+
+
+def pool_key(server: Server) -> _PoolKey:
+    """What two registry entries must share to share a connection: the name they give the PC
+    (an ssh config alias), and every setting of it, as ~/.ssh/config completes it (host, port,
+    user, key, known_hosts, trust on first use, tunnel backend, password, python, run dir)."""
+    resolved = server.with_ssh_config()
+    password = None
+    if resolved.password is not None:
+        password = hmac.new(_DIGEST_KEY, resolved.password.encode(), hashlib.sha256).hexdigest()
+    settings = tuple(
+        (f.name, getattr(resolved, f.name)) for f in dataclasses.fields(resolved) if f.name not in _NAMES_ONLY
+    )
+    return (server.host, resolved.username or getpass.getuser(), password, *settings)
 
 
 class HostConnection:
     """The SSH connection to one server. Get it with :meth:`acquire`, give it back with :meth:`release`."""
 
-    #: The connections of this process, one per (host, port, username), each counted by its users.
+    #: The connections of this process, one per :func:`pool_key`, each counted by its users.
     _pool: SharedRegistry[_PoolKey, HostConnection] = SharedRegistry(lambda conn: conn.close())
 
     def __init__(self, server: Server, *, timeout: float = 10.0, link_timeout: float = 3.0) -> None:
@@ -61,8 +84,12 @@ class HostConnection:
     # -- sharing ---------------------------------------------------------------
     @classmethod
     def acquire(cls, server: Server, *, timeout: float = 10.0, link_timeout: float = 3.0) -> HostConnection:
-        """The connection to ``server`` this process already has, or a new one; open either way."""
-        key = (server.host, server.port, server.username)
+        """The connection to ``server`` this process already has, or a new one; open either way.
+
+        It is shared only with entries that have every setting of ``server`` (:func:`pool_key`):
+        one with its own known_hosts, key or tunnel backend gets a connection made with them.
+        """
+        key = pool_key(server)
 
         def make() -> HostConnection:
             conn = cls(server, timeout=timeout, link_timeout=link_timeout)

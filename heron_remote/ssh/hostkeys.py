@@ -1,4 +1,4 @@
-"""Host key checking against known_hosts: unknown hosts are refused, changed keys always.
+"""Host key checking against known_hosts: unknown hosts are refused, changed or revoked keys always.
 
 Trust-on-first-use is a per-server opt-in (``"trust_on_first_use": true`` in the
 registry): the first key seen is shown by its fingerprint, written to the server's
@@ -16,8 +16,8 @@ from pathlib import Path
 import paramiko
 
 from ..errors import HostKeyError
+from .known_hosts import KnownHost, read_known_hosts
 from .registry import Server
-from .translate import translated
 
 __all__ = ["HostKeys", "fingerprint"]
 
@@ -47,13 +47,18 @@ class HostKeys:
             self.files = [Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts")]
         self.name = _lookup_name(server)
         self.known: dict[str, paramiko.PKey] = {}
+        #: Keys an ``@revoked`` line withdraws for this host, by their bytes.
+        self.revoked: dict[bytes, KnownHost] = {}
         for f in self.files:
-            if f.is_file():
-                keys = paramiko.HostKeys()
-                with translated(HostKeyError, f"cannot read known_hosts file {f}", (OSError, paramiko.SSHException)):
-                    keys.load(str(f))
-                for ktype, key in (keys.lookup(self.name) or {}).items():
-                    self.known.setdefault(ktype, key)
+            if not f.is_file():
+                continue
+            for entry in read_known_hosts(f):
+                if not entry.matches(self.name):
+                    continue
+                if entry.revoked:
+                    self.revoked.setdefault(entry.key.asbytes(), entry)
+                else:
+                    self.known.setdefault(entry.key.get_name(), entry.key)
 
     def key_types(self) -> list[str]:
         """Host key algorithms to ask for, so the server offers a key we know."""
@@ -65,6 +70,13 @@ class HostKeys:
     def verify(self, offered: paramiko.PKey) -> None:
         """Accept the offered key, pin it (trust on first use), or raise HostKeyError."""
         ktype = offered.get_name()
+        revoked = self.revoked.get(offered.asbytes())
+        if revoked is not None:
+            raise HostKeyError(
+                f"the host key of {self.server.label} ({ktype} {fingerprint(offered)}) is REVOKED by "
+                f"{revoked.where}: refusing to connect. Whoever runs the PC withdrew that key; ask them "
+                "for its new one, check its fingerprint on the PC, and add it to known_hosts."
+            )
         known = self.known.get("ssh-rsa" if ktype.startswith("rsa-sha2") else ktype)
         if known is not None:
             if known.asbytes() == offered.asbytes():

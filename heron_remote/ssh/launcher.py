@@ -85,8 +85,8 @@ class RemoteLauncher(WorkerLauncher):
         """The forwards to the worker's ports, in the order the com asked for them."""
         return tuple(self._tunnels)
 
-    def _python(self) -> str:
-        return self._server.python
+    def _python(self) -> list[str]:
+        return self._server.python_argv
 
     def argv(self, args: WorkerArgs) -> list[str]:
         if args.port:

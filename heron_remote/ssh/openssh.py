@@ -19,14 +19,14 @@ notices), it is started again with back-off and the forwards come back on the sa
 The host-key policy and credentials are the registry's, as for paramiko: known_hosts
 checked strictly (the paramiko connection, opened first, has already pinned a first key
 where trust-on-first-use is on), ``-F /dev/null`` so that no ssh_config changes it, a key
-file or the agent's keys, and never a password: ssh could only take one from a prompt.
+file or the agent's keys, and never a password: ssh could only take one from a prompt. The
+agent and X11 are never forwarded. The command lines are built in :mod:`.openssh_argv`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import socket
 import subprocess
@@ -40,7 +40,8 @@ from .._backoff import Backoff
 from .._procs import stop_child
 from .._shared import SharedRegistry
 from .._threads import KeptThread
-from ..errors import ConfigError, TunnelError
+from ..errors import TunnelError
+from .openssh_argv import control_argv, master_argv
 from .registry import Server
 from .translate import translated
 from .tunnel import BaseTunnel, TunnelHost
@@ -49,9 +50,6 @@ __all__ = ["OpenSSHMaster", "OpenSSHTunnel", "master_argv", "master_of", "openss
 
 logger = logging.getLogger(__name__)
 
-#: Fastest first where the CPU has AES-NI (``ssh -L`` measured ~1.5x chacha20-poly1305, OpenSSH's
-#: first choice, here); the ``^`` (OpenSSH 8.1+) puts them ahead of its own list instead of replacing it.
-CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 #: Seconds a control command (``-O forward`` and the like) may take: it only talks to the master.
 CONTROL_TIMEOUT_S = 10.0
 #: Local ports tried for one forward: another program may take a free port before ssh binds it.
@@ -64,52 +62,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def master_argv(
-    ssh: str | None, server: Server, username: str, control_path: Path, timeout: float, link_timeout: float
-) -> list[str]:
-    """The command line of a control master to ``server``; ConfigError where this backend cannot work."""
-    s = server
-    if os.name == "nt":
-        raise ConfigError(
-            f'server {s.name!r}: the "openssh" tunnel needs ssh control masters, which Windows\' OpenSSH '
-            'lacks; use "tunnel": "sshtunnel"'
-        )
-    if ssh is None:
-        raise ConfigError(f'server {s.name!r}: the "openssh" tunnel needs the ssh program, which is not on PATH')
-    if s.key_file is None and s.password is not None:
-        raise ConfigError(
-            f'server {s.name!r} has only a password, and the "openssh" tunnel needs a key (ssh takes '
-            'passwords only from a prompt): give it a "key_file", or use "tunnel": "sshtunnel"'
-        )
-    known = s.known_hosts or str(Path("~/.ssh/known_hosts").expanduser())
-    options = {
-        "BatchMode": "yes",  # never a prompt: a password or passphrase question fails instead
-        "StrictHostKeyChecking": "yes",
-        "UserKnownHostsFile": known,
-        "UpdateHostKeys": "no",  # known_hosts is written by our policy only (trust on first use)
-        "ExitOnForwardFailure": "yes",
-        "ServerAliveInterval": str(max(1, round(link_timeout / 3))),
-        "ServerAliveCountMax": "3",
-        "ConnectTimeout": str(max(1, round(timeout))),
-        "ControlMaster": "yes",
-        "ControlPath": str(control_path),
-        "ControlPersist": "no",
-        "Ciphers": CIPHERS,
-    }
-    if s.known_hosts:  # as paramiko's check: the server's file alone when it names one
-        options["GlobalKnownHostsFile"] = "/dev/null"
-    argv = [ssh, "-F", "/dev/null", "-N", "-T"]
-    for key, value in options.items():
-        argv += ["-o", f"{key}={value}"]
-    if s.key_file:
-        argv += ["-o", "IdentitiesOnly=yes", "-i", s.key_file]
-    argv += ["-p", str(s.port), "-l", username, "--", s.host]
-    setpriv = shutil.which("setpriv")
-    if setpriv and os.uname().sysname == "Linux":
-        argv = [setpriv, "--pdeathsig", "TERM", *argv]  # ends with this process, however it dies
-    return argv
 
 
 class OpenSSHTunnel(BaseTunnel):
@@ -163,9 +115,8 @@ class OpenSSHMaster:
     # -- the command lines -----------------------------------------------------------
     def _control(self, operation: str, *args: str) -> subprocess.CompletedProcess[str]:
         """``ssh -O operation args`` against this master."""
-        argv = [self._ssh or "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-S", str(self.control_path)]
         return subprocess.run(
-            [*argv, "-O", operation, *args, "--", self.server.host],
+            [*control_argv(self._ssh, self.control_path), "-O", operation, *args, "--", self.server.host],
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,

@@ -12,7 +12,9 @@ connecting) so that no secret sits in the file; ``"None"`` means not used. ``"IP
 may be a host alias of ``~/.ssh/config``, whose HostName, User, Port and
 IdentityFile then apply where the registry gives none. ``"tunnel"`` picks the port-forward
 backend: ``"sshtunnel"`` (default, paramiko in this process) or ``"openssh"`` (the ``ssh``
-binary, see :mod:`heron_remote.ssh.openssh`).
+binary, see :mod:`heron_remote.ssh.openssh`). ``"python"`` is the interpreter's path and its
+options (``"python3 -X dev"``), split into words like a shell's (quotes group, a backslash is
+literal, for Windows paths) and never run as shell code (:func:`python_words`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 from ..errors import ConfigError
 from .tunnel import BACKENDS, DEFAULT_BACKEND
 
-__all__ = ["Registry", "Server", "default_registry_path"]
+__all__ = ["Registry", "Server", "default_registry_path", "python_words"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,31 @@ def default_registry_path() -> Path:
     return Path("~/.config/heron_remote/ssh_info.json").expanduser()
 
 
+def python_words(text: str, *, server: str = "") -> list[str]:
+    """The words of a ``"python"`` value; ConfigError when it has none or an unclosed quote.
+
+    Each word is quoted for the PC's shell when used, so ``;`` or ``$(...)`` are part of a word,
+    never shell code. Backslashes are kept (``C:\\Python311\\python.exe``), unlike shlex.split.
+    """
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    lexer.escape = ""
+    try:
+        words = list(lexer)
+    except ValueError as exc:
+        words, problem = [], f"{exc.args[0].lower() if exc.args else exc}"
+    else:
+        problem = "no interpreter"
+    if not words:
+        who = f"server {server!r}: " if server else ""
+        raise ConfigError(
+            f'{who}"python" {text!r} is not an interpreter and its options ({problem}): write its path, '
+            "then any options, quoting a path with spaces: \"'/opt/lab venv/bin/python' -X dev\""
+        )
+    return words
+
+
 def _optional(value: Any) -> str | None:
     if value is None or value == "None" or value == "":
         return None
@@ -78,6 +106,11 @@ class Server:
     run_dir: str | None = None
     #: The port-forward backend, a key of :data:`heron_remote.ssh.tunnel.BACKENDS`.
     tunnel: str = DEFAULT_BACKEND
+
+    @property
+    def python_argv(self) -> list[str]:
+        """The interpreter's command: its path, then its options (:func:`python_words`)."""
+        return python_words(self.python, server=self.name)
 
     @property
     def label(self) -> str:
@@ -203,6 +236,8 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
         p = Path(value).expanduser()
         return str(p if p.is_absolute() else base / p)
 
+    python = str(entry.get("python") or "python3")
+    python_words(python, server=sid)  # refused now, not at the first launch
     tofu = entry.get("trust_on_first_use", False)
     if not isinstance(tofu, bool):
         raise ConfigError(f'{where}: server {sid!r} has "trust_on_first_use" {tofu!r}; it must be true or false')
@@ -220,7 +255,7 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
         password=password,
         key_file=file_key("key_file"),
         known_hosts=file_key("known_hosts"),
-        python=str(entry.get("python") or "python3"),
+        python=python,
         trust_on_first_use=tofu,
         run_dir=_optional(entry.get("run_dir")),
         tunnel=tunnel,

@@ -60,7 +60,10 @@ def _riding(transport: paramiko.Transport, server: Server, username: str, *, str
     ``streaming``: output goes only to the given streams, for commands that run for hours;
     otherwise it is also kept for the result, for short commands.
     """
-    conn = _RidingConnection(host=server.host, user=username, port=server.port)
+    # No ssh_config of fabric's own (~/.ssh/config may say ForwardAgent yes), and never the agent:
+    # the worker on the PC must hold no credential of the rig's.
+    config = fabric.Config(ssh_config=paramiko.SSHConfig())
+    conn = _RidingConnection(host=server.host, user=username, port=server.port, config=config, forward_agent=False)
     if streaming:
         conn.config.runners.remote = _StreamingRemote
     # Never opened by fabric (so its own host key policy never applies): it rides ours.

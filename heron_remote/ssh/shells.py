@@ -6,6 +6,10 @@ tells them apart; each :class:`Shell` then builds the same three commands. On PO
 worker leads its own process group (sshd makes the session; ``exec`` keeps its pid);
 on Windows ``taskkill /T`` ends the worker's process tree instead.
 
+Each shell writes an argv as one command line by its own quoting rules (:meth:`Shell.command`,
+Windows' in :mod:`.winquote`): the start command and ``heron-remote check`` both use it, so a
+word reaches the program as that word and never runs as shell code.
+
 Windows support is built from Microsoft's documentation and unit-tested; it has not
 been run against a real Windows PC.
 """
@@ -14,21 +18,25 @@ from __future__ import annotations
 
 import shlex
 import signal
-import subprocess
 from abc import ABC, abstractmethod
 
 from .._protocol import PID_PREFIX
+from .winquote import cmd_line, powershell_line
 
 __all__ = ["PROBE", "CmdShell", "PosixShell", "PowerShell", "Shell", "shell_from_probe"]
 
-#: cmd expands %OS%, PowerShell $env:OS, a POSIX shell neither (and prints $0).
-PROBE = 'echo "%OS%|$env:OS|"'
+#: cmd expands %OS% (and !OS! where delayed expansion is on), PowerShell $env:OS, a POSIX shell none.
+PROBE = 'echo "%OS%|$env:OS|!OS!|"'
 
 
 class Shell(ABC):
     name: str
     #: Whether the start command reports the worker's pid before it runs (else the ready line does).
     reports_pid: bool = False
+
+    @abstractmethod
+    def command(self, argv: list[str]) -> str:
+        """argv as a command line of this shell: the program ``argv[0]`` gets exactly ``argv[1:]``."""
 
     @abstractmethod
     def start(self, argv: list[str]) -> str:
@@ -47,8 +55,11 @@ class PosixShell(Shell):
     name = "posix"
     reports_pid = True
 
+    def command(self, argv: list[str]) -> str:
+        return shlex.join(argv)
+
     def start(self, argv: list[str]) -> str:
-        return f"echo {PID_PREFIX}$$; exec env PYTHONUNBUFFERED=1 {shlex.join(argv)}"
+        return f"echo {PID_PREFIX}$$; exec env PYTHONUNBUFFERED=1 {self.command(argv)}"
 
     def signal(self, pid: int, sig: signal.Signals) -> str:
         name = sig.name.removeprefix("SIG")
@@ -77,23 +88,29 @@ class _WindowsShell(Shell):
 class CmdShell(_WindowsShell):
     name = "cmd"
 
+    def __init__(self, *, delayed_expansion: bool = False) -> None:
+        #: Whether this cmd expands !names! (a registry setting of the PC).
+        self.delayed_expansion = delayed_expansion
+
+    def command(self, argv: list[str]) -> str:
+        return cmd_line(argv, delayed_expansion=self.delayed_expansion)
+
     def start(self, argv: list[str]) -> str:
-        return f"set PYTHONUNBUFFERED=1&& {subprocess.list2cmdline(argv)}"
+        return f"set PYTHONUNBUFFERED=1&& {self.command(argv)}"
 
     def alive(self, pid: int) -> str:
         # tasklist prints an INFO line, not the pid, when nothing matches: find then fails.
         return f'tasklist /FI "PID eq {pid}" /NH | find "{pid}" >nul'
 
 
-def _ps_quote(word: str) -> str:
-    return "'" + word.replace("'", "''") + "'"
-
-
 class PowerShell(_WindowsShell):
     name = "powershell"
 
+    def command(self, argv: list[str]) -> str:
+        return powershell_line(argv)
+
     def start(self, argv: list[str]) -> str:
-        return "$env:PYTHONUNBUFFERED = '1'; & " + " ".join(_ps_quote(w) for w in argv)
+        return "$env:PYTHONUNBUFFERED = '1'; " + self.command(argv)
 
     def alive(self, pid: int) -> str:
         return f"if (Get-Process -Id {pid} -ErrorAction SilentlyContinue) {{ exit 0 }} else {{ exit 1 }}"
@@ -103,7 +120,7 @@ def shell_from_probe(output: str) -> Shell:
     """The shell that printed ``output`` in answer to :data:`PROBE`."""
     text = output.strip().strip('"')
     if text.startswith("Windows_NT|"):
-        return CmdShell()
+        return CmdShell(delayed_expansion=text.split("|")[2:3] == ["Windows_NT"])
     if text.startswith("%OS%|Windows_NT"):
         return PowerShell()
     return PosixShell()

@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -210,7 +211,7 @@ class AcqHosts:
                 # Namespace hosts share this machine's files: each keeps its start records apart.
                 "run_dir": str(self.workdir / h.name / "run"),
                 # They share this machine's files too: the rig's own interpreter (a venv's) runs the workers.
-                "python": sys.executable,
+                "python": shlex.quote(sys.executable),
                 **extra.get(h.name, {}),
             }
             for i, h in enumerate(self.hosts)
