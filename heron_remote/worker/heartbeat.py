@@ -9,7 +9,10 @@ from collections.abc import Callable
 
 import zmq
 
-from .._protocol import PULSE, liveness
+from .._drops import Drops
+from .._protocol import liveness, parse_pulse
+from ..errors import DecodeError
+from ..wire.bounded import PULSE_MAX_BYTES
 from .life import EXIT_NO_HEARTBEAT
 
 __all__ = ["WorkerHeartbeat"]
@@ -17,7 +20,11 @@ __all__ = ["WorkerHeartbeat"]
 
 class WorkerHeartbeat:
     """Answers each pulse with a beacon (the com measures the round trip), beacons every
-    ``rate`` seconds, and ends the worker when no pulse came for ``rate * beats_to_death``."""
+    ``rate`` seconds, and ends the worker when no pulse came for ``rate * beats_to_death``.
+
+    Anyone on the PC can write to the pulse port: what is not a pulse is dropped and counted in
+    ``drops``, whose count each beacon carries to the com.
+    """
 
     def __init__(
         self,
@@ -25,8 +32,10 @@ class WorkerHeartbeat:
         beats_to_death: int,
         bind: Callable[[zmq.Socket, str], None],
         die: Callable[[str, int], object],
+        drops: Drops,
     ) -> None:
         self._rate = rate
+        self._drops = drops
         self._beats_to_death = beats_to_death
         self._bind = bind
         self._die = die
@@ -41,6 +50,7 @@ class WorkerHeartbeat:
     def run(self, context: zmq.Context) -> None:
         pulses = context.socket(zmq.PULL)
         pulses.linger = 0
+        pulses.maxmsgsize = PULSE_MAX_BYTES  # per frame: ZeroMQ drops a link that sends more
         beacon = context.socket(zmq.PUB)
         beacon.linger = 0
         self._bind(pulses, "heartbeat")
@@ -56,12 +66,9 @@ class WorkerHeartbeat:
                 self._now.clear()
                 next_beacon, wait = time.monotonic(), 0
             if pulses.poll(max(0, int(wait * 1000) + 1)):
-                frames = pulses.recv_multipart()
-                if frames and frames[0] == PULSE:
-                    last_pulse = time.monotonic()
-                    connected = True
-                    if len(frames) > 1 and frames[1].isdigit():
-                        echo = int(frames[1])
+                sent = self._pulse_in(pulses.recv_multipart())
+                if sent is not None:
+                    echo, last_pulse, connected = sent, time.monotonic(), True
                     next_beacon = last_pulse  # answer at once: the com measures the round trip
             now = time.monotonic()
             if now - last_pulse > window:
@@ -73,7 +80,15 @@ class WorkerHeartbeat:
                 seq += 1
                 error, self._error = self._error, None
                 try:
-                    beacon.send_multipart(liveness(pid, seq, echo, error), zmq.NOBLOCK)
+                    beacon.send_multipart(liveness(pid, seq, echo, error, self._drops.count), zmq.NOBLOCK)
                 except zmq.Again:
                     self._error = self._error or error  # goes with the next beacon
                 next_beacon = now + (self._rate if connected else min(0.1, self._rate))
+
+    def _pulse_in(self, frames: list[bytes]) -> int | None:
+        """The send time of a pulse; None (counted) for a message that is not one."""
+        try:
+            return parse_pulse(frames)
+        except DecodeError as exc:
+            self._drops(exc)
+            return None
