@@ -121,7 +121,7 @@ class StatusBoard:
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sub = self._context.socket(zmq.SUB)
         self._sub.linger = 0
-        self._sub.maxmsgsize = CONTROL_MAX_BYTES  # per frame: a larger one drops the link, which comes back
+        # No ZMQ_MAXMSGSIZE: one larger message from anyone would cut the board off the forwarder for good.
         self._sub.subscribe(STATUS_TOPIC)
         self._sub.connect(f"tcp://{host}:{port}")
         self.sources: OrderedDict[str, SourceStatus] = OrderedDict()

@@ -7,7 +7,6 @@ import zmq
 from ..forwarders import endpoint as forwarder_endpoint
 from ..launcher import WorkerLauncher
 from ..settings import Settings
-from ..wire.bounded import CONTROL_MAX_BYTES, PARAMETERS_MAX_BYTES
 from .heartbeat import back_off
 
 __all__ = ["CHORES_S", "ComSockets"]
@@ -37,9 +36,8 @@ class ComSockets:
         self.publish.linger = 1000  # what the worker sent last still reaches the forwarder
         self.publish.sndhwm = _PUB_SNDHWM
         self.publish.connect(target)
-        # Caps per frame on what anyone may send: ZeroMQ drops a link that sends more (and ours come back).
+        # No ZMQ_MAXMSGSIZE on sockets that connect: one larger message would cut them off for good.
         self.parameters_in = self._make(zmq.SUB)
-        self.parameters_in.maxmsgsize = PARAMETERS_MAX_BYTES
         self.parameters_in.subscribe(self._parameters_topic)
         self.parameters_in.connect(f"tcp://{host}:{s.ports.parameters_publish}")
         self.proof_of_life = self._make(zmq.PUB)
@@ -47,7 +45,6 @@ class ComSockets:
         self.data = self._make(zmq.PULL)
         self.data.rcvtimeo = int(CHORES_S * 1000)
         self.liveness = self._make(zmq.SUB)
-        self.liveness.maxmsgsize = CONTROL_MAX_BYTES
         self.liveness.subscribe(b"")
         self.parameters_out = self._make(zmq.PUSH)
         for sock in (self.data, self.liveness, self.parameters_out):

@@ -6,8 +6,11 @@ whatever fails, a reader raises :class:`~heron_remote.errors.DecodeError` and no
 (JSON nested too deep raises RecursionError, an integer of 5000 digits ValueError: both
 are DecodeErrors here). The caller counts the message and drops it.
 
-Socket-level caps (``zmq.MAXMSGSIZE``) apply to each frame; ZeroMQ drops a connection that
-sends a larger one (one that we connected comes back by itself).
+A socket-level cap (``zmq.MAXMSGSIZE``, per frame) is set only on sockets that bind (the
+worker's pulse and parameters ports): ZeroMQ ends the connection of a peer that sends a larger
+frame and never reconnects it, so the sender is cut off. On a socket that connects (to a
+forwarder, which relays anyone's messages) one such message would cut *us* off for good; there
+the readers' own bounds hold.
 """
 
 from __future__ import annotations
