@@ -128,23 +128,20 @@ class Meta:
     def decode(self, payload: Any) -> Any:
         """The ndarray or dict this metadata describes in ``payload``. Arrays are read-only views."""
         try:
-            return self._decode(payload)
+            if self.data_type == "ndarray":
+                size = len(payload) if type(payload) in _BYTES_LIKE else memoryview(payload).nbytes
+                if size != self.nbytes:
+                    raise DecodeError(
+                        f"payload has {size} bytes but dtype {self.dtype.str} and shape "
+                        f"{list(self.shape)} need {self.nbytes}"
+                    )
+                array = np.frombuffer(payload, dtype=self.dtype)
+                return array if self.flat else array.reshape(self.shape)
+            if self.data_type == "dict":
+                return read_json(memoryview(payload), "dict payload", sys.maxsize)  # data: its size is the worker's
+            return IGNORE
         except Exception as exc:  # a shape numpy cannot make, a payload that is no buffer
             raise undecodable("the payload", exc) from exc
-
-    def _decode(self, payload: Any) -> Any:
-        if self.data_type == "ndarray":
-            size = len(payload) if type(payload) in _BYTES_LIKE else memoryview(payload).nbytes
-            if size != self.nbytes:
-                raise DecodeError(
-                    f"payload has {size} bytes but dtype {self.dtype.str} and shape "
-                    f"{list(self.shape)} need {self.nbytes}"
-                )
-            array = np.frombuffer(payload, dtype=self.dtype)
-            return array if self.flat else array.reshape(self.shape)
-        if self.data_type == "dict":
-            return read_json(memoryview(payload), "dict payload", sys.maxsize)  # data: its size is the worker's
-        return IGNORE
 
 
 def _array_spec(meta: dict[str, Any], raw: bytes) -> tuple[np.dtype, tuple[int, ...]]:

@@ -200,7 +200,7 @@ def publish(pub: zmq.Socket, topic: bytes, index: bytes, time_us: bytes, meta: A
 def parse_time(raw: bytes) -> float:
     """The time frame in seconds: integer microseconds, or (Heron's) float seconds; DecodeError."""
     if raw.isdigit():
-        return read_int(raw, "the time frame") / 1e6
+        return (int(raw) if len(raw) < _NUMBER_DIGITS else read_int(raw, "the time frame")) / 1e6
     try:
         if len(raw) <= _TIME_CHARS:
             seconds = float(raw)
@@ -219,7 +219,9 @@ def read_published(recv: Callable[..., Any]) -> tuple[int, float, Any]:
     when the message ended early, DecodeError when a frame is wrong.
     """
     try:
-        index = read_int(recv(_NOBLOCK), "the index frame")
+        raw = recv(_NOBLOCK)
+        # Fewer digits than 2**63 has are below it: the usual case, without a call.
+        index = int(raw) if len(raw) < _NUMBER_DIGITS and raw.isdigit() else read_int(raw, "the index frame")
         stamp = parse_time(recv(_NOBLOCK))
         meta = parse_meta(recv(_NOBLOCK))
         return index, stamp, meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
