@@ -266,6 +266,14 @@ def test_a_status_message_is_read_and_one_without_the_newer_count_too() -> None:
         _status_in([STATUS_TOPIC + b"other", GOOD_STATUS.to_json()])
 
 
+def test_every_status_field_has_a_kind_checked() -> None:
+    from dataclasses import fields
+
+    from heron_remote.status import _KINDS
+
+    assert set(_KINDS) == {f.name for f in fields(SourceStatus)}  # a new field without one would fail every read
+
+
 def test_render_shows_no_terminal_escapes_from_a_status() -> None:
     raw = _status(node="\x1b[2Jcam", last_error="\x1b]0;owned\x07oops")
     table = render({"x": SourceStatus.decode(raw)}, now=1700000000.0)
