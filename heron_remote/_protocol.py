@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._verbosity import NO_RELIC
-from .errors import ConfigError
+from .errors import ConfigError, DecodeError
 from .settings import Settings
+from .wire.bounded import CONTROL_MAX_BYTES, ERROR_MAX_CHARS, read_int, read_json
 
 READY_PREFIX = "HERON_REMOTE_READY "
 #: A remote launch prints this and the shell's pid (which exec hands to the worker) first.
@@ -247,22 +248,34 @@ def pulse(answer: int | None = None) -> list[bytes]:
     return frames
 
 
-def liveness(pid: int, seq: int, echo_ns: int, error: str | None = None, probe: int | None = None) -> list[bytes]:
-    """A worker's beacon; ``error`` is what went wrong in it that its com should report, ``probe``
-    asks the com to answer at once (the worker's stdin closed: is the com still there?)."""
-    body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns}
+def parse_pulse(frames: list[bytes]) -> tuple[int, int | None]:
+    """(the com's send time in ns, the probe it answers or None); DecodeError for what is not a pulse."""
+    if len(frames) not in (2, 3) or frames[0] != PULSE:
+        raise DecodeError(f"a pulse is [b'PULSE', time(, answer)], got {len(frames)} frame(s)")
+    answer = read_int(frames[2], "a pulse's answer") if len(frames) == 3 else None
+    return read_int(frames[1], "a pulse's time"), answer
+
+
+def liveness(
+    pid: int, seq: int, echo_ns: int, error: str | None = None, rejected: int = 0, probe: int | None = None
+) -> list[bytes]:
+    """A worker's beacon; ``error`` is what went wrong in it that its com should report,
+    ``rejected`` how many messages it dropped as undecodable so far, ``probe`` asks the com to
+    answer at once (the worker's stdin closed: is the com still there?)."""
+    body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns, "rejected": rejected}
     if error is not None:
-        body["error"] = error
+        body["error"] = error[:ERROR_MAX_CHARS]
     if probe is not None:
         body["probe"] = probe
     return [LIVE, json.dumps(body).encode()]
 
 
-def parse_liveness(frames: list[bytes]) -> dict[str, Any] | None:
+def parse_liveness(frames: list[bytes]) -> dict[str, Any]:
+    """A worker's beacon as a dict; DecodeError for what is not one. Its fields are the
+    caller's to check."""
     if len(frames) != 2 or frames[0] != LIVE:
-        return None
-    try:
-        body = json.loads(frames[1])
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+        raise DecodeError(f"a liveness message is [b'LIVE', JSON], got {len(frames)} frame(s)")
+    body = read_json(frames[1], "a liveness message", CONTROL_MAX_BYTES)
+    if not isinstance(body, dict):
+        raise DecodeError(f"a liveness message must be a JSON object, got {type(body).__name__}")
+    return body

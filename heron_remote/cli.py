@@ -88,6 +88,8 @@ def _status(args: argparse.Namespace) -> int:
                 print(json.dumps([asdict(s) for s in sources.values()], indent=2))
             else:
                 print(render(sources))
+            if board.rejected:
+                print(_rejected(board.rejected), file=sys.stderr)
             return 0 if sources else 1
         try:
             while True:
@@ -95,8 +97,17 @@ def _status(args: argparse.Namespace) -> int:
                 # Clear the screen and go home: a live table, refreshed each second.
                 print("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S ") + f"sources on {args.host}:{port}\n", flush=True)
                 print(render(sources), flush=True)
+                if board.rejected:
+                    print(_rejected(board.rejected), flush=True)
         except KeyboardInterrupt:
             return 0
+
+
+def _rejected(count: int) -> str:
+    return (
+        f"({count} message(s) on the status topic were not a status and were ignored: "
+        "some other program publishes there)"
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:

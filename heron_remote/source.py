@@ -244,6 +244,12 @@ class Source:
         return self._subscriber.gaps
 
     @property
+    def rejected(self) -> int:
+        """Messages on this source's topics that :meth:`frames` dropped as undecodable (someone else
+        published them: anyone on this machine can write to the forwarders)."""
+        return self._subscriber.rejected
+
+    @property
     def received(self) -> int:
         """Frames :meth:`frames` has yielded."""
         return self._subscriber.received

@@ -3,20 +3,28 @@
 Every com publishes a status message about once a second on the proof-of-life
 forwarder (``[b"heron_remote.status##" + node, JSON]``), next to Heron's proof-of-life
 messages. :class:`StatusBoard` subscribes to them from any process; a
-:class:`SourceStatus` is one source's latest report.
+:class:`SourceStatus` is one source's latest report. Anyone on the machine can publish
+there: a message that is not a status is dropped and counted (``StatusBoard.rejected``),
+and the board keeps at most MAX_SOURCES sources.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, Field, asdict, dataclass, fields
+from typing import Any
 
 import zmq
 
+from ._drops import Drops
 from .com.stats import ComStats
+from .errors import DecodeError
+from .wire.bounded import CONTROL_MAX_BYTES, NUMBER_LIMIT, read_json
 
 __all__ = ["STATUS_TOPIC", "SourceStatus", "StatusBoard", "StatusPublisher", "render", "status_of"]
 
@@ -25,6 +33,8 @@ logger = logging.getLogger(__name__)
 STATUS_TOPIC = b"heron_remote.status##"
 #: Seconds between two status messages of a com.
 STATUS_INTERVAL_S = 1.0
+#: Sources a board keeps; beyond, the one heard from least recently is forgotten.
+MAX_SOURCES = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,17 +53,65 @@ class SourceStatus:
     heartbeat_rtt_ms: float | None
     last_error: str | None
     time: float
+    #: Messages the com and its worker dropped as undecodable on their control inputs.
+    rejected: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
+    def decode(cls, raw: bytes) -> SourceStatus:
+        """The status in ``raw``, every field of its type; DecodeError for anything else."""
+        body = read_json(raw, "a status message", CONTROL_MAX_BYTES)
+        if not isinstance(body, dict):
+            raise DecodeError(f"a status message must be a JSON object, got {type(body).__name__}")
+        return cls(**{f.name: _field(body, f) for f in fields(cls)})
+
+    @classmethod
     def from_json(cls, raw: bytes) -> SourceStatus | None:
+        """:meth:`decode`, or None for what is not a status."""
         try:
-            body = json.loads(raw)
-            return cls(**{f.name: body[f.name] for f in fields(cls)})
-        except (ValueError, KeyError, TypeError):
+            return cls.decode(raw)
+        except DecodeError:
             return None
+
+
+#: What each field of a status may hold (JSON numbers: int or float).
+_NUMBER = (int, float)
+_KINDS: dict[str, tuple[type, ...]] = {
+    "node": (str,),
+    "host": (str,),
+    "worker_pid": (int, type(None)),
+    "state": (str,),
+    "frames_per_s": _NUMBER,
+    "mb_per_s": _NUMBER,
+    "received": (int,),
+    "gaps": (int,),
+    "restarts": (int,),
+    "heartbeat_rtt_ms": (*_NUMBER, type(None)),
+    "last_error": (str, type(None)),
+    "time": _NUMBER,
+    "rejected": (int,),
+}
+
+
+def _field(body: dict[str, Any], field: Field[Any]) -> Any:
+    """The value of ``field`` in a status body, checked against its kind."""
+    if field.name not in body and field.default is not MISSING:
+        return field.default
+    value = body.get(field.name, MISSING)
+    kinds = _KINDS[field.name]
+    fits = type(value) in kinds  # exact: True is no count
+    if type(value) is int:
+        fits = fits and abs(value) < NUMBER_LIMIT
+    elif type(value) is float:
+        fits = fits and math.isfinite(value)
+    if not fits:
+        shown = "nothing" if value is MISSING else type(value).__name__
+        raise DecodeError(
+            f"a status message's {field.name!r} must be {' or '.join(k.__name__ for k in kinds)}, got {shown}"
+        )
+    return value
 
 
 class StatusBoard:
@@ -63,9 +121,16 @@ class StatusBoard:
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sub = self._context.socket(zmq.SUB)
         self._sub.linger = 0
+        # No ZMQ_MAXMSGSIZE: one larger message from anyone would cut the board off the forwarder for good.
         self._sub.subscribe(STATUS_TOPIC)
         self._sub.connect(f"tcp://{host}:{port}")
-        self.sources: dict[str, SourceStatus] = {}
+        self.sources: OrderedDict[str, SourceStatus] = OrderedDict()
+        self._drops = Drops(logger, "a message on the status topic that is no status")
+
+    @property
+    def rejected(self) -> int:
+        """Messages on the status topic dropped because they were not a status."""
+        return self._drops.count
 
     def poll(self, timeout: float) -> dict[str, SourceStatus]:
         """Take in what arrives for ``timeout`` seconds; the latest status per node."""
@@ -73,13 +138,19 @@ class StatusBoard:
         while (left := deadline - time.monotonic()) > 0:
             if not self._sub.poll(int(left * 1000) + 1):
                 break
-            frames = self._sub.recv_multipart()
-            status = SourceStatus.from_json(frames[1]) if len(frames) == 2 else None
-            if status is None:
-                logger.debug("ignored a malformed status message")
+            try:
+                status = _status_in(self._sub.recv_multipart())
+            except DecodeError as exc:
+                self._drops(exc)
                 continue
-            self.sources[status.node] = status
+            self._keep(status)
         return dict(self.sources)
+
+    def _keep(self, status: SourceStatus) -> None:
+        self.sources[status.node] = status
+        self.sources.move_to_end(status.node)
+        if len(self.sources) > MAX_SOURCES:
+            self.sources.popitem(last=False)
 
     def close(self) -> None:
         self._sub.close()
@@ -89,6 +160,21 @@ class StatusBoard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _status_in(frames: list[bytes]) -> SourceStatus:
+    """The status a ``[STATUS_TOPIC + node, JSON]`` message carries; DecodeError."""
+    if len(frames) != 2:
+        raise DecodeError(f"a status message has 2 frames, got {len(frames)}")
+    status = SourceStatus.decode(frames[1])
+    if frames[0] != STATUS_TOPIC + status.node.encode(errors="replace"):
+        raise DecodeError(f"a status message of node {status.node[:40]!r} came on topic {frames[0][:60]!r}")
+    return status
+
+
+def _shown(text: str) -> str:
+    """``text`` safe for a terminal: no escape sequences from whoever wrote it."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def render(sources: dict[str, SourceStatus], *, now: float | None = None) -> str:
@@ -101,10 +187,10 @@ def render(sources: dict[str, SourceStatus], *, now: float | None = None) -> str
         s = sources[name]
         state = s.state if now - s.time < 3 else f"{s.state}?"
         rtt = "-" if s.heartbeat_rtt_ms is None else f"{s.heartbeat_rtt_ms:.1f}"
-        error = (s.last_error or "").splitlines()[0][:60] if s.last_error else ""
+        error = (s.last_error.splitlines() or [""])[0][:60] if s.last_error else ""
         lines.append(
-            f"{s.node:<16} {s.host:<12} {s.worker_pid or '-':>7} {state:<10} {s.frames_per_s:>9.1f} "
-            f"{s.mb_per_s:>8.2f} {s.gaps:>6} {s.restarts:>8} {rtt:>7}  {error}"
+            f"{_shown(s.node):<16} {_shown(s.host):<12} {s.worker_pid or '-':>7} {_shown(state):<10} "
+            f"{s.frames_per_s:>9.1f} {s.mb_per_s:>8.2f} {s.gaps:>6} {s.restarts:>8} {rtt:>7}  {_shown(error)}"
         )
     if not sources:
         lines.append("(no source has reported yet)")
@@ -135,6 +221,7 @@ def status_of(
         heartbeat_rtt_ms=None if stats.heartbeat_rtt_s is None else round(stats.heartbeat_rtt_s * 1000, 3),
         last_error=stats.last_error,
         time=now,
+        rejected=stats.rejected + stats.worker_rejected,
     )
     return status, mark
 

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import zmq
 
+from ._drops import Drops
 from .errors import DecodeError, NoDataError
 from .wire import read_published, resync
 
@@ -58,7 +59,8 @@ class Subscriber:
     """Turns the messages of one source's topics into Frames and counts the indices it never saw.
 
     ``ended`` says whether the source's com has stopped (raising what stopped it, if it
-    failed); ``last_error`` is quoted when no frame comes in time.
+    failed); ``last_error`` is quoted when no frame comes in time. A message on its topics that
+    cannot be decoded (anyone may publish on the forwarders) is dropped and counted in ``rejected``.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Subscriber:
         self._last_error = last_error
         self.gaps = 0
         self.received = 0
+        self._drops = Drops(logger, f"an undecodable message on the topics of source {name!r}")
         self._last_index: int | None = None
 
     def read(self, sub: zmq.Socket, *, timeout: float | None, limit: int | None) -> Iterator[Frame]:
@@ -110,10 +113,9 @@ class Subscriber:
             except KeyError:  # another node whose topic starts like ours
                 resync(sub)
                 continue
-            except (zmq.Again, DecodeError, ValueError) as exc:
+            except (zmq.Again, DecodeError) as exc:
                 resync(sub)
-                reason = "it ended early" if isinstance(exc, zmq.Again) else exc
-                logger.warning("dropped an undecodable message from %s: %s", self.name, reason)
+                self._drops("it ended early" if isinstance(exc, zmq.Again) else exc)
                 continue
             last_frame = time.monotonic()
             if single:
@@ -127,6 +129,11 @@ class Subscriber:
                 if frame is not None and (limit is None or yielded < limit):
                     yield frame
                     yielded += 1
+
+    @property
+    def rejected(self) -> int:
+        """Messages on this source's topics dropped because they could not be decoded."""
+        return self._drops.count
 
     def _count(self, index: int) -> None:
         self.received += 1

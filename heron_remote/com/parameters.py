@@ -2,8 +2,9 @@
 
 The worker receives JSON. From the forwarder come JSON (ours) or, from Heron's editor, a
 pickled list: that is read as plain data only (:mod:`.plain_pickle`: nothing named in it is
-looked up or run) and passed on as JSON. Anything else is refused, said in
-``stats.last_error`` and logged once for each reason.
+looked up or run) and passed on as JSON. Anything else (anyone on the machine can publish on
+the forwarder) is refused, counted in ``stats.rejected``, said in ``stats.last_error`` and
+logged once for each reason. Parameters are at most PARAMETERS_MAX_BYTES, both ways.
 """
 
 from __future__ import annotations
@@ -15,19 +16,45 @@ from typing import Any
 
 import zmq
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DecodeError
+from ..wire.bounded import PARAMETERS_MAX_BYTES, read_json
 from .plain_pickle import PlainPickleError, is_pickle, load_plain
 from .stats import ComStats
 
-__all__ = ["ParametersRelay", "encode_parameters"]
+__all__ = ["ParametersRelay", "decode_parameters", "encode_parameters"]
 
 
 def encode_parameters(parameters: Any) -> bytes:
     """Parameters as the worker receives them: JSON. ConfigError for what JSON cannot encode."""
     try:
-        return json.dumps(parameters).encode()
-    except (TypeError, ValueError) as exc:
+        message = json.dumps(parameters).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ConfigError(f"parameters must be JSON-serialisable: {exc}") from exc
+    if len(message) > PARAMETERS_MAX_BYTES:
+        raise ConfigError(
+            f"parameters are {len(message)} bytes as JSON, over the {PARAMETERS_MAX_BYTES}-byte limit: "
+            "send a few values (a file name, not the file's contents)"
+        )
+    return message
+
+
+def decode_parameters(raw: bytes) -> bytes:
+    """Parameters from the forwarder (JSON, or the pickle of Heron's editor) as the worker
+    receives them: JSON. DecodeError for anything else."""
+    if not is_pickle(raw):
+        try:
+            read_json(raw, "parameters", PARAMETERS_MAX_BYTES)
+        except DecodeError as exc:
+            raise DecodeError(f"parameters that are neither JSON nor a pickle of plain data: {exc}") from None
+        return raw
+    try:
+        value = load_plain(raw)
+    except PlainPickleError as exc:
+        raise DecodeError(f"refused pickled parameters: {exc}") from None
+    try:
+        return encode_parameters(value)
+    except ConfigError as exc:
+        raise DecodeError(f"pickled parameters hold a value the worker cannot receive as JSON: {exc}") from None
 
 
 class ParametersRelay:
@@ -61,8 +88,10 @@ class ParametersRelay:
             frames = source.recv_multipart()
             if len(frames) == 2:
                 self._relay(frames[1])
+            else:
+                self._refuse(f"a parameters message has 2 frames (topic, parameters), got {len(frames)}")
         while not self._submitted.empty():
-            self._relay(self._submitted.get_nowait())
+            self._send(self._submitted.get_nowait())
 
     def resend_last(self) -> None:
         """Give a worker started again the parameters its predecessor had."""
@@ -70,32 +99,20 @@ class ParametersRelay:
             self._to_worker.send(self._last)
 
     def _relay(self, raw: bytes) -> None:
-        message = raw if not is_pickle(raw) else self._from_pickle(raw)
-        if message is None:
-            return
         try:
-            json.loads(message)
-        except ValueError:
-            self._refuse(f"parameters that are neither JSON nor a pickle of plain data: {bytes(raw[:60])!r}")
+            message = decode_parameters(raw)
+        except DecodeError as exc:
+            self._refuse(str(exc))
             return
+        self._send(message)
+
+    def _send(self, message: bytes) -> None:
         self._last = message
         assert self._to_worker is not None
         self._to_worker.send(message)
 
-    def _from_pickle(self, raw: bytes) -> bytes | None:
-        """Heron's editor pickles a list of values: read as plain data, passed on as JSON."""
-        try:
-            value = load_plain(raw)
-        except PlainPickleError as exc:
-            self._refuse(f"refused pickled parameters: {exc}")
-            return None
-        try:
-            return json.dumps(value).encode()
-        except (TypeError, ValueError) as exc:
-            self._refuse(f"pickled parameters hold a value the worker cannot receive as JSON: {exc}")
-            return None
-
     def _refuse(self, why: str) -> None:
+        self._stats.rejected += 1
         self._stats.last_error = why
         if why not in self._said and len(self._said) < 100:  # the editor sends the same parameters 21 times
             self._said.add(why)

@@ -8,7 +8,8 @@ tuple, dict and set can come out, and complex, the one such type pickle writes t
 name: ``builtins.complex`` is recognised as text and built from two numbers here (and, from
 protocols 2 and 3, ``builtins.set`` from a list). Every
 other opcode (objects, classes, functions, extensions, persistent ids, out-of-band buffers)
-is refused with an error that names it.
+is refused with an error that names it. Values nest at most MAX_DEPTH deep: hashing a tuple
+nested a million deep (a dict key) overflows the C stack, and JSON cannot write one either.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import pickletools
 from typing import Any
 
 from ..errors import DecodeError
+from ..wire.bounded import PARAMETERS_MAX_BYTES
 
-__all__ = ["MAX_BYTES", "PlainPickleError", "is_pickle", "load_plain"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "PlainPickleError", "is_pickle", "load_plain"]
 
 #: The largest pickle read: a node's parameters are a few values.
-MAX_BYTES = 1 << 20
+MAX_BYTES = PARAMETERS_MAX_BYTES
+#: How deep values may nest (lists in lists...).
+MAX_DEPTH = 100
 _PLAIN = "None, bool, int, float, complex, str, bytes, list, tuple, dict and set"
 #: The only names a pickle may give, read as text: what plain types pickle writes through a name.
 _NAMED_TYPES = {
@@ -66,8 +70,8 @@ def load_plain(raw: bytes, *, max_bytes: int = MAX_BYTES) -> Any:
                 return machine.result
     except PlainPickleError:
         raise
-    except (ValueError, TypeError, IndexError, KeyError) as exc:  # malformed, or an unhashable key
-        raise PlainPickleError(f"not a pickle of plain data: {exc}") from exc
+    except Exception as exc:  # malformed (ValueError, IndexError, KeyError...), or an unhashable key
+        raise PlainPickleError(f"not a pickle of plain data: {type(exc).__name__}: {str(exc)[:120]}") from exc
     raise PlainPickleError("the pickle has no STOP: it is cut short")
 
 
@@ -78,6 +82,19 @@ class _Machine:
         self.stack: list[Any] = []
         self.memo: dict[int, Any] = {}
         self.result: Any = None
+        # How deep tuples nest in each tuple built, by id (the tuple kept, so that its id stays its own).
+        self._tuple_depths: dict[int, tuple[tuple[Any, ...], int]] = {}
+
+    def push_tuple(self, items: list[Any]) -> None:
+        """Push a tuple of ``items``, refused when tuples would nest deeper than MAX_DEPTH (before
+        anything hashes it: hashing recurses in C, with no limit)."""
+        value = tuple(items)
+        known = self._tuple_depths
+        depth = 1 + max((known[id(v)][1] for v in value if type(v) is tuple and id(v) in known), default=0)
+        if depth > MAX_DEPTH:
+            raise PlainPickleError(f"the pickle nests tuples more than {MAX_DEPTH} deep")
+        known[id(value)] = (value, depth)
+        self.stack.append(value)
 
     def pop_mark(self) -> list[Any]:
         """The items above the last mark, the mark removed."""
@@ -111,16 +128,20 @@ def _stop(m: _Machine, arg: Any) -> bool:
 
 
 def _check_values(value: Any) -> None:
-    """Refuse a result that holds a name or a mark instead of a value (a pickle built by hand)."""
-    seen: set[int] = set()
-    todo = [value]
+    """Refuse a result that holds a name or a mark instead of a value (a pickle built by hand), or
+    that nests deeper than MAX_DEPTH (a list that holds itself does)."""
+    deepest: dict[int, int] = {}  # how deep each container was seen: seen deeper, it is walked again
+    todo = [(value, 1)]
     while todo:
-        item = todo.pop()
+        item, depth = todo.pop()
         if isinstance(item, _Named) or item is _MARK:
             raise PlainPickleError("the pickle holds a name where a value belongs")
-        if isinstance(item, (list, tuple, set, dict)) and id(item) not in seen:
-            seen.add(id(item))
-            todo.extend(item.items() if isinstance(item, dict) else item)
+        if isinstance(item, (list, tuple, set, dict)) and deepest.get(id(item), -1) < depth:
+            if depth > MAX_DEPTH:
+                raise PlainPickleError(f"the pickle nests values more than {MAX_DEPTH} deep")
+            deepest[id(item)] = depth
+            inside = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            todo.extend((v, depth + 1) for v in inside)
 
 
 def _global(m: _Machine, arg: Any) -> None:
@@ -203,7 +224,7 @@ def _tuple_of(n: int) -> Any:
     def build(m: _Machine, arg: Any) -> None:
         items = m.stack[len(m.stack) - n :] if n else []
         del m.stack[len(m.stack) - n :]
-        m.stack.append(tuple(items))
+        m.push_tuple(items)
 
     return build
 
@@ -247,7 +268,7 @@ _HANDLERS: dict[str, Any] = {
     "TUPLE1": _tuple_of(1),
     "TUPLE2": _tuple_of(2),
     "TUPLE3": _tuple_of(3),
-    "TUPLE": lambda m, arg: m.stack.append(tuple(m.pop_mark())),
+    "TUPLE": lambda m, arg: m.push_tuple(m.pop_mark()),
     "EMPTY_DICT": lambda m, arg: m.stack.append({}),
     "SETITEM": _setitem,
     "SETITEMS": _setitems,

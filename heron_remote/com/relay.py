@@ -107,12 +107,14 @@ class Relay:
         stats.received += 1
         try:
             number, publish_flags, size = parse_packet(msg, self._frames)
+            index = self.sequence.advance(number)
         except PacketError as exc:
-            if exc.number is not None:
-                self.sequence.advance(exc.number)  # it is numbered: a gap is not counted twice
+            self._numbered(exc.number)
             self._malformed(exc)
             return False
-        index = self.sequence.advance(number)
+        except DecodeError as exc:  # a number no worker sends
+            self._malformed(exc)
+            return False
         stats.bytes_received += size
         if size.bit_length() != self._size_class:
             self._size_class = size.bit_length()
@@ -177,6 +179,14 @@ class Relay:
             )
         else:
             self.log.info("the worker numbers its packets from 1 again: the index goes on from %d", sequence.index)
+
+    def _numbered(self, number: int | None) -> None:
+        """A malformed packet that has a number: it is counted in the index, so a gap is not counted twice."""
+        if number is not None:
+            try:
+                self.sequence.advance(number)
+            except DecodeError:
+                pass  # a number no worker sends: it does not count
 
     def _malformed(self, exc: DecodeError) -> None:
         stats = self.stats

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["PacketSequence"]
+from ..errors import DecodeError
+
+__all__ = ["INDEX_JUMP_LIMIT", "PacketSequence"]
+
+#: How far a jump may take the index: from there, one by one, it stays below 2**63 (the wire's
+#: bound) for ever. A number that would go further is no packet of a real worker.
+INDEX_JUMP_LIMIT = 1 << 62
 
 
 class PacketSequence:
@@ -13,7 +19,8 @@ class PacketSequence:
     The index is the packet number, so a packet lost between worker and com is a gap
     downstream, and is counted in :attr:`lost`. A worker that numbers from 1 again (a
     new worker, after a restart) continues the index where it stood: nothing is ever
-    numbered twice.
+    numbered twice. A number that would take the index past INDEX_JUMP_LIMIT raises
+    DecodeError and changes nothing.
     """
 
     __slots__ = ("_base", "_last", "index", "lost", "on_jump", "renumbered")
@@ -34,10 +41,14 @@ class PacketSequence:
             self._last = number
             self.index = index = self._base + number
             return index
+        again = number <= self._last
+        base = self.index if again else self._base
+        if base + number >= INDEX_JUMP_LIMIT:
+            raise DecodeError(f"packet number {number} would take the index past 2**62 (after {self.index})")
         missed = 0
-        if number <= self._last:
+        if again:
             self.renumbered += 1
-            self._base = self.index
+            self._base = base
         else:
             missed = number - self._last - 1
             self.lost += missed

@@ -36,6 +36,7 @@ class ComSockets:
         self.publish.linger = 1000  # what the worker sent last still reaches the forwarder
         self.publish.sndhwm = _PUB_SNDHWM
         self.publish.connect(target)
+        # No ZMQ_MAXMSGSIZE on sockets that connect: one larger message would cut them off for good.
         self.parameters_in = self._make(zmq.SUB)
         self.parameters_in.subscribe(self._parameters_topic)
         self.parameters_in.connect(f"tcp://{host}:{s.ports.parameters_publish}")

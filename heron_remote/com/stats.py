@@ -13,7 +13,10 @@ class ComStats:
 
     ``lost`` counts packets the worker sent that never reached the com; ``malformed``
     those that arrived but did not follow the wire format (both show as index gaps).
-    ``restarts`` counts workers started again under the restart policy.
+    ``restarts`` counts workers started again under the restart policy. ``rejected`` counts
+    messages the com dropped as undecodable on its parameters and liveness inputs,
+    ``worker_rejected`` those its worker dropped on its pulse and parameters inputs (as the
+    worker last said).
     """
 
     received: int = 0
@@ -21,6 +24,8 @@ class ComStats:
     published: int = 0
     ignored: int = 0
     malformed: int = 0
+    rejected: int = 0
+    worker_rejected: int = 0
     bytes_received: int = 0
     liveness_seen: int = 0
     heartbeat_rtt_s: float | None = None

@@ -11,12 +11,22 @@ from dataclasses import dataclass
 
 import zmq
 
+from .._drops import Drops
 from .._logging import NodeLogger
 from .._protocol import WorkerArgs, parse_liveness
 from .._records import ComId
-from ..errors import AuthenticationError, HostKeyError, SSHError, WorkerError, WorkerLostError, WorkerStartError
+from ..errors import (
+    AuthenticationError,
+    DecodeError,
+    HostKeyError,
+    SSHError,
+    WorkerError,
+    WorkerLostError,
+    WorkerStartError,
+)
 from ..launcher import LocalLauncher, WorkerLauncher
 from ..settings import Settings
+from ..wire.bounded import ERROR_MAX_CHARS, NUMBER_LIMIT
 from .heartbeat import Heartbeat
 from .sockets import ComSockets
 from .stats import ComStats
@@ -79,6 +89,8 @@ class Supervisor:
         #: Why the worker ended or was lost, while it is not running again.
         self.error: WorkerError | None = None
         self.log = NodeLogger(logger, node=spec.node_name, host="com")
+        # Undecodable liveness messages; parameters count theirs in the same stats.rejected.
+        self._drops = Drops(self.log, "an undecodable liveness message")
         self._on_error = on_error
         self._make = make
         self._sockets: ComSockets | None = None
@@ -152,8 +164,7 @@ class Supervisor:
         poller.register(data, zmq.POLLIN)
         while True:
             events = dict(poller.poll(50))
-            if live in events:
-                self.on_liveness(live.recv_multipart())
+            if live in events and self.on_liveness(live.recv_multipart()):
                 return
             if data in events:
                 return  # a worker quick enough to send before its first beacon got through
@@ -175,25 +186,33 @@ class Supervisor:
         """Something came from the worker just now."""
         self._last_heard = time.monotonic()
 
-    def on_liveness(self, frames: list[bytes]) -> None:
-        body = parse_liveness(frames)
-        if body is None:
-            self.log.warning("ignored a malformed liveness message")
-            return
+    def on_liveness(self, frames: list[bytes]) -> bool:
+        """Take in a liveness message; False (counted, dropped) when it is not one."""
+        try:
+            body = parse_liveness(frames)
+        except DecodeError as exc:
+            self._drops(exc)
+            self.stats.rejected += 1
+            return False
         self.stats.liveness_seen += 1
         self.heard()
         probe = body.get("probe")
-        if isinstance(probe, int) and not isinstance(probe, bool) and self._heartbeat is not None:
+        if type(probe) is int and 0 <= probe < NUMBER_LIMIT and self._heartbeat is not None:
             self._heartbeat.answer(probe)  # the worker's session closed: it asks whether we still live
         echo = body.get("echo_ns")
-        if isinstance(echo, int) and echo > 0:
+        if type(echo) is int and 0 < echo < NUMBER_LIMIT:
             self.stats.heartbeat_rtt_s = (time.time_ns() - echo) / 1e9
+        rejected = body.get("rejected")
+        if type(rejected) is int and 0 <= rejected < NUMBER_LIMIT:
+            self.stats.worker_rejected = rejected
         error = body.get("error")
         if isinstance(error, str):
+            error = error[:ERROR_MAX_CHARS]
             self.stats.last_error = f"worker: {error}"
             self.log.error("%s", error)
         assert self._sockets is not None
         self._sockets.proof_of_life_sent()
+        return True
 
     @property
     def lost_after(self) -> float:

@@ -3,19 +3,23 @@
 ``metadata`` is ``{"data_type": "ndarray", "dtype": "uint8", "shape": [h, w]}`` with the
 array's raw C-order bytes as payload, ``{"data_type": "dict"}`` with a JSON payload,
 or ``{"data_type": "ignore"}`` (empty payload) for an output the com must not publish.
-Parsed metadata is cached by its bytes: a camera sends the same few over and over.
+Parsed metadata is cached by its bytes: a camera sends the same few over and over. Metadata
+is small (at most :data:`~.bounded.META_MAX_BYTES`) and the cache bounded.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import sys
 from typing import Any
 
 import numpy as np
 import zmq
 
 from ..errors import DecodeError
+from .bounded import META_MAX_BYTES, NUMBER_LIMIT, read_json, undecodable
 
 __all__ = [
     "IGNORE",
@@ -106,10 +110,7 @@ class Meta:
     __slots__ = ("data_type", "dtype", "flat", "nbytes", "shape")
 
     def __init__(self, raw: bytes) -> None:
-        try:
-            meta = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DecodeError(f"metadata is not JSON: {bytes(raw[:60])!r}") from exc
+        meta = read_json(raw, "metadata", META_MAX_BYTES)
         if not isinstance(meta, dict):
             raise DecodeError(f"metadata must be a JSON object, got {type(meta).__name__}")
         self.data_type = meta.get("data_type")
@@ -118,50 +119,73 @@ class Meta:
         self.nbytes = -1
         self.flat = False
         if self.data_type == "ndarray":
-            try:
-                if not isinstance(meta["dtype"], str) or not isinstance(meta["shape"], list):
-                    raise TypeError("dtype must be a string and shape a list")
-                self.dtype = np.dtype(meta["dtype"])
-                self.shape = tuple(int(n) for n in meta["shape"])
-            except (KeyError, TypeError, ValueError, OverflowError) as exc:
-                raise DecodeError(f"ndarray metadata needs a valid dtype and shape: {meta!r}") from exc
-            if self.dtype.hasobject or self.dtype.itemsize == 0 or any(n < 0 for n in self.shape):
-                raise DecodeError(f"ndarray metadata has an unusable dtype or shape: {meta!r}")
+            self.dtype, self.shape = _array_spec(meta, raw)
             self.nbytes = self.dtype.itemsize * math.prod(self.shape)
             self.flat = len(self.shape) == 1  # np.frombuffer's own shape: no reshape needed
         elif self.data_type not in ("dict", "ignore"):
-            raise DecodeError(f"unknown data_type {self.data_type!r}: expected ndarray, dict or ignore")
+            raise DecodeError(f"unknown data_type {str(self.data_type)[:40]!r}: expected ndarray, dict or ignore")
 
     def decode(self, payload: Any) -> Any:
         """The ndarray or dict this metadata describes in ``payload``. Arrays are read-only views."""
-        if self.data_type == "ndarray":
-            size = len(payload) if type(payload) in _BYTES_LIKE else memoryview(payload).nbytes
-            if size != self.nbytes:
-                raise DecodeError(
-                    f"payload has {size} bytes but dtype {self.dtype.str} and shape "
-                    f"{list(self.shape)} need {self.nbytes}"
-                )
-            array = np.frombuffer(payload, dtype=self.dtype)
-            return array if self.flat else array.reshape(self.shape)
-        if self.data_type == "dict":
-            try:
-                return json.loads(bytes(payload))
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise DecodeError("dict payload is not JSON") from exc
-        return IGNORE
+        try:
+            if self.data_type == "ndarray":
+                size = len(payload) if type(payload) in _BYTES_LIKE else memoryview(payload).nbytes
+                if size != self.nbytes:
+                    raise DecodeError(
+                        f"payload has {size} bytes but dtype {self.dtype.str} and shape "
+                        f"{list(self.shape)} need {self.nbytes}"
+                    )
+                array = np.frombuffer(payload, dtype=self.dtype)
+                return array if self.flat else array.reshape(self.shape)
+            if self.data_type == "dict":
+                return read_json(memoryview(payload), "dict payload", sys.maxsize)  # data: its size is the worker's
+            return IGNORE
+        except Exception as exc:  # a shape numpy cannot make, a payload that is no buffer
+            raise undecodable("the payload", exc) from exc
 
 
-_PARSED: dict[bytes, Meta] = {}
+def _array_spec(meta: dict[str, Any], raw: bytes) -> tuple[np.dtype, tuple[int, ...]]:
+    """The dtype and shape of ndarray metadata; DecodeError unless numpy can make such an array."""
+    spelled, shape = meta.get("dtype"), meta.get("shape")
+    if not isinstance(spelled, str) or not isinstance(shape, list) or len(shape) > _MAX_DIMS:
+        raise DecodeError(f"ndarray metadata needs a valid dtype and shape: {bytes(raw[:120])!r}")
+    if not all(type(n) is int and n < NUMBER_LIMIT for n in shape):
+        raise DecodeError(f"ndarray metadata needs a valid dtype and shape (integers): {bytes(raw[:120])!r}")
+    try:
+        dtype = np.dtype(spelled)
+    except Exception as exc:  # numpy raises TypeError, ValueError, SyntaxError... for what it cannot read
+        raise DecodeError(f"ndarray metadata needs a valid dtype and shape: {bytes(raw[:120])!r}") from exc
+    if dtype.hasobject or dtype.itemsize == 0 or dtype.subdtype is not None or any(n < 0 for n in shape):
+        raise DecodeError(f"ndarray metadata has an unusable dtype or shape: {bytes(raw[:120])!r}")
+    return dtype, tuple(shape)
+
+
+#: Dimensions an array may have (numpy's own limit is 64).
+_MAX_DIMS = 64
+#: Parsed metadata kept: a camera sends the same few over and over; a flood of others is no burden.
+_CACHED = 256
 
 
 def parse_meta(raw: bytes) -> Meta:
-    """Validated metadata; raises DecodeError."""
-    meta = _PARSED.get(raw)
-    if meta is None:
-        meta = Meta(raw)
-        if len(_PARSED) < 1024:
-            _PARSED[bytes(raw)] = meta
-    return meta
+    """Validated metadata; raises DecodeError. Metadata of up to META_MAX_BYTES is cached, the least
+    recently used leaving first, so what is kept stays bounded whatever arrives."""
+    if type(raw) is not bytes:
+        raw = _as_bytes(raw)
+    if len(raw) > META_MAX_BYTES:
+        raise DecodeError(f"metadata of {len(raw)} bytes is over the {META_MAX_BYTES}-byte limit")
+    return _parsed(raw)
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def _parsed(raw: bytes) -> Meta:
+    return Meta(raw)
+
+
+def _as_bytes(raw: Any) -> bytes:
+    try:
+        return raw.bytes if isinstance(raw, zmq.Frame) else memoryview(raw).tobytes()
+    except Exception as exc:
+        raise undecodable("metadata", exc) from exc
 
 
 def check_output(raw_meta: bytes, payload_len: int) -> bool:

@@ -23,12 +23,14 @@ message boundary. Frames are sent one by one with pyzmq's compiled send: cheaper
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Container, Sequence
 from typing import Any, NamedTuple
 
 import zmq
 
 from ..errors import DecodeError
+from .bounded import NUMBER_LIMIT, read_int, undecodable
 from .codec import ZERO_COPY_MIN, check_output, decode_output, parse_meta
 
 __all__ = [
@@ -54,6 +56,10 @@ _RCVMORE = zmq.RCVMORE
 #: pyzmq's compiled send, without the Python layer over it (which only adds DRAFT-socket
 #: options): a third of the cost of a small frame.
 _send = zmq.backend.Socket.send
+#: Digits a packet number may have (it is below NUMBER_LIMIT, 2**63).
+_NUMBER_DIGITS = len(str(NUMBER_LIMIT - 1))
+#: Characters a time frame of float seconds may have.
+_TIME_CHARS = 32
 
 
 # -- worker -> com ---------------------------------------------------------------------
@@ -90,9 +96,14 @@ def packet_number(msg: list[Any]) -> int:
     first = msg[0] if msg else b""
     if type(first) is not bytes:
         first = _bytes(first)
-    if not first.isdigit():
-        raise DecodeError("the first frame must be the packet number (an ascii integer)")
-    return int(first)
+    if not first.isdigit() or len(first) > _NUMBER_DIGITS:
+        raise DecodeError(
+            f"the first frame must be the packet number (an ascii integer of at most {_NUMBER_DIGITS} digits)"
+        )
+    number = int(first)
+    if number >= NUMBER_LIMIT:
+        raise DecodeError(f"the packet number must be below 2**63, got {number}")
+    return number
 
 
 class PacketError(DecodeError):
@@ -112,12 +123,12 @@ def parse_packet(msg: list[Any], expected: int) -> tuple[int, list[bool], int]:
     """
     try:
         number = packet_number(msg)
-    except DecodeError as exc:
-        raise PacketError(str(exc), None) from None
+    except Exception as exc:  # whatever the frames are, the relay sees a PacketError
+        raise PacketError(str(undecodable("the packet number", exc)), None) from None
     try:
         flags, size = check_packet(msg, expected)
-    except DecodeError as exc:
-        raise PacketError(str(exc), number) from None
+    except Exception as exc:
+        raise PacketError(str(undecodable("the packet", exc)), number) from None
     return number, flags, size
 
 
@@ -187,13 +198,17 @@ def publish(pub: zmq.Socket, topic: bytes, index: bytes, time_us: bytes, meta: A
 
 
 def parse_time(raw: bytes) -> float:
-    """The time frame in seconds: integer microseconds, or (Heron's) float seconds."""
+    """The time frame in seconds: integer microseconds, or (Heron's) float seconds; DecodeError."""
     if raw.isdigit():
-        return int(raw) / 1e6
+        return (int(raw) if len(raw) < _NUMBER_DIGITS else read_int(raw, "the time frame")) / 1e6
     try:
-        return float(raw)
-    except ValueError as exc:
-        raise DecodeError(f"the time frame is neither microseconds nor seconds: {bytes(raw[:30])!r}") from exc
+        if len(raw) <= _TIME_CHARS:
+            seconds = float(raw)
+            if math.isfinite(seconds):
+                return seconds
+    except (TypeError, ValueError):
+        pass
+    raise DecodeError(f"the time frame is neither microseconds nor seconds: {bytes(raw[:30])!r}")
 
 
 def read_published(recv: Callable[..., Any]) -> tuple[int, float, Any]:
@@ -201,12 +216,19 @@ def read_published(recv: Callable[..., Any]) -> tuple[int, float, Any]:
 
     ``recv`` is the subscriber's ``recv``; the rest of the message must be there already
     (ZeroMQ delivers a message whole), so it is read without blocking. Raises zmq.Again
-    when the message ended early, DecodeError or ValueError when a frame is wrong.
+    when the message ended early, DecodeError when a frame is wrong.
     """
-    index = int(recv(_NOBLOCK))
-    stamp = parse_time(recv(_NOBLOCK))
-    meta = parse_meta(recv(_NOBLOCK))
-    return index, stamp, meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
+    try:
+        raw = recv(_NOBLOCK)
+        # Fewer digits than 2**63 has are below it: the usual case, without a call.
+        index = int(raw) if len(raw) < _NUMBER_DIGITS and raw.isdigit() else read_int(raw, "the index frame")
+        stamp = parse_time(recv(_NOBLOCK))
+        meta = parse_meta(recv(_NOBLOCK))
+        return index, stamp, meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
+    except (zmq.Again, DecodeError):
+        raise
+    except Exception as exc:
+        raise undecodable("a published message", exc) from exc
 
 
 class Packet(NamedTuple):
@@ -222,16 +244,19 @@ def decode_published(frames: Sequence[Any]) -> Packet:
     """Decode a message read from the data forwarder's publish port (``recv_multipart``)."""
     if len(frames) != 5:
         raise DecodeError(f"a published message has 5 frames, got {len(frames)}")
-    topic, index, stamp, meta, payload = (f.buffer if hasattr(f, "buffer") else f for f in frames)
     try:
-        raw_time = bytes(stamp)
-        time_us = int(raw_time) if raw_time.isdigit() else round(parse_time(raw_time) * 1e6)
-        return Packet(bytes(topic).decode("ascii"), int(bytes(index)), time_us, decode_output(bytes(meta), payload))
-    except (UnicodeDecodeError, ValueError) as exc:
-        if isinstance(exc, DecodeError):
-            raise
-        raise DecodeError(f"bad topic, index or time frame: {exc}") from exc
+        topic, index, stamp, meta, payload = (f.buffer if hasattr(f, "buffer") else f for f in frames)
+        name = _bytes(topic).decode("ascii")
+        number = read_int(index, "the index")
+        raw_time = _bytes(stamp)
+        time_us = read_int(raw_time, "the time") if raw_time.isdigit() else round(parse_time(raw_time) * 1e6)
+    except Exception as exc:
+        raise DecodeError(f"bad topic, index or time frame: {undecodable('a frame', exc)}") from exc
+    try:
+        return Packet(name, number, time_us, decode_output(_bytes(meta), payload))
+    except Exception as exc:
+        raise undecodable("a published message", exc) from exc
 
 
 def _bytes(frame: Any) -> bytes:
-    return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
+    return frame.bytes if isinstance(frame, zmq.Frame) else memoryview(frame).tobytes()

@@ -9,7 +9,10 @@ from collections.abc import Callable
 
 import zmq
 
-from .._protocol import PULSE, liveness
+from .._drops import Drops
+from .._protocol import liveness, parse_pulse
+from ..errors import DecodeError
+from ..wire.bounded import PULSE_MAX_BYTES
 from .life import EXIT_NO_HEARTBEAT
 
 __all__ = ["WorkerHeartbeat"]
@@ -26,6 +29,9 @@ class WorkerHeartbeat:
     :meth:`probe` asks the com to answer at once: a worker whose SSH session closed learns
     within ``session_grace`` whether its com still lives (the answer echoes the probe, so a
     pulse already on its way when the com died cannot pass for one).
+
+    Anyone on the PC can write to the pulse port: what is not a pulse is dropped and counted in
+    ``drops``, whose count each beacon carries to the com.
     """
 
     def __init__(
@@ -34,8 +40,10 @@ class WorkerHeartbeat:
         beats_to_death: int,
         bind: Callable[[zmq.Socket, str], None],
         die: Callable[[str, int], object],
+        drops: Drops,
     ) -> None:
         self._rate = rate
+        self._drops = drops
         self._beats_to_death = beats_to_death
         self._bind = bind
         self._die = die
@@ -72,6 +80,7 @@ class WorkerHeartbeat:
     def run(self, context: zmq.Context) -> None:
         pulses = context.socket(zmq.PULL)
         pulses.linger = 0
+        pulses.maxmsgsize = PULSE_MAX_BYTES  # per frame: ZeroMQ drops a link that sends more
         beacon = context.socket(zmq.PUB)
         beacon.linger = 0
         self._bind(pulses, "heartbeat")
@@ -88,12 +97,9 @@ class WorkerHeartbeat:
                 self._now.clear()
                 next_beacon, wait = time.monotonic(), 0
             if pulses.poll(max(0, int(wait * 1000) + 1)):
-                frames = pulses.recv_multipart()
-                if frames and frames[0] == PULSE:
-                    self._on_pulse(frames, probe)
-                    connected = True
-                    if len(frames) > 1 and frames[1].isdigit() and len(frames[1]) < 24:
-                        echo = int(frames[1])
+                sent = self._pulse_in(pulses.recv_multipart(), probe)
+                if sent is not None:
+                    echo, connected = sent, True
                     next_beacon = self._last_pulse  # answer at once: the com measures the round trip
             now = time.monotonic()
             if now - self._last_pulse > window:
@@ -110,16 +116,23 @@ class WorkerHeartbeat:
                 error, self._error = self._error, None
                 asking = probe[0] if probe is not None else None
                 try:
-                    beacon.send_multipart(liveness(pid, seq, echo, error, asking), zmq.NOBLOCK)
+                    beacon.send_multipart(liveness(pid, seq, echo, error, self._drops.count, asking), zmq.NOBLOCK)
                 except zmq.Again:
                     self._error = self._error or error  # goes with the next beacon
                 every = self._rate if connected else min(0.1, self._rate)
                 next_beacon = now + (PROBE_EVERY_S if self._probe is not None else every)
 
-    def _on_pulse(self, frames: list[bytes], probe: tuple[int, float, Callable[[], object]] | None) -> None:
+    def _pulse_in(self, frames: list[bytes], probe: tuple[int, float, Callable[[], object]] | None) -> int | None:
+        """The send time of a pulse; None (counted) for a message that is not one."""
+        try:
+            sent, answer = parse_pulse(frames)
+        except DecodeError as exc:
+            self._drops(exc)
+            return None
         self._last_pulse = time.monotonic()
         self.on_pulse()
-        if probe is not None and len(frames) > 2 and frames[2] == str(probe[0]).encode():
+        if probe is not None and answer == probe[0]:
             with self._probe_lock:
                 if self._probe is probe:
                     self._probe = None
+        return sent

@@ -6,7 +6,6 @@ from the rig is all a remote worker needs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -17,12 +16,15 @@ from typing import Any, NoReturn
 
 import zmq
 
+from .._drops import Drops
 from .._protocol import DATA_HWM_RANGE, ReadyLine
 from .._threads import KeptThread
 from .._verbosity import NO_RELIC
 from .._version import __version__
+from ..errors import DecodeError
 from ..relic import Relic
 from ..wire import encode_output, send_packet
+from ..wire.bounded import PARAMETERS_MAX_BYTES, read_json
 from .control import ComControl
 from .heartbeat import WorkerHeartbeat
 from .life import EXIT_BAD_START, EXIT_WORK_FAILED, WorkerLife
@@ -75,7 +77,10 @@ class SourceWorker:
         self.index = 0
 
         self._life = WorkerLife(f"{self.node_name}##{self.node_index}", end_of_life_function)
-        self._heartbeat = WorkerHeartbeat(self.heartbeat_rate, self.heartbeats_to_death, self._bind, self._die)
+        self._drops = Drops(logger, "an undecodable message on the worker's pulse or parameters port")
+        self._heartbeat = WorkerHeartbeat(
+            self.heartbeat_rate, self.heartbeats_to_death, self._bind, self._die, self._drops
+        )
         self._context = zmq.Context()
         self._data_context: zmq.Context | None = None
         self._data: zmq.Socket | None = None
@@ -92,6 +97,12 @@ class SourceWorker:
         """The ports bound so far, by channel (data, heartbeat, parameters, liveness)."""
         with self._ports_lock:
             return dict(self._ports)
+
+    @property
+    def rejected(self) -> int:
+        """Messages on the pulse and parameters ports dropped as undecodable (anyone on the PC can
+        write there); each beacon tells the com (``stats.worker_rejected``)."""
+        return self._drops.count
 
     @property
     def data_socket(self) -> zmq.Socket | None:
@@ -195,13 +206,14 @@ class SourceWorker:
     def _parameters_loop(self) -> None:
         sock = self._context.socket(zmq.PULL)
         sock.linger = 0
+        sock.maxmsgsize = PARAMETERS_MAX_BYTES  # per frame: ZeroMQ drops a link that sends more
         self._bind(sock, "parameters")
         while True:
-            raw = sock.recv()
+            frames = sock.recv_multipart()
             try:
-                value = json.loads(raw)
-            except ValueError:
-                logger.error("ignored parameters that are not JSON: %r", raw[:80])
+                value = _parameters_in(frames)
+            except DecodeError as exc:
+                self._drops(exc)
                 continue
             self.update_parameters(value)
 
@@ -285,3 +297,10 @@ class SourceWorker:
     def on_kill(self, signum: int, frame: Any = None) -> None:
         """SIGTERM or SIGINT: end the worker (end of life, relic saved)."""
         self._life.on_signal(signum, frame)
+
+
+def _parameters_in(frames: list[bytes]) -> Any:
+    """The parameters a message from the com carries (one JSON frame); DecodeError."""
+    if len(frames) != 1:
+        raise DecodeError(f"parameters come as one JSON frame, got {len(frames)} frames")
+    return read_json(frames[0], "parameters", PARAMETERS_MAX_BYTES)
