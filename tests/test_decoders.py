@@ -197,7 +197,7 @@ def test_parameters_too_large_for_the_worker_are_refused_when_sent() -> None:
         [b"PULSE", b"1", b"x"],
         [b"PULSE", b"1", DIGITS_5000],
         [b"PULSE", b"1", b"2", b"3"],
-    ],  # fmt: skip
+    ],
 )
 def test_what_is_no_pulse_is_a_decode_error(frames: list[bytes]) -> None:
     with pytest.raises(DecodeError, match="pulse"):
