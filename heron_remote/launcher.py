@@ -96,6 +96,9 @@ class WorkerLauncher(ABC):
     def _release(self) -> None:
         """Free what the launch holds besides the process (tunnels, connections)."""
 
+    def refuse_connections(self) -> None:
+        """No new connection to the worker from now on: it has ended, or is about to be stopped."""
+
     def _check_exec(self, argv: list[str]) -> None:
         """Fail early when the program or script cannot exist where the worker runs."""
 
@@ -198,6 +201,7 @@ class WorkerLauncher(ABC):
         try:
             if not self._spawned:
                 return None
+            self.refuse_connections()
             if self._running() or self._group_alive():
                 self.log.info("stopping worker (TERM to its group, KILL after %.1f s)", grace)
                 self._signal_group(signal.SIGTERM)

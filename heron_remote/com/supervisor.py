@@ -202,6 +202,7 @@ class Supervisor:
         assert launcher is not None
         code = launcher.returncode()
         if code is not None:
+            launcher.refuse_connections()  # what it sent is in; reconnecting to it would only be refused
             drain()
             if code == 0:
                 self.log.info("worker finished (status 0) after %d packets", self.stats.received)

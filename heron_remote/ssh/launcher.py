@@ -181,6 +181,12 @@ class RemoteLauncher(WorkerLauncher):
         self._process.settle(timeout)
         self.output.flush()
 
+    def refuse_connections(self) -> None:
+        # The com's sockets reconnect to a worker that has ended until the tunnels close: each
+        # attempt would open a channel that the PC refuses (paramiko logs every refusal as an ERROR).
+        for tunnel in self._tunnels:
+            tunnel.refuse_new()
+
     def _release(self) -> None:
         link, self._connection = self._connection, None
         if link is None:
