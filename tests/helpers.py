@@ -47,6 +47,8 @@ def pid_alive(pid: int) -> bool:
 #: Set in this test run's environment, so that its local workers (and only they) can be told apart.
 RUN_MARK = f"HERON_REMOTE_TEST_RUN={os.getpid()}"
 os.environ["HERON_REMOTE_TEST_RUN"] = str(os.getpid())
+# The heron-remote command the tests run is this interpreter's (a venv's, not one found first on PATH).
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
 def worker_pids() -> set[int]:

@@ -28,7 +28,7 @@ def test_a_remote_com_script_stopped_by_sigterm_prints_nothing_alarming(remote_s
         assert code == 0 and "COM EXIT" in out, err
         assert "worker stopped (status 0)" in err  # the stop really ran, and logged at INFO
         assert not _ALARMING.search(err), err
-        wait_until(lambda: not remote_alive(acq, "acq1", pid), 5, "the remote worker to be gone")
+        wait_until(lambda pid=pid: not remote_alive(acq, "acq1", pid), 5, "the remote worker to be gone")
 
 
 def test_a_remote_worker_that_finishes_ends_its_stream_quietly(
