@@ -11,7 +11,7 @@ from heron_remote import NoDataError, Settings, Source
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the template leaves to the reader: the camera.
-_CAMERA = '''import time
+_CAMERA = """import time
 import numpy as np
 
 def grab():
@@ -21,7 +21,7 @@ def grab():
 def release_camera():
     pass
 
-'''
+"""
 
 
 def _template() -> str:
