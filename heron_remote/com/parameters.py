@@ -27,7 +27,10 @@ def encode_parameters(parameters: Any) -> bytes:
     try:
         return json.dumps(parameters).encode()
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"parameters must be JSON-serialisable: {exc}") from exc
+        raise ConfigError(
+            f"parameters must be JSON-serialisable: {exc}; send lists, dicts, numbers and strings "
+            "(a numpy value: .tolist())"
+        ) from exc
 
 
 class ParametersRelay:

@@ -272,7 +272,12 @@ class Supervisor:
             WorkerLostError(
                 f"nothing came from the worker of node {self.spec.node_name!r} on {launcher.where} for "
                 f"{silent_for:g} s: the link or the PC is down. The worker ends itself after "
-                f"{self.settings.death_window:g} s without pulses.",
+                f"{self.settings.death_window:g} s without pulses; "
+                + (
+                    "the restart policy starts it again when the PC answers."
+                    if self.settings.restart.enabled
+                    else 'with restart="on-failure" in the settings it would be started again when the PC answers.'
+                ),
                 node=self.spec.node_name,
                 stderr_tail=launcher.output.tail(),
             )

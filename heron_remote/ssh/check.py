@@ -39,6 +39,15 @@ print(json.dumps(out))
 """.replace("sys version_info_placeholder", "'%d.%d.%d' % sys.version_info[:3]")
 
 
+def _python_advice(python: str) -> str:
+    """How to point the registry at the PC's interpreter (heron_remote installed in a venv, say)."""
+    return (
+        f'The workers run with "python" of this server in the registry ({python} now): if heron_remote is '
+        'installed in a venv on the PC, set "python" to that venv\'s interpreter, e.g. '
+        '"python": "/home/lab/venv/bin/python".'
+    )
+
+
 @dataclass
 class CheckReport:
     server: str
@@ -77,7 +86,11 @@ def check_server(ref: str, *, ssh_info: str | None = None, port: int = 0, timeou
         ports = list(range(port, port + 4)) if port else [0]
         code, out, err = conn.run(f"{server.python} -c {shlex.quote(_PROBE.replace('PORTS', repr(ports)))}", timeout=30)
         if code != 0:
-            report.add(False, f"{server.python} on the PC failed (status {code}): {err.strip()[-300:]}")
+            report.add(
+                False,
+                f"{server.python} on the PC failed (status {code}): {err.strip()[-300:]}. "
+                + _python_advice(server.python),
+            )
             return report
         probe = json.loads(out.strip().splitlines()[-1])
         local_py = platform.python_version()
@@ -91,7 +104,8 @@ def check_server(ref: str, *, ssh_info: str | None = None, port: int = 0, timeou
             report.add(
                 False,
                 f"heron_remote is not importable by {server.python} on the PC "
-                f"({probe.get('heron_remote_error')}): pip install heron_remote there",
+                f"({probe.get('heron_remote_error')}): pip install heron_remote there. "
+                + _python_advice(server.python),
             )
         else:
             report.add(
