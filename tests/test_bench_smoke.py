@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,8 @@ from heron_remote.bench import main
 from heron_remote.bench.plot import RunKind, figure
 from heron_remote.bench.protocol import Result
 from heron_remote.bench.run import MIB, QUICK_ONLY
+
+from .helpers import PYTHON
 
 # Cheap: no SSH host, two small sizes, the whole local path (bench worker, com, forwarder) and
 # the local launch latency (a study: runs once, fills its own section).
@@ -87,18 +91,26 @@ def test_the_results_directory_is_stated_and_can_be_chosen() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_default_quick_run_takes_under_30_s(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """What `heron-remote bench --quick` runs, as the user runs it (as root: it makes a namespace host)."""
-    status = main(["--quick", "--out", str(tmp_path)])
-    out = capsys.readouterr().out
+def test_a_default_quick_run_takes_under_30_s(tmp_path: Path) -> None:
+    """`heron-remote bench --quick` as the user runs it: a process of its own (as root: it makes a namespace
+    host, whose names carry the process id, so not in this one, which has made its own)."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [PYTHON, "-m", "heron_remote", "bench", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    took = time.monotonic() - started
+    print(f"heron-remote bench --quick took {took:.1f} s")
+    assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
-    took = report["config"]["wall_s"]
-    print(f"bench --quick took {took:.1f} s")
-    assert status == 0, out
     assert sorted(report["config"]["measurements"]) == sorted(QUICK_ONLY)
     assert {(r["name"], r["size"]) for r in report["results"]} == {
         ("zmq", 64), ("zmq", MIB), ("path-local", 64), ("path-local", MIB), ("sshtunnel-ns", MIB), ("path-ns", MIB)
     }  # fmt: skip
+    assert all(r["ok"] for r in report["results"]), report["results"]
+    assert "not judged on a quick run" in done.stdout and "met " not in done.stdout
     assert took < 30 + 10  # the issue's bound, with room for a machine shared by other runs
 
 
