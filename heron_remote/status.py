@@ -172,7 +172,7 @@ def render(sources: dict[str, SourceStatus]) -> str:
             error = f"no report for {s.silent_s or 0:.0f} s" + (f"; {error}" if error else "")
         lines.append(
             f"{s.node:<16} {s.host:<12} {s.worker_pid or '-':>7} {_state(s):<13} {fps:>9} "
-            f"{mbs:>8} {s.gaps:>6} {restarts:>10} {rtt:>7}  {error}"
+            f"{mbs:>8} {s.gaps:>6} {restarts:>10} {rtt:>7}  {error}".rstrip()
         )
     if not sources:
         lines.append("(no source has reported yet)")
