@@ -120,7 +120,6 @@ def _result(name: str, size: int, mb: float) -> Result:
 
 
 def test_the_plot_explains_itself() -> None:
-    pytest.importorskip("matplotlib")
     paths = (("zmq", 900.0), ("sshtunnel-ns", 90.0), ("path-ns", 400.0))
     results = [_result(name, size, mb) for name, mb in paths for size in (64, MIB)]
     sections = {
