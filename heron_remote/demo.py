@@ -15,10 +15,14 @@ from .source import Source
 
 @dataclass(frozen=True, kw_only=True)
 class DemoResult:
+    """What the subscriber saw. The first frame starts the clock and is not counted: ``frames``
+    are those from ``first_index`` to ``last_index`` (``clock_index`` + 1 onwards), over ``seconds``."""
+
     seconds: float
     frames: int
     bytes: int
     gaps: int
+    clock_index: int
     first_index: int
     last_index: int
     latency_p50_ms: float
@@ -36,7 +40,8 @@ class DemoResult:
     def report(self) -> str:
         return (
             f"{self.frames} frames in {self.seconds:.2f} s: {self.fps:.1f} frames/s, {self.mb_per_s:.1f} MB/s, "
-            f"gaps {self.gaps} (indices {self.first_index}..{self.last_index}), "
+            f"gaps {self.gaps} (indices {self.first_index}..{self.last_index}; the clock started at index "
+            f"{self.clock_index}, not counted), "
             f"latency capture->subscriber p50 {self.latency_p50_ms:.2f} ms p99 {self.latency_p99_ms:.2f} ms, "
             f"worker ready {self.ready_s:.2f} s after start"
         )
@@ -64,13 +69,15 @@ def run_demo(
         ready = time.monotonic() - started
         latencies: list[float] = []
         nbytes = frames = 0
-        first = last = 0
+        clock = first = last = 0
         t0 = None
         for frame in source.frames(timeout=max(5.0, source.settings.start_timeout)):
             now_us = time.time_ns() // 1000
             if t0 is None:
-                t0, first = time.monotonic(), frame.index
-                continue  # the clock starts at the first frame
+                t0, clock = time.monotonic(), frame.index
+                continue  # the clock starts at the first frame, which is not counted: frames over time
+            if not frames:
+                first = frame.index
             array = frame.arrays[0]
             frames += 1
             nbytes += array.nbytes
@@ -88,6 +95,7 @@ def run_demo(
         frames=frames,
         bytes=nbytes,
         gaps=gaps,
+        clock_index=clock,
         first_index=first,
         last_index=last,
         latency_p50_ms=float(np.percentile(lat, 50)),

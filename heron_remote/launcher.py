@@ -99,12 +99,19 @@ class WorkerLauncher(ABC):
     def _release(self) -> None:
         """Free what the launch holds besides the process (tunnels, connections)."""
 
+    def refuse_connections(self) -> None:
+        """No new connection to the worker from now on: it has ended, or is about to be stopped."""
+
     def _check_exec(self, argv: list[str]) -> None:
         """Fail early when the program or script cannot exist where the worker runs."""
 
     def _tell(self, line: str) -> bool:
         """Write ``line`` to the worker's control channel (stdin); False when it is closed."""
         return False
+
+    def _paths_note(self) -> str:
+        """Where relative paths in ``worker_exec`` start, for an error about a worker that did not start."""
+        return ""
 
     # -- shared logic --------------------------------------------------------
     def argv(self, args: WorkerArgs) -> list[str]:
@@ -186,7 +193,7 @@ class WorkerLauncher(ABC):
         if starting:
             return WorkerStartError(
                 f"worker of node {self.node_name!r} on {self.where} {how} before it was ready "
-                f"(command: {self.worker_exec!r})",
+                f"(command: {self.worker_exec!r}{self._paths_note()})",
                 node=self.node_name,
                 returncode=code,
                 stderr_tail=self.output.tail(),
@@ -215,6 +222,7 @@ class WorkerLauncher(ABC):
         try:
             if not self._spawned:
                 return None
+            self.refuse_connections()
             if self._running() and self._tell(STOP_LINE + "\n"):
                 self.log.info("stopping worker (asked on its control channel; TERM after %.1f s)", grace)
                 self._wait_running(grace)
@@ -285,13 +293,14 @@ class LocalLauncher(WorkerLauncher):
 
     def _check_exec(self, argv: list[str]) -> None:
         program = argv[0]
+        here = f"check the path (a relative one starts from this process's working directory, {os.getcwd()})"
         if os.sep in program or (os.altsep and os.altsep in program):
             if not os.path.isfile(program):
-                raise ConfigError(f"worker_exec program {program!r} does not exist")
+                raise ConfigError(f"worker_exec program {program!r} does not exist: {here}")
         elif shutil.which(program) is None:
-            raise ConfigError(f"worker_exec program {program!r} is not on PATH")
+            raise ConfigError(f"worker_exec program {program!r} is not on PATH: give its full path, or install it")
         if program == sys.executable and len(argv) > 1 and argv[1].endswith(".py") and not os.path.isfile(argv[1]):
-            raise ConfigError(f"worker_exec script {argv[1]!r} does not exist (cwd: {os.getcwd()})")
+            raise ConfigError(f"worker_exec script {argv[1]!r} does not exist: {here}")
 
     def _spawn(self, argv: list[str]) -> None:
         env = dict(os.environ if self._env is None else self._env)

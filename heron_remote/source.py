@@ -23,6 +23,7 @@ import zmq
 
 from ._threads import KeptThread
 from .com.parameters import encode_parameters
+from .com.stats import RateMeter
 from .errors import ConfigError, NoDataError, WorkerError, WorkerStartError
 from .forwarder_lease import ForwarderLease, lease_forwarders
 from .forwarders import endpoint as forwarder_endpoint
@@ -93,7 +94,6 @@ class Source:
         self._closed = False
         self._close_lock = threading.Lock()
         self._registered = False
-        self._status_mark: tuple[float, int, int] | None = None
         self._idle_stats = ComStats()
         self._subscriber = Subscriber(self.name, self.topics, ended=self._com_ended, last_error=self._last_error)
 
@@ -232,11 +232,11 @@ class Source:
         return self._com.data_hwm if self._com is not None else None
 
     def status(self) -> SourceStatus:
-        """This source now: host, worker pid, state, rates since the last call, gaps, heartbeat RTT."""
-        launcher = self.launcher
-        where = launcher.where if launcher is not None else "-"
-        status, self._status_mark = status_of(self.name, where, self.stats, self._status_mark)
-        return status
+        """This source now: host, worker pid, state, rates (over about the last two seconds, or since
+        the first frame), gaps, heartbeat RTT; as ``heron-remote status`` shows it."""
+        if self._com is not None:
+            return self._com.status()
+        return status_of(self.name, "-", self._idle_stats, RateMeter())
 
     @property
     def gaps(self) -> int:

@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import zmq
+
 from ._logging import NodeLogger
 from ._verbosity import parse_verbosity
 from .com.heartbeat import Heartbeat
@@ -43,6 +45,8 @@ __all__ = ["ComStats", "SourceCom"]
 
 logger = logging.getLogger(__name__)
 
+#: How long closing the com waits for its last status message to leave.
+_LAST_WORD_LINGER_MS = 500
 #: What Heron writes for "no server": the worker runs on this machine.
 _NO_SERVER = ("None", None, "")
 
@@ -242,6 +246,8 @@ class SourceCom:
             self._supervisor.stopping.set()
             failed = self.worker_error is not None and not self._killed
             self.stats.state = "failed" if failed else "stopped"
+            self.stats.stalled_since = None
+            self._last_word()
             if self._heartbeat is not None:
                 self._heartbeat.join(self.settings.heartbeat_rate + 1)
             self._close_sockets()
@@ -276,6 +282,10 @@ class SourceCom:
         """Send parameters (anything JSON can encode) to the worker; thread-safe."""
         self._parameters.submit(parameters)
 
+    def status(self) -> SourceStatus:
+        """This com's status now: what :meth:`publish_status` would publish (any thread)."""
+        return self._status.status()
+
     def publish_status(self) -> SourceStatus:
         """Publish this com's status on the proof-of-life forwarder (``heron-remote status`` reads it)."""
         if self._sockets is None:
@@ -284,6 +294,17 @@ class SourceCom:
 
     def close(self) -> None:
         self.on_kill(None, None)
+
+    def _last_word(self) -> None:
+        """Publish the final status (``stopped`` or ``failed``), so that no board shows this com running."""
+        sockets = self._sockets
+        if sockets is None or sockets.closed:
+            return
+        sockets.proof_of_life.linger = _LAST_WORD_LINGER_MS  # delivered, though the socket closes next
+        try:
+            self._status.publish(sockets.proof_of_life)
+        except zmq.ZMQError as exc:
+            self.log.debug("the last status was not sent: %s", exc)
 
     def _close_sockets(self) -> None:
         sockets = self._sockets

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -47,6 +48,8 @@ def pid_alive(pid: int) -> bool:
 #: Set in this test run's environment, so that its local workers (and only they) can be told apart.
 RUN_MARK = f"HERON_REMOTE_TEST_RUN={os.getpid()}"
 os.environ["HERON_REMOTE_TEST_RUN"] = str(os.getpid())
+# The heron-remote command the tests run is this interpreter's (a venv's, not one found first on PATH).
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
 def worker_pids() -> set[int]:
@@ -168,3 +171,48 @@ def free_port_group(offset: int = 0) -> int:
         if all(listening_address(base + k) is None for k in range(4)):
             return base
     raise AssertionError("no free port group")
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# In the README's error table: an elision, a quoted example value, a number, the example PC.
+_EXAMPLE = re.compile(r"(…|'[^']*'|\d+(?:\.\d+)?|camera-pc)")
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    """A message text of the README's error table as a regex: its words exactly, its examples loosely."""
+    parts = []
+    for piece in _EXAMPLE.split(text):
+        if piece == "…":
+            parts.append(".*?")
+        elif piece.startswith("'") and piece.endswith("'") and len(piece) > 1:
+            parts.append("'[^']*'")
+        elif piece and (piece[0].isdigit()):
+            parts.append(r"[\d.]+")
+        elif piece == "camera-pc":
+            parts.append(r"(?:this machine|\S+)")  # a local worker runs on "this machine"
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts), re.S)
+
+
+def error_table() -> list[tuple[str, list[re.Pattern[str]], str, str]]:
+    """The README's table of errors: (error class, its message texts as patterns, meaning, advice)."""
+    text = README.read_text()
+    section = text.split("## When things go wrong", 1)[1].split("| --- | --- | --- |", 1)[1]
+    rows = []
+    for line in section.strip().splitlines():
+        if not line.startswith("| `"):
+            break
+        error, meaning, advice = (cell.strip() for cell in line.strip("|").split(" | "))
+        spans = re.findall(r"`([^`]*)`", error)
+        kind, first = spans[0].split(": ", 1)
+        rows.append((kind, [_pattern(t) for t in (first, *spans[1:])], meaning, advice))
+    return rows
+
+
+def readme_row(error: BaseException) -> str | None:
+    """The advice of the README's row for this error (its class and message), or None if no row says it."""
+    for kind, patterns, _, advice in error_table():
+        if kind == type(error).__name__ and any(p.search(str(error)) for p in patterns):
+            return advice
+    return None

@@ -20,7 +20,7 @@ from heron_remote.errors import AuthenticationError, HostKeyError, HostUnreachab
 from heron_remote.ssh import HostConnection, Registry
 from heron_remote.testing import AcqHosts, ExternalHosts
 
-from .helpers import CAMERA, edit_registry
+from .helpers import CAMERA, edit_registry, readme_row
 
 pytestmark = pytest.mark.multihost
 Hosts = AcqHosts | ExternalHosts
@@ -85,7 +85,15 @@ Case = tuple[str, Callable[[Hosts, Path], str] | None, dict, type[HeronRemoteErr
 CASES: list[Case] = [
     ("unknown server id", None, {"host": "acq9"}, ConfigError, r"unknown server 'acq9'.*known are", 1),
     ("malformed ssh_info.json", _malformed, {}, ConfigError, r"ssh_info\.json is not valid JSON", 1),
-    ("unreachable host", _silent, {}, HostUnreachableError, r"no answer from acq1 .* within 3 s|cannot reach acq1", 5),
+    (
+        "unreachable host",
+        _silent,
+        {},
+        HostUnreachableError,
+        r"no answer from acq1 .* within 3 s: is the PC on|cannot reach acq1 .*: No route to host: nothing answers at "
+        r'that address on this network\. Is the PC switched on and plugged in, and is its "IP" in the registry right',
+        5,
+    ),
     (
         "connection refused",
         lambda acq, p: edit_registry(acq, p, "acq1", Port=1),
@@ -95,6 +103,14 @@ CASES: list[Case] = [
         3,
     ),
     ("authentication failure", _stranger_key, {}, AuthenticationError, r"refused to log in user 'root'.*stranger", 3),
+    (
+        "wrong user",
+        lambda acq, p: edit_registry(acq, p, "acq1", username="nobody"),
+        {},
+        AuthenticationError,
+        r"refused to log in user 'nobody' \(it accepts: publickey(, \w+)*\); tried .*Check the user name",
+        3,
+    ),
     ("unknown host key", _empty_known_hosts, {}, HostKeyError, r"(?s)is not known.*ssh-keyscan", 3),
     ("changed host key", _forged_known_hosts, {}, HostKeyError, r"has CHANGED.*ssh-keygen -R", 3),
     (
@@ -103,6 +119,15 @@ CASES: list[Case] = [
         {"worker_exec": "/nowhere/camera.py"},
         WorkerStartError,
         r"(?s)on acq1 exited with status 2 before it was ready.*can't open file '/nowhere/camera.py'",
+        10,
+    ),
+    (
+        "worker_exec script at a relative path on the remote",
+        None,
+        {"worker_exec": "cameras/camera.py"},
+        WorkerStartError,
+        r"(?s)\(command: 'cameras/camera.py'; on acq1 the relative path 'cameras/camera.py' starts from the home "
+        r"directory of user 'root': give the script's full path on the PC\).*can't open file",
         10,
     ),
     (
@@ -147,6 +172,7 @@ def test_bad_input_fails_fast_with_a_specific_error_and_leaves_nothing(
     took = time.monotonic() - started
     print(f"{case}: {type(caught.value).__name__} after {took:.2f} s")
     assert re.search(says, str(caught.value)), str(caught.value)
+    assert readme_row(caught.value), f"no row of the README's error table says: {caught.value}"
     assert took < bound
     assert HostConnection.open_connections() == 0
     assert listening_ports() <= ports_before

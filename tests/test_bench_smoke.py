@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from heron_remote.bench import main
+from heron_remote.bench.plot import RunKind, figure
+from heron_remote.bench.protocol import Result
+from heron_remote.bench.run import MIB, QUICK_ONLY
+
+from .helpers import PYTHON
 
 # Cheap: no SSH host, two small sizes, the whole local path (bench worker, com, forwarder) and
 # the local launch latency (a study: runs once, fills its own section).
@@ -40,9 +47,11 @@ def test_quick_bench_writes_json_and_plot(tmp_path: Path, capsys: pytest.Capture
             assert r["notes"]["latency_skipped"] > 0, key
     ratios = {(r["name"], r["base"], r["size"]) for r in report["ratios"]}
     assert {("path-local", "zmq", size) for size in SIZES} <= ratios
-    assert [t["target"] for t in report["targets"]] == ["path-local >= 50000 msg/s (64 B)"]  # no 1 MiB run here
+    # A quick run's windows are too short to judge targets by: none is judged, and it says so.
+    assert report["targets"] == [] and "not judged on a quick run" in report["targets_note"]
+    assert "met " not in out and "MISSED" not in out and "not judged on a quick run" in out
     launch = report["launch"]["launch-local"]["cold"]
-    assert launch["runs"] == 3 and 0 < launch["min_s"] <= launch["median_s"] <= launch["max_s"]
+    assert launch["runs"] == 2 and 0 < launch["min_s"] <= launch["median_s"] <= launch["max_s"]
     assert 0 < launch["ready_median_s"] <= launch["max_s"]
 
     if report["plot"]:
@@ -56,3 +65,94 @@ def test_quick_bench_writes_json_and_plot(tmp_path: Path, capsys: pytest.Capture
 def test_unknown_measurement_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no measurement matches"):
         main(["--quick", "--out", str(tmp_path), "--only", "no-such-path"])
+
+
+def test_targets_are_judged_on_full_runs() -> None:
+    from heron_remote.bench.protocol import Result
+    from heron_remote.bench.run import _targets
+
+    fast = Result("path-local", 64, ok=True, msg_per_s=60_000.0)
+    slow = Result("path-local", 64, ok=True, msg_per_s=20_000.0)
+    for result, met in ((fast, True), (slow, False)):
+        (target,) = _targets([result], [], {})
+        assert target == {"target": "path-local >= 50000 msg/s (64 B)", "value": result.msg_per_s, "goal": 50_000,
+                          "met": met}  # fmt: skip
+
+
+def test_the_results_directory_is_stated_and_can_be_chosen() -> None:
+    from heron_remote.bench.run import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([]).out == Path("bench-results")
+    assert parser.parse_args(["--out", "/tmp/x"]).out == Path("/tmp/x")
+    assert "--out DIR directory for bench.json and bench.png, made if missing (default: ./bench-results)" in " ".join(
+        parser.format_help().split()
+    )
+
+
+@pytest.mark.timeout(120)
+def test_a_default_quick_run_takes_under_30_s(tmp_path: Path) -> None:
+    """`heron-remote bench --quick` as the user runs it: a process of its own (as root: it makes a namespace
+    host, whose names carry the process id, so not in this one, which has made its own)."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [PYTHON, "-m", "heron_remote", "bench", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    took = time.monotonic() - started
+    print(f"heron-remote bench --quick took {took:.1f} s")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert sorted(report["config"]["measurements"]) == sorted(QUICK_ONLY)
+    assert {(r["name"], r["size"]) for r in report["results"]} == {
+        ("zmq", 64), ("zmq", MIB), ("path-local", 64), ("path-local", MIB), ("sshtunnel-ns", MIB), ("path-ns", MIB)
+    }  # fmt: skip
+    assert all(r["ok"] for r in report["results"]), report["results"]
+    assert "not judged on a quick run" in done.stdout and "met " not in done.stdout
+    assert took < 30 + 10  # the issue's bound, with room for a machine shared by other runs
+
+
+def _result(name: str, size: int, mb: float) -> Result:
+    return Result(name, size, ok=True, mb_per_s=mb, msg_per_s=mb * 1e6 / size, latency_p50_us=500.0,
+                  latency_p99_us=900.0)  # fmt: skip
+
+
+def test_the_plot_explains_itself() -> None:
+    paths = (("zmq", 900.0), ("sshtunnel-ns", 90.0), ("path-ns", 400.0))
+    results = [_result(name, size, mb) for name, mb in paths for size in (64, MIB)]
+    sections = {
+        "launch": {"launch-ns": {"cold": _launch(0.6), "warm": _launch(0.4)}},
+        "scale": {"frame_bytes": 262144, "fps_per_source": 100, "rows": [_scale(n) for n in (1, 2, 4)]},
+    }
+    for quick in (True, False):
+        fig = figure(results, sections, RunKind(quick=quick, date="2026-11-26T10:00:00+00:00", wall_s=384.0))
+        title = fig.get_suptitle()
+        assert ("QUICK run: a smoke test, not figures to quote" in title) is quick
+        assert ("full run" in title) is not quick
+        assert "2026-11-26 10:00:00 UTC, 6.4 min" in title
+    panels = " | ".join(ax.get_title(loc="left") for ax in fig.axes)
+    for what in ("throughput", "message rate", "latency", "launch", "scale"):
+        assert what in panels, panels
+    ticks = [t.get_text() for t in fig.axes[2].get_xticklabels()]
+    assert ticks == ["zmq", "sshtunnel-ns", "★ path-ns"]  # ours marked
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["64 B", "1 MiB", "★ heron_remote"]
+    caption = " ".join(t.get_text() for t in fig.texts)
+    for said in (
+        "★ hatched = heron_remote",
+        "-ns = to a network-namespace host",
+        "-lo = to an sshd on loopback",
+        "-openssh = heron_remote with its OpenSSH tunnel backend",
+        "zmq-paramiko = pyzmq's paramiko tunnel",
+    ):
+        assert said in caption, said  # fmt: skip
+
+
+def _launch(median: float) -> dict:
+    return {"runs": 5, "median_s": median, "min_s": median - 0.1, "max_s": median + 0.1, "ready_median_s": median}
+
+
+def _scale(n: int) -> dict:
+    return {"sources": n, "mb_per_s": 26.0 * n, "offered_mb_per_s": 26.2 * n}

@@ -22,11 +22,17 @@ def test_demo_streams_with_no_gaps() -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    m = re.search(r"(\d+) frames in ([\d.]+) s: ([\d.]+) frames/s, ([\d.]+) MB/s, gaps (\d+)", out.stdout)
+    m = re.search(
+        r"(\d+) frames in ([\d.]+) s: ([\d.]+) frames/s, ([\d.]+) MB/s, gaps (\d+) "
+        r"\(indices (\d+)\.\.(\d+); the clock started at index (\d+), not counted\)",
+        out.stdout,
+    )
     assert m, out.stdout + out.stderr
     frames, fps, mbs, gaps = int(m[1]), float(m[3]), float(m[4]), int(m[5])
+    first, last, clock = int(m[6]), int(m[7]), int(m[8])
     assert frames > 50 and 50 < fps < 150 and mbs > 0
     assert gaps == 0
+    assert first == clock + 1 and frames == last - first + 1  # the frames counted are the indices shown
     assert re.search(r"latency capture->subscriber p50 [\d.]+ ms p99 [\d.]+ ms", out.stdout)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 import subprocess
 import threading
@@ -17,7 +19,7 @@ from heron_remote import ConfigError
 from heron_remote.errors import HostUnreachableError, SSHError
 from heron_remote.ssh import Server
 from heron_remote.ssh.auth import candidate_keys, load_key
-from heron_remote.ssh.translate import command_errors
+from heron_remote.ssh.translate import command_errors, reaching
 from heron_remote.ssh.transport import connect
 
 LOG = logging.LoggerAdapter(logging.getLogger("heron_remote.test"), {"host": "pc"})
@@ -102,3 +104,14 @@ def test_an_encrypted_default_key_is_skipped_not_fatal(tmp_path: Path, monkeypat
         )
     keys = candidate_keys(Server(id="0", name="pc", host="127.0.0.1"))
     assert [label for label, _ in keys] == [f"key {tmp_path / '.ssh' / 'id_ecdsa'}"]  # the agent has none here
+
+
+@pytest.mark.parametrize("code", [errno.EHOSTUNREACH, errno.ENETUNREACH])
+def test_an_address_where_nothing_answers_says_what_to_check(code: int) -> None:
+    """What a silent LAN address gives after ~3 s (ARP unanswered); the namespace case is in test_bad_input."""
+    with (
+        pytest.raises(HostUnreachableError, match=r"cannot reach pc .*: .*: nothing answers at that address") as caught,
+        reaching(_server(22), 3),
+    ):
+        raise OSError(code, os.strerror(code))
+    assert 'is its "IP" in the registry right (ping it)?' in str(caught.value)

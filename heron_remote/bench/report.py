@@ -1,4 +1,4 @@
-"""The bench's outputs: a plain-text table, ``bench.json`` and ``bench.png``."""
+"""The bench's outputs: a plain-text table and ``bench.json`` (``bench.png``: :mod:`.plot`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from .protocol import Result
 
-__all__ = ["format_table", "machine_info", "progress_line", "write_json", "write_plot"]
+__all__ = ["format_table", "machine_info", "progress_line", "write_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,38 +115,3 @@ def format_table(results: Sequence[Result], ratios: Sequence[dict[str, Any]]) ->
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
-
-
-def write_plot(out_dir: Path, results: Sequence[Result]) -> tuple[str | None, str | None]:
-    """bench.png (MB/s and msg/s per path, one bar per frame size, log scale): (file name, note)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        note = "matplotlib is not installed (pip install 'heron_remote[bench]'): no plot was drawn"
-        (out_dir / "bench-plot.txt").write_text(note + "\n")
-        return None, note
-    ok = [r for r in results if r.ok]
-    names = list(dict.fromkeys(r.name for r in ok))
-    sizes = sorted({r.size for r in ok})
-    if not names:
-        return None, "no successful measurement to plot"
-    by_key = {(r.name, r.size): r for r in ok}
-    # Figure/FigureCanvasAgg rather than pyplot: no global backend or figure state in the caller's process.
-    fig = Figure(figsize=(max(6.0, 1.1 * len(names) + 2), 7.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 1, sharex=True)
-    width = 0.8 / len(sizes)
-    for metric, ax, unit in (("mb_per_s", axes[0], "MB/s"), ("msg_per_s", axes[1], "messages/s")):
-        for k, size in enumerate(sizes):
-            xs = [i + (k - (len(sizes) - 1) / 2) * width for i in range(len(names))]
-            values = [getattr(by_key[(n, size)], metric) if (n, size) in by_key else 0.0 for n in names]
-            ax.bar(xs, values, width, label=_size_label(size))
-        ax.set_yscale("log")
-        ax.set_ylabel(unit)
-        ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].set_title("heron_remote bench: throughput per path and frame size")
-    axes[0].legend(title="frame size", fontsize="small")
-    axes[1].set_xticks(range(len(names)), names, rotation=30, ha="right")
-    fig.savefig(out_dir / "bench.png", dpi=110)
-    return "bench.png", None

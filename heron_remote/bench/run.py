@@ -19,15 +19,28 @@ from . import paths, raw
 from .editor import editor_flow, format_editor_flow
 from .launch import format_launch, launch_latency
 from .links import LOCAL, LOOPBACK, NAMESPACE, Link, LinkUnavailable, open_links
+from .plot import RunKind, write_plot
 from .protocol import Plan, Result
-from .report import format_table, machine_info, progress_line, write_json, write_plot
+from .report import format_table, machine_info, progress_line, write_json
 from .scale import format_scale, scale
 
-__all__ = ["MEASUREMENTS", "STUDIES", "Measurement", "Study", "main"]
+__all__ = ["MEASUREMENTS", "QUICK_ONLY", "QUICK_SIZES", "STUDIES", "Measurement", "Study", "main"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SIZES = (64, 1024 * 1024, 6 * 1024 * 1024)
+QUICK_TARGETS_NOTE = "targets (issue 5): not judged on a quick run; run without --quick for figures to quote"
+
+MIB = 1024 * 1024
+DEFAULT_SIZES = (64, MIB, 6 * MIB)
+#: Where bench.json and bench.png go unless --out says otherwise.
+DEFAULT_OUT = Path("bench-results")
+#: What --quick runs unless --only and --sizes say otherwise: a raw baseline and our whole path
+#: here (64 B and 1 MiB) and to a namespace host (1 MiB), and the local launch; under 30 s. A
+#: smoke test: its figures are not quoted, and the targets are judged on full runs only.
+QUICK_ONLY = ("zmq", "path-local", "sshtunnel-ns", "path-ns", "launch-local")
+QUICK_SIZES = (64, MIB)
+#: In a quick run, links other than this machine's (each run starts an SSH session) take 1 MiB only.
+QUICK_REMOTE_SIZES = (MIB,)
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,7 @@ class Study:
 
 def _launch(backend: str | None = None) -> Callable[[Link, bool], dict[str, Any]]:
     def run(link: Link, quick: bool) -> dict[str, Any]:
-        return launch_latency(link.with_tunnel(backend) if backend else link, runs=3 if quick else 5)
+        return launch_latency(link.with_tunnel(backend) if backend else link, runs=2 if quick else 5)
 
     return run
 
@@ -94,13 +107,13 @@ def _plan(size: int, args: argparse.Namespace) -> Plan:
     if args.quick:
         return Plan(
             size=size,
-            warmup_s=0.1,
-            seconds=args.seconds or 0.5,
-            margin_s=0.2,
-            latency_samples=500,
-            latency_s=0.4,
+            warmup_s=0.05,
+            seconds=args.seconds or 0.25,
+            margin_s=0.1,
+            latency_samples=100,
+            latency_s=0.15,
             idle_timeout_s=5.0,
-            max_drain_s=2.0,
+            max_drain_s=1.0,
         )
     return Plan(size=size, seconds=args.seconds or 3.0)
 
@@ -117,6 +130,20 @@ def _select(patterns: list[str] | None) -> list[Measurement | Study]:
     return [m for m in known if any(fnmatch.fnmatchcase(m.name, p) for p in wanted)]
 
 
+def _sizes(m: Measurement, args: argparse.Namespace) -> list[int]:
+    """The sizes ``m`` runs at: all asked for, but in a default quick run a remote link's short list."""
+    if args.quick and not args.sizes_given and m.link != LOCAL:
+        return [s for s in args.sizes if s in QUICK_REMOTE_SIZES]
+    return list(args.sizes)
+
+
+def _choices(args: argparse.Namespace) -> tuple[list[Measurement | Study], list[int]]:
+    """What to run, and at which sizes: as asked, else everything (a quick run: a small part)."""
+    only = args.only or ([",".join(QUICK_ONLY)] if args.quick else None)
+    sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    return _select(only), sizes
+
+
 def _ratios(results: list[Result], chosen: list[Measurement]) -> list[dict[str, Any]]:
     by_key = {(r.name, r.size): r for r in results if r.ok}
     ratios = []
@@ -129,9 +156,6 @@ def _ratios(results: list[Result], chosen: list[Measurement]) -> list[dict[str, 
                 if ref is not None and ref.mb_per_s > 0:
                     ratios.append({"name": name, "base": base, "size": size, "ratio": res.mb_per_s / ref.mb_per_s})
     return ratios
-
-
-MIB = 1024 * 1024
 
 
 def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[str, Any]) -> list[dict[str, Any]]:
@@ -214,15 +238,28 @@ def _run_one(m: Measurement, link: Link | LinkUnavailable, plan: Plan) -> Result
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="heron-remote bench",
-        description="Measure the source path against raw pyzmq and SSH forwards on this machine.",
+        description="Measure the source path against raw pyzmq and SSH forwards on this machine "
+        "(as root: it makes a network-namespace host and an sshd on loopback). A full run takes about 7 minutes.",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="directory for bench.json, bench.png")
-    parser.add_argument("--quick", action="store_true", help="tiny runs (a smoke test), not figures to quote")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help="directory for bench.json and bench.png, made if missing (default: ./%(default)s)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke test under 30 s: {', '.join(QUICK_ONLY)} at {','.join(map(str, QUICK_SIZES))} bytes "
+        "(1048576 over SSH), short windows; not figures to quote, targets not judged",
+    )
     parser.add_argument(
         "--sizes",
         type=lambda s: [int(x) for x in s.split(",") if x],
-        default=list(DEFAULT_SIZES),
-        help="frame sizes in bytes, comma-separated (default 64,1048576,6291456; at least 16)",
+        default=None,
+        help=f"frame sizes in bytes, comma-separated, at least 16 (default: {','.join(map(str, DEFAULT_SIZES))}; "
+        f"quick: {','.join(map(str, QUICK_SIZES))})",
     )
     parser.add_argument(
         "--only",
@@ -231,16 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="measurements to run, comma-separated, shell patterns allowed (e.g. 'zmq,path-*'); "
         f"known: {', '.join([m.name for m in MEASUREMENTS] + [s.name for s in STUDIES])}",
     )
-    parser.add_argument("--seconds", type=float, default=None, help="measuring window per run (default 3, quick 0.5)")
+    parser.add_argument("--seconds", type=float, default=None, help="measuring window per run (default: 3; quick: 0.3)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; 0 when every chosen measurement produced figures, 1 otherwise."""
     args = build_parser().parse_args(argv)
+    args.sizes_given = args.sizes is not None
+    chosen, args.sizes = _choices(args)
     if any(s < 16 for s in args.sizes):
         raise SystemExit("heron-remote bench: every size must be at least 16 bytes (the timing header)")
-    chosen = _select(args.only)
     measurements = [m for m in chosen if isinstance(m, Measurement)]
     studies = [m for m in chosen if isinstance(m, Study)]
     out_dir: Path = args.out
@@ -249,12 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     sections: dict[str, Any] = {}
     print(
-        f"heron_remote bench: {len(measurements)} path(s) x {len(args.sizes)} size(s), {len(studies)} study(ies)"
+        f"heron_remote bench: {len(measurements)} path(s) at up to {len(args.sizes)} size(s), "
+        f"{len(studies)} study(ies)"
         f"{' (quick)' if args.quick else ''}"
     )
     with open_links({m.link for m in chosen}) as links:
         for m in measurements:
-            for size in args.sizes:
+            for size in _sizes(m, args):
                 result = _run_one(m, links[m.link], _plan(size, args))
                 results.append(result)
                 print(progress_line(result), flush=True)
@@ -266,11 +305,16 @@ def main(argv: list[str] | None = None) -> int:
                 sections[study.section] = found
             print(_study_line(study.name, found), flush=True)
     ratios = _ratios(results, measurements)
-    targets = _targets(results, ratios, sections)
+    # A quick run's windows are too short for figures to quote: its numbers swing by half.
+    targets = [] if args.quick else _targets(results, ratios, sections)
     _print_summary(results, ratios, sections, targets)
-    plot, plot_note = write_plot(out_dir, results)
+    if args.quick:
+        print(f"\n{QUICK_TARGETS_NOTE}")
+    machine = machine_info()
+    kind = RunKind(quick=args.quick, date=machine["date"], wall_s=time.monotonic() - started)
+    plot, plot_note = write_plot(out_dir, results, sections, kind)
     payload = {
-        "machine": machine_info(),
+        "machine": machine,
         "config": {
             "quick": args.quick,
             "sizes": args.sizes,
@@ -281,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": [r.to_dict() for r in results],
         "ratios": ratios,
         "targets": targets,
+        "targets_note": QUICK_TARGETS_NOTE if args.quick else None,
         **sections,
         "plot": plot,
         "plot_note": plot_note,

@@ -47,10 +47,13 @@ class ComLoop:
             self._serve()
             if supervisor.error is None or supervisor.stopping.is_set():
                 return
-            if not supervisor.relaunch(self.publish_status, self._relay.sequence.new_worker):
+            if not supervisor.relaunch(self.publish_status, self._relay.restarted):
                 return
             self._parameters.resend_last()
-            supervisor.log.warning("the index goes on from %d", self._relay.index)
+            supervisor.log.warning(
+                "the next index is %d: one is skipped, so that subscribers see the restart as a gap",
+                self._relay.index + 2,
+            )
 
     def _serve(self) -> None:
         supervisor, relay = self._supervisor, self._relay
@@ -59,10 +62,11 @@ class ComLoop:
             if self._chores():
                 return
             if relay.pump(until=time.monotonic() + CHORES_S):
-                supervisor.heard()
+                supervisor.heard(data=True)
 
     def _chores(self) -> bool:
         """Status, liveness, parameters and the worker's state; True when the worker ended or was lost."""
+        self._status.sample()
         if self._status.due:
             self.publish_status()
         liveness = self._sockets.liveness

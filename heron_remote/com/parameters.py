@@ -29,7 +29,10 @@ def encode_parameters(parameters: Any) -> bytes:
     try:
         message = json.dumps(parameters).encode()
     except (TypeError, ValueError, RecursionError) as exc:
-        raise ConfigError(f"parameters must be JSON-serialisable: {exc}") from exc
+        raise ConfigError(
+            f"parameters must be JSON-serialisable: {exc}; send lists, dicts, numbers and strings "
+            "(a numpy value: .tolist())"
+        ) from exc
     if len(message) > PARAMETERS_MAX_BYTES:
         raise ConfigError(
             f"parameters are {len(message)} bytes as JSON, over the {PARAMETERS_MAX_BYTES}-byte limit: "

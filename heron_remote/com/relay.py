@@ -94,6 +94,11 @@ class Relay:
         elif self._verbose > 0:
             self._packet_timer = PacketTimer(self.log)
 
+    def restarted(self) -> None:
+        """The next packet comes from a new worker: its index skips one (a gap every subscriber sees)."""
+        self.sequence.new_worker()
+        self.stats.skipped = self.sequence.skipped
+
     def close(self) -> None:
         if self._packet_log is not None:
             self._packet_log.close()

@@ -17,13 +17,14 @@ class PacketSequence:
     """Turns a worker's packet numbers (from 1) into the com's index (from 1).
 
     The index is the packet number, so a packet lost between worker and com is a gap
-    downstream, and is counted in :attr:`lost`. A worker that numbers from 1 again (a
-    new worker, after a restart) continues the index where it stood: nothing is ever
-    numbered twice. A number that would take the index past INDEX_JUMP_LIMIT raises
-    DecodeError and changes nothing.
+    downstream, and is counted in :attr:`lost`. A new worker (after a restart) goes on
+    from the index where it stood, skipping one (:attr:`skipped`), so that subscribers see
+    the restart as a gap. A worker that numbers from 1 again on its own continues the index
+    where it stood. Nothing is ever numbered twice. A number that would take the index past
+    INDEX_JUMP_LIMIT raises DecodeError and changes nothing.
     """
 
-    __slots__ = ("_base", "_last", "index", "lost", "on_jump", "renumbered")
+    __slots__ = ("_base", "_last", "index", "lost", "on_jump", "renumbered", "skipped")
 
     def __init__(self, on_jump: Callable[[int], None] | None = None) -> None:
         #: Called with the packets missed (0 when the numbering started again) after a jump.
@@ -32,6 +33,8 @@ class PacketSequence:
         self.lost = 0
         #: How many times the numbering started again.
         self.renumbered = 0
+        #: Indices left out at restarts (one each).
+        self.skipped = 0
         self._base = 0
         self._last = 0
 
@@ -59,5 +62,6 @@ class PacketSequence:
         return self.index
 
     def new_worker(self) -> None:
-        """The next packet comes from a new worker, numbered from 1: the index goes on."""
-        self._base, self._last = self.index, 0
+        """The next packet comes from a new worker, numbered from 1: the index goes on, one skipped."""
+        self._base, self._last = self.index + 1, 0
+        self.skipped += 1

@@ -1,10 +1,12 @@
-"""What a com counts: read it at any time (``com.stats``, ``Source.stats``)."""
+"""What a com counts: read it at any time (``com.stats``, ``Source.stats``); and its rates."""
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["ComStats"]
+__all__ = ["ComStats", "RateMeter"]
 
 
 @dataclass
@@ -12,11 +14,16 @@ class ComStats:
     """Counters a com keeps.
 
     ``lost`` counts packets the worker sent that never reached the com; ``malformed``
-    those that arrived but did not follow the wire format (both show as index gaps).
-    ``restarts`` counts workers started again under the restart policy. ``rejected`` counts
-    messages the com dropped as undecodable on its parameters and liveness inputs,
-    ``worker_rejected`` those its worker dropped on its pulse and parameters inputs (as the
-    worker last said).
+    those that arrived but did not follow the wire format; ``skipped`` the indices left out
+    at restarts (one each, so that subscribers see a restart as a gap). All three show as
+    index gaps downstream. ``restarts`` counts workers started again under the restart
+    policy, ``down_s`` the seconds the stream had no worker's data around them (from the
+    last thing heard from the worker that failed to the first packet of the next).
+    ``stalled_since`` is the ``time.monotonic()`` of the last thing heard from the worker
+    while the stream is stalled (see :data:`~heron_remote.com.supervisor.STALL_BEATS`), else None.
+    ``rejected`` counts messages the com dropped as undecodable on its parameters and liveness
+    inputs, ``worker_rejected`` those its worker dropped on its pulse and parameters inputs (as
+    the worker last said).
     """
 
     received: int = 0
@@ -31,6 +38,60 @@ class ComStats:
     heartbeat_rtt_s: float | None = None
     worker_pid: int | None = None
     last_error: str | None = None
-    #: "starting", "running", "lost", "restarting", "stopped" or "failed".
+    #: "starting", "running", "stalled", "lost", "restarting", "stopped" or "failed".
     state: str = "starting"
     restarts: int = 0
+    skipped: int = 0
+    down_s: float = 0.0
+    stalled_since: float | None = None
+    stalls: int = 0
+
+    @property
+    def gaps(self) -> int:
+        """Indices downstream never sees: lost, malformed, or skipped at a restart."""
+        return self.lost + self.malformed + self.skipped
+
+    def stalled_for(self, now: float | None = None) -> float | None:
+        """Seconds the stream has been stalled, or None while it flows."""
+        since = self.stalled_since
+        if since is None:
+            return None
+        return (time.monotonic() if now is None else now) - since
+
+
+class RateMeter:
+    """Frames/s and bytes/s over about the last ``window`` seconds, from samples the com's loop takes.
+
+    The first sample is taken when the first frame has come, so that a rate read soon after
+    the stream starts covers the time since its first frame (not since the com started).
+    Samples are added by one thread; :meth:`rates` may be read from any.
+    """
+
+    def __init__(self, window: float = 2.0, every: float = 0.25) -> None:
+        self._window = window
+        self._every = every
+        self._samples: deque[tuple[float, int, int]] = deque()
+
+    def sample(self, received: int, nbytes: int, now: float | None = None) -> None:
+        """Note the counters now (kept about every ``every`` s, once frames have come)."""
+        if received == 0:
+            return
+        now = time.monotonic() if now is None else now
+        samples = self._samples
+        if samples and now - samples[-1][0] < self._every:
+            return
+        samples.append((now, received, nbytes))
+        # The base is the newest sample at least a window old (or the first): never fewer than one.
+        while len(samples) > 1 and samples[1][0] <= now - self._window:
+            samples.popleft()
+
+    def rates(self, received: int, nbytes: int, now: float | None = None) -> tuple[float, float]:
+        """(frames/s, bytes/s) from the oldest sample kept to these counters now; zeros before any frame."""
+        samples = self._samples
+        if not samples:
+            return 0.0, 0.0
+        then, base_received, base_bytes = samples[0]
+        elapsed = (time.monotonic() if now is None else now) - then
+        if elapsed <= 0:
+            return 0.0, 0.0
+        return (received - base_received) / elapsed, (nbytes - base_bytes) / elapsed

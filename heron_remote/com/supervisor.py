@@ -31,9 +31,13 @@ from .heartbeat import Heartbeat
 from .sockets import ComSockets
 from .stats import ComStats
 
-__all__ = ["Supervisor", "WorkerSpec", "make_launcher"]
+__all__ = ["STALL_BEATS", "Supervisor", "WorkerSpec", "make_launcher"]
 
 logger = logging.getLogger("heron_remote.source_com")
+
+#: Heartbeats without anything from the worker (data or its answers to pulses) after which the
+#: stream counts as stalled: logged, and shown in the status, until something comes again.
+STALL_BEATS = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +100,8 @@ class Supervisor:
         self._sockets: ComSockets | None = None
         self._heartbeat: Heartbeat | None = None
         self._last_heard = 0.0
+        #: When the worker that failed was last heard from, until the next one's first packet.
+        self._hole_since: float | None = None
         self.stopping = threading.Event()
         # Re-entrant: stop() may be a signal handler of the very thread that is launching.
         self._lock = threading.RLock()
@@ -182,9 +188,50 @@ class Supervisor:
                 )
 
     # -- watching --------------------------------------------------------------------
-    def heard(self) -> None:
-        """Something came from the worker just now."""
-        self._last_heard = time.monotonic()
+    def heard(self, *, data: bool = False) -> None:
+        """Something came from the worker just now (``data``: packets, not only liveness)."""
+        now = self._last_heard = time.monotonic()
+        if self.stats.stalled_since is not None:
+            self._resumed(now)
+        if data and self._hole_since is not None:
+            self._hole_closed(now)
+
+    @property
+    def stall_after(self) -> float:
+        """Seconds of silence after which the stream counts as stalled."""
+        return STALL_BEATS * self.settings.heartbeat_rate
+
+    def _watch_stall(self, now: float) -> None:
+        stats = self.stats
+        silent = now - self._last_heard
+        if stats.stalled_since is None and stats.state == "running" and silent > self.stall_after:
+            stats.stalled_since, stats.state = self._last_heard, "stalled"
+            stats.stalls += 1
+            self.log.warning(
+                "stream stalled: nothing from the worker on %s for %.1f s (the link, or the PC?); it counts as "
+                "lost after %g s",
+                self.where,
+                silent,
+                self.lost_after,
+            )
+
+    def _resumed(self, now: float) -> None:
+        stats = self.stats
+        since, stats.stalled_since = stats.stalled_since, None
+        if stats.state == "stalled":
+            stats.state = "running"
+        assert since is not None
+        self.log.warning("stream resumed: the worker on %s was silent for %.1f s in all", self.where, now - since)
+
+    def _hole_closed(self, now: float) -> None:
+        assert self._hole_since is not None
+        hole, self._hole_since = now - self._hole_since, None
+        self.stats.down_s += hole
+        self.log.warning(
+            "data flows again after a %.1f s hole in the stream (restart %d; the index skips one there)",
+            hole,
+            self.stats.restarts,
+        )
 
     def on_liveness(self, frames: list[bytes]) -> bool:
         """Take in a liveness message; False (counted, dropped) when it is not one."""
@@ -226,6 +273,7 @@ class Supervisor:
         assert launcher is not None
         code = launcher.returncode()
         if code is not None:
+            launcher.refuse_connections()  # what it sent is in; reconnecting to it would only be refused
             drain()
             if code == 0:
                 self.log.info("worker finished (status 0) after %d packets", self.stats.received)
@@ -233,20 +281,27 @@ class Supervisor:
                 self._report(launcher.exit_error(code))  # first: the user hears of it at once
             launcher.stop(grace=0.5)  # reaps anything its group left behind
             return True
-        if time.monotonic() - self._last_heard > self.lost_after:
+        now = time.monotonic()
+        if now - self._last_heard > self.lost_after:
             self._lost(launcher)
             return True
+        self._watch_stall(now)
         return False
 
     def _lost(self, launcher: WorkerLauncher) -> None:
-        self.stats.state = "lost"
+        self.stats.state, self.stats.stalled_since = "lost", None
         launcher.abandon()
         silent_for = self.lost_after
         self._report(
             WorkerLostError(
                 f"nothing came from the worker of node {self.spec.node_name!r} on {launcher.where} for "
                 f"{silent_for:g} s: the link or the PC is down. The worker ends itself after "
-                f"{self.settings.death_window:g} s without pulses.",
+                f"{self.settings.death_window:g} s without pulses; "
+                + (
+                    "the restart policy starts it again when the PC answers."
+                    if self.settings.restart.enabled
+                    else 'with restart="on-failure" in the settings it would be started again when the PC answers.'
+                ),
                 node=self.spec.node_name,
                 stderr_tail=launcher.output.tail(),
             )
@@ -260,6 +315,8 @@ class Supervisor:
         """
         policy = self.settings.restart
         stats = self.stats
+        if policy.enabled and self._hole_since is None:
+            self._hole_since = self._last_heard
         while policy.enabled and stats.restarts < policy.max_restarts and not self.stopping.is_set():
             stats.restarts += 1
             stats.state = "restarting"

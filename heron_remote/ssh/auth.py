@@ -26,11 +26,13 @@ DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 def authenticate(transport: paramiko.Transport, server: Server, username: str) -> None:
     """Log in as ``username``: keys first, then the server's password; AuthenticationError naming all tried."""
     tried: list[str] = []
-    allowed: list[str] | None = None
     failed = f"authentication with {server.label} failed"
     # paramiko's AuthenticationException (a refusal) is expected and handled here; any
     # other SSHException means the exchange itself broke.
     refusals = (paramiko.AuthenticationException,)
+    allowed = _accepted_methods(transport, username, failed)
+    if transport.is_authenticated():
+        return
     for label, key in candidate_keys(server):
         tried.append(label)
         try:
@@ -59,8 +61,22 @@ def authenticate(transport: paramiko.Transport, server: Server, username: str) -
     raise AuthenticationError(
         f"{server.label} refused to log in user {username!r}{methods}; tried "
         f"{', '.join(tried) or 'nothing: give a key_file, load a key into ssh-agent, or a password'}. "
-        "Check that the public key is in that user's ~/.ssh/authorized_keys on the PC."
+        'Check the user name ("username" in the registry) and that the public key is in that user\'s '
+        "~/.ssh/authorized_keys on the PC, or give key_file or password."
     )
+
+
+def _accepted_methods(transport: paramiko.Transport, username: str, failed: str) -> list[str] | None:
+    """The log-in methods the server accepts for ``username`` (the answer to method "none", as ssh
+    asks first); None when it does not say. A server that lets "none" in has logged us in."""
+    try:
+        with translated(SSHError, failed, (paramiko.SSHException,), passing=(paramiko.AuthenticationException,)):
+            transport.auth_none(username)
+    except paramiko.BadAuthenticationType as exc:
+        return list(exc.allowed_types)
+    except paramiko.AuthenticationException:
+        return None
+    return None
 
 
 def candidate_keys(server: Server) -> list[tuple[str, paramiko.PKey]]:

@@ -39,6 +39,15 @@ print(json.dumps(out))
 """.replace("sys version_info_placeholder", "'%d.%d.%d' % sys.version_info[:3]")
 
 
+def _python_advice(python: str) -> str:
+    """How to point the registry at the PC's interpreter (heron_remote installed in a venv, say)."""
+    return (
+        f'The workers run with "python" of this server in the registry ({python} now): if heron_remote is '
+        'installed in a venv on the PC, set "python" to that venv\'s interpreter, e.g. '
+        '"python": "/home/lab/venv/bin/python".'
+    )
+
+
 @dataclass
 class CheckReport:
     server: str
@@ -88,7 +97,8 @@ def check_server(ref: str, *, ssh_info: str | None = None, port: int = 0, timeou
             report.add(
                 False,
                 f'"python" {server.python!r} failed on the PC (status {code}): {err.strip()[-300:]}. It is the '
-                "interpreter's path and its options, run as those words (never as shell code)",
+                "interpreter's path and its options, run as those words (never as shell code). "
+                + _python_advice(server.python),
             )
             return report
         try:
@@ -97,7 +107,8 @@ def check_server(ref: str, *, ssh_info: str | None = None, port: int = 0, timeou
             report.add(
                 False,
                 f'"python" {server.python!r} on the PC did not run the probe (it printed {out.strip()[-300:]!r}): '
-                "it must be a Python interpreter, then any options it takes before -c",
+                "it must be a Python interpreter, then any options it takes before -c. "
+                + _python_advice(server.python),
             )
             return report
         local_py = platform.python_version()
@@ -111,7 +122,8 @@ def check_server(ref: str, *, ssh_info: str | None = None, port: int = 0, timeou
             report.add(
                 False,
                 f"heron_remote is not importable by {server.python} on the PC "
-                f"({probe.get('heron_remote_error')}): pip install heron_remote there",
+                f"({probe.get('heron_remote_error')}): pip install heron_remote there. "
+                + _python_advice(server.python),
             )
         else:
             report.add(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 import signal
 from collections.abc import Callable
 
@@ -44,6 +45,18 @@ class _LineSink:
 
     def flush(self) -> None:
         pass
+
+
+def _words(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return command.split()
+
+
+def _is_relative_path(word: str) -> bool:
+    """A script or program named by a path that does not start at the root (or at ~)."""
+    return (word.endswith(".py") or "/" in word) and not word.startswith(("/", "~", "-", "$"))
 
 
 class RemoteLauncher(WorkerLauncher):
@@ -99,6 +112,16 @@ class RemoteLauncher(WorkerLauncher):
         if self._connection is None:
             raise SSHError(f"no connection to {self._server.label}")
         return self._connection
+
+    def _paths_note(self) -> str:
+        relative = [w for w in _words(self.worker_exec) if _is_relative_path(w)]
+        if not relative:
+            return ""
+        user = f"user {self._server.username!r}" if self._server.username else "the user it logs in as"
+        return (
+            f"; on {self.where} the relative path {relative[0]!r} starts from the home directory of {user}: "
+            "give the script's full path on the PC"
+        )
 
     def _spawn(self, argv: list[str]) -> None:
         link = self._link()
@@ -185,6 +208,12 @@ class RemoteLauncher(WorkerLauncher):
             return
         self._process.settle(timeout)
         self.output.flush()
+
+    def refuse_connections(self) -> None:
+        # The com's sockets reconnect to a worker that has ended until the tunnels close: each
+        # attempt would open a channel that the PC refuses (paramiko logs every refusal as an ERROR).
+        for tunnel in self._tunnels:
+            tunnel.refuse_new()
 
     def _release(self) -> None:
         link, self._connection = self._connection, None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+from collections.abc import Callable
 
 import paramiko
 import sshtunnel
@@ -70,8 +71,10 @@ def pump(sock: socket.socket, chan: paramiko.Channel) -> None:
     up.check()
 
 
-def _handler(host: TunnelHost, remote: tuple[str, int], log: logging.Logger) -> type[socketserver.BaseRequestHandler]:
-    """sshtunnel's request handler, for ``remote`` over ``host``'s live transport."""
+def _handler(
+    host: TunnelHost, remote: tuple[str, int], log: logging.Logger, refusing: Callable[[], bool]
+) -> type[socketserver.BaseRequestHandler]:
+    """sshtunnel's request handler, for ``remote`` over ``host``'s live transport, while not ``refusing()``."""
 
     class Handler(sshtunnel._ForwardHandler):
         # sshtunnel's server reads both in its error report.
@@ -79,6 +82,8 @@ def _handler(host: TunnelHost, remote: tuple[str, int], log: logging.Logger) -> 
         logger = log
 
         def handle(self) -> None:
+            if refusing():
+                return  # the worker is being stopped: the server would refuse, and paramiko log it as an ERROR
             try:
                 chan = host.wait_transport(TUNNEL_WAIT_S).open_channel(
                     "direct-tcpip", dest_addr=remote, src_addr=self.request.getpeername(), timeout=CHANNEL_TIMEOUT_S
@@ -106,7 +111,7 @@ class SSHTunnel(BaseTunnel):
         remote = (remote_host, remote_port)
         with translated(TunnelError, f"cannot open a local port to forward to {host.server.name}", (OSError,)):
             self._server = sshtunnel._ThreadingForwardServer(
-                ("127.0.0.1", 0), _handler(host, remote, logger), logger=logger
+                ("127.0.0.1", 0), _handler(host, remote, logger, lambda: self.refusing), logger=logger
             )
         self._server.daemon_threads = True
         super().__init__(self._server.server_address[1], remote)

@@ -6,6 +6,7 @@ Each helper is a context manager that re-raises what it catches as one of
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import Iterator
@@ -20,6 +21,12 @@ from .registry import Server
 __all__ = ["LINK_ERRORS", "command_errors", "is_encrypted_key_error", "key_file_errors", "reaching", "translated"]
 
 logger = logging.getLogger(__name__)
+
+#: What "No route to host" means on a lab LAN: nothing answered at that address.
+_NO_ROUTE = (
+    ': nothing answers at that address on this network. Is the PC switched on and plugged in, and is its "IP" in '
+    "the registry right (ping it)?"
+)
 
 #: What paramiko raises when the link or the session under a request failed.
 LINK_ERRORS: tuple[type[BaseException], ...] = (paramiko.SSHException, OSError, EOFError)
@@ -59,7 +66,8 @@ def reaching(server: Server, timeout: float) -> Iterator[None]:
             f"no answer from {s.label} within {timeout:g} s: is the PC on and the address right?"
         ) from exc
     except OSError as exc:
-        raise HostUnreachableError(f"cannot reach {s.label}: {exc.strerror or exc}") from exc
+        advice = _NO_ROUTE if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH) else ""
+        raise HostUnreachableError(f"cannot reach {s.label}: {exc.strerror or exc}{advice}") from exc
 
 
 @contextmanager

@@ -41,6 +41,11 @@ class Tunnel(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    def refuse_new(self) -> None:
+        """Take no new client connections; those open go on. For a worker being stopped: a client
+        reconnecting after it ended would only be refused on the server (and logged as an error)."""
+        ...
+
     def close(self) -> None:
         """Stop forwarding. Idempotent."""
         ...
@@ -57,6 +62,7 @@ class BaseTunnel:
         self._local_port = local_port
         self._remote = remote
         self._closed = False
+        self._refusing = False
 
     @property
     def local_port(self) -> int:
@@ -73,6 +79,14 @@ class BaseTunnel:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def refusing(self) -> bool:
+        """Whether new client connections are turned away (:meth:`refuse_new`)."""
+        return self._refusing
+
+    def refuse_new(self) -> None:
+        self._refusing = True
 
     def close(self) -> None:
         if self._closed:

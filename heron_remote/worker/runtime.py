@@ -10,6 +10,7 @@ import logging
 import os
 import platform
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -34,6 +35,8 @@ __all__ = ["SourceWorker"]
 logger = logging.getLogger("heron_remote.worker")
 
 _CHANNEL_OFFSET = {"data": 0, "heartbeat": 1, "parameters": 2, "liveness": 3}
+#: How often wait_initialised looks: a frame's time at 200 frames/s.
+_INITIALISED_POLL_S = 0.005
 
 
 class SourceWorker:
@@ -41,7 +44,8 @@ class SourceWorker:
 
     Attributes a work function uses: ``parameters`` (the last parameters, decoded
     JSON; None until the first arrive), ``initialised``, ``node_name``,
-    ``node_index``, ``index`` (packets sent so far).
+    ``node_index``, ``index`` (packets sent so far). The work function starts at once,
+    as in Heron; :meth:`wait_initialised` holds it until the initialisation succeeded.
     """
 
     def __init__(
@@ -108,6 +112,17 @@ class SourceWorker:
     def data_socket(self) -> zmq.Socket | None:
         """The data socket, for tools that must send what :meth:`send_data_to_com` refuses (tests)."""
         return self._data
+
+    def wait_initialised(self, timeout: float | None = None) -> bool:
+        """Wait until ``initialised`` is True: the initialisation function returned True (it is
+        tried with each parameters update; without one, the first parameters do). False after
+        ``timeout`` seconds. It looks at the attribute itself, which Heron's nodes may also set."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.initialised:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_INITIALISED_POLL_S)
+        return True
 
     # -- start record ----------------------------------------------------------
     def claim_node(self, node_id: str, token: str, run_dir: str = "", *, com: str = "") -> None:
