@@ -102,7 +102,7 @@ def test_a_forwarder_port_held_by_another_program_is_worded_as_the_table_says() 
     ("python", "says"),
     [
         (f"{PYTHON} -S", r"heron_remote is not importable by .* -S on the PC .*: pip install heron_remote there\."),
-        ("/no/such/python3", r"/no/such/python3 on the PC failed \(status 127\)"),
+        ("/no/such/python3", r"\"python\" '/no/such/python3' failed on the PC \(status 127\)"),
     ],
     ids=["without heron_remote", "no such interpreter"],
 )

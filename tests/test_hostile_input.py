@@ -163,7 +163,7 @@ def test_pulses_and_parameters_built_to_crash_the_worker_are_refused_and_it_runs
     with Source(ECHO_WORKER, outputs=("Counter", "Echo"), settings=settings) as src:
         assert src.launcher is not None and src.launcher.ready is not None
         ports, pid = src.launcher.ready.ports, src.stats.worker_pid
-        pulses = [[b"PULSE", b"9" * 20], [b"PULSE", b"-1"], [b"PULSE"], [b"LIVE", b"{}"], [b"PULSE", b"1", b"2"]]
+        pulses = [[b"PULSE", b"9" * 20], [b"PULSE", b"-1"], [b"PULSE"], [b"LIVE", b"{}"], [b"PULSE", b"1", b"2", b"3"]]
         send_as(other_user, ports["heartbeat"], "PUSH", pulses)
         send_as(other_user, ports["parameters"], "PUSH", [[DEEP_JSON], [b"{}", b"{}"], [b"\xff\xfe"]])
         wait_until(lambda: src.stats.worker_rejected >= 8, 5, "the worker to report what it dropped")
