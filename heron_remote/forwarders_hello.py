@@ -167,7 +167,12 @@ class HelloServer:
                         if key.fileobj is self._wake_r:
                             return
                         if key.fileobj is self._listener:
-                            conn, _ = self._listener.accept()
+                            try:
+                                conn, _ = self._listener.accept()
+                            except OSError as exc:  # out of descriptors, say: this user tries again
+                                logger.warning("the forwarders' hello could not accept a connection: %s", exc)
+                                time.sleep(0.1)
+                                continue
                             try:
                                 conn.settimeout(1.0)
                                 conn.sendall(self._line)
@@ -189,8 +194,9 @@ class HelloServer:
                         self._users = len(held)
             finally:
                 for conn in held:
-                    with contextlib.suppress(OSError):
-                        conn.sendall(_GOODBYE)
+                    if self._closed:  # a goodbye only when the forwarders stop, not if this thread failed
+                        with contextlib.suppress(OSError):
+                            conn.sendall(_GOODBYE)
                     conn.close()
                 self._listener.close()
 
@@ -281,6 +287,12 @@ def say_hello(port: int, timeout: float = _HELLO_TIMEOUT_S) -> HelloLink | None:
             raise ForwarderError(f"{path} is served by uid {uid}, not this account (uid {os.getuid()}): not used")
         try:
             line = _read_line(sock, timeout)
+        except (ConnectionResetError, BrokenPipeError):
+            line = b""
+        if not line:  # its process ended while this connected (a killed owner's socket, being closed)
+            sock.close()
+            return None
+        try:
             raw = json.loads(line)
             if raw.get("service") != SERVICE:
                 raise ValueError(f"service {raw.get('service')!r}")

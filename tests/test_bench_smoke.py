@@ -56,3 +56,27 @@ def test_quick_bench_writes_json_and_plot(tmp_path: Path, capsys: pytest.Capture
 def test_unknown_measurement_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no measurement matches"):
         main(["--quick", "--out", str(tmp_path), "--only", "no-such-path"])
+
+
+@pytest.mark.timeout(120)
+def test_quick_takeover_study_and_shared_path_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two scripts on fixed ports, the one running the forwarders killed; and a path through another
+    process's forwarders."""
+    status = main(["--quick", "--out", str(tmp_path), "--only", "path-local-shared,takeover", "--sizes", "65536"])
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert status == 0, out
+
+    shared = report["results"][0]
+    assert shared["name"] == "path-local-shared" and shared["ok"] and shared["messages"] > 1, shared
+    assert shared["notes"]["forwarders"] == "another process"
+
+    section = report["takeover"]
+    assert (section["runs"], section["takeovers"], section["errors"], section["stalled"]) == (1, 1, 0, 0), section
+    row = section["rows"][0]
+    assert row["stops"] == "A:kill B:term" and row["forwarder_warnings"] == 1, row
+    assert len(row["takeover_gaps_s"]) == 1 and 0 < row["takeover_gaps_s"][0] <= row["longest_gap_s"], row
+    assert section["longest_takeover_gap_s"] == row["takeover_gaps_s"][0]
+    assert 0 < section["longest_gap_s"] == row["longest_gap_s"]
+    assert any(t["target"].startswith("takeover: longest gap") for t in report["targets"])
+    assert "takeover: 1 runs, 1 takeovers" in out

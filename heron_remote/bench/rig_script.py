@@ -6,7 +6,8 @@ Its settings (forwarder ports, heartbeat) come from ``HERON_REMOTE_*`` variables
 flushed, one event a line (times on ``CLOCK_MONOTONIC``, one clock for every process here)::
 
     READY <pid> <1 if the forwarders run in this process, else 0>
-    TICK <time s> <frames so far>        every 0.1 s while frames come
+    TICK <time s> <frames so far> <s>    every 0.1 s while frames come, with the longest
+                                         interval between two frames since the last TICK
     GAP <from s> <to s>                  each time two frames are further apart than 3 periods
     END <frames> <frames missed>         after a clean stop (SIGTERM or SIGINT)
 
@@ -46,15 +47,17 @@ def main(argv: list[str]) -> int:
             lease = source.forwarders
             owner = int(lease is not None and lease.running_here is not None)
             print(f"READY {os.getpid()} {owner}", flush=True)
-            last = next_tick = 0.0
+            last = next_tick = longest = 0.0
             for _ in source.frames(timeout=NO_DATA_S):
                 now = time.monotonic()
                 frames += 1
-                if last and now - last > 3 * period:
-                    print(f"GAP {last:.4f} {now:.4f}", flush=True)
+                if last:
+                    longest = max(longest, now - last)
+                    if now - last > 3 * period:
+                        print(f"GAP {last:.4f} {now:.4f}", flush=True)
                 if now >= next_tick:
-                    print(f"TICK {now:.4f} {frames}", flush=True)
-                    next_tick = now + _TICK_S
+                    print(f"TICK {now:.4f} {frames} {longest:.4f}", flush=True)
+                    next_tick, longest = now + _TICK_S, 0.0
                 last = now
     except KeyboardInterrupt:
         print(f"END {frames} {source.gaps}", flush=True)

@@ -67,7 +67,7 @@ class RigScript:
     stderr: IO[bytes]
     pid: int = 0
     owner: bool = False
-    ticks: list[tuple[float, int]] = field(default_factory=list)
+    ticks: list[tuple[float, int, float]] = field(default_factory=list)
     gaps: list[tuple[float, float]] = field(default_factory=list)
     end: tuple[int, int] | None = None
     stopped_at: float | None = None
@@ -81,7 +81,7 @@ class RigScript:
                 self.pid, self.owner = int(rest[0]), rest[1] == "1"
                 self.ready.set()
             elif word == "TICK":
-                self.ticks.append((float(rest[0]), int(rest[1])))
+                self.ticks.append((float(rest[0]), int(rest[1]), float(rest[2])))
             elif word == "GAP":
                 self.gaps.append((float(rest[0]), float(rest[1])))
             elif word == "END":
@@ -96,9 +96,14 @@ class RigScript:
         return self.stderr.read().decode(errors="replace")
 
     def survivor_gaps(self) -> list[float]:
-        """Gaps seen while not being stopped itself."""
+        """The longest interval between two frames in each 0.1 s, while this script was not being stopped."""
         until = self.stopped_at if self.stopped_at is not None else float("inf")
-        return [b - a for a, b in self.gaps if b <= until]
+        return [longest for at, _, longest in self.ticks if at <= until]
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest interval between two frames that ended in (start, end], while not being stopped."""
+        end = min(end, self.stopped_at if self.stopped_at is not None else end)
+        return max((longest for at, _, longest in self.ticks if start < at <= end), default=0.0)
 
 
 class Rig:
@@ -140,7 +145,7 @@ class Rig:
         return scripts
 
     def stop(self, script: RigScript, how: str) -> float:
-        """Stop ``script`` by SIGTERM ("term") or SIGKILL ("kill"); the moment, once it has ended."""
+        """Stop ``script`` by SIGTERM ("term") or SIGKILL ("kill"); the moment it had ended."""
         script.stopped_at = time.monotonic()
         script.proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGTERM)
         try:
@@ -149,7 +154,7 @@ class Rig:
             script.proc.kill()
             script.proc.wait(5)
             raise RuntimeError(f"script {script.name} did not stop within 15 s: {script.err_text()[-2000:]}") from None
-        return script.stopped_at
+        return time.monotonic()
 
     def wait_streaming(self, survivors: list[RigScript], after: float) -> list[str]:
         """Names of the survivors that did not stream for ``_RESUMED_S`` after ``after`` (within a bound)."""
@@ -180,38 +185,46 @@ def _run(count: int, order: tuple[int, ...], modes: tuple[str, ...]) -> dict[str
         first = rig.start(names[0])[0]
         scripts = [first, *rig.start(*names[1:])]
         time.sleep(_RESUMED_S)
-        owner = next((s.name for s in scripts if s.owner), None)
+        owner = next((s for s in scripts if s.owner), None)
         stalled: list[str] = []
-        takeovers = 0
+        # (signal sent, survivors, whether it stopped the forwarders' script)
+        events: list[tuple[float, list[RigScript], bool]] = []
         alive = list(scripts)
         for k, how in zip(order, modes, strict=True):
             script = scripts[k]
             alive.remove(script)
-            takeovers += script.name == owner and bool(alive)
-            moment = rig.stop(script, how)
-            stalled += rig.wait_streaming(alive, moment)
-            if script.name == owner and alive:
+            ended = rig.stop(script, how)
+            assert script.stopped_at is not None
+            events.append((script.stopped_at, list(alive), script is owner))
+            stalled += rig.wait_streaming(alive, ended)
+            if script is owner and alive:
                 owner = _new_owner(alive)
+        per_event = []
+        for n, (moment, survivors, takeover) in enumerate(events):
+            until = events[n + 1][0] if n + 1 < len(events) else float("inf")
+            per_event.append((max((s.longest_gap(moment, until) for s in survivors), default=0.0), takeover))
         gaps = [g for s in scripts for g in s.survivor_gaps()]
         warnings = sum(s.err_text().count("WARNING heron_remote.forwarders_share") for s in scripts)
+    takeover_gaps = [round(gap, 4) for gap, took in per_event if took and gap]
     return {
         "scripts": count,
         "stops": " ".join(f"{names[k]}:{how}" for k, how in zip(order, modes, strict=True)),
-        "takeovers": takeovers,
+        "takeovers": len(takeover_gaps),
+        "takeover_gaps_s": takeover_gaps,
+        "other_stop_gaps_s": [round(gap, 4) for gap, took in per_event if not took and gap],
         "forwarder_warnings": warnings,
         "longest_gap_s": round(max(gaps, default=0.0), 4),
         "stalled": stalled,
     }
 
 
-def _new_owner(alive: list[RigScript]) -> str | None:
-    """The survivor that said it took over (its stderr), once one has."""
+def _new_owner(alive: list[RigScript]) -> RigScript | None:
+    """The survivor that said it took over (only the one running the forwarders now has, of those alive)."""
     deadline = time.monotonic() + _RESUME_TIMEOUT_S
     while time.monotonic() < deadline:
         for script in alive:
             if "taking over" in script.err_text():
-                script.stderr.seek(0, os.SEEK_END)
-                return script.name
+                return script
         time.sleep(0.02)
     return None
 
@@ -239,15 +252,18 @@ def takeover(*, quick: bool = False) -> dict[str, Any]:
         except Exception as exc:  # one run failing must not cost the others
             rows.append({"scripts": count, "stops": str(order), "error": f"{type(exc).__name__}: {exc}"})
     good = [r for r in rows if "error" not in r]
-    gaps = [r["longest_gap_s"] for r in good]
-    over = [r["longest_gap_s"] for r in good if r["takeovers"]]
+    at_takeovers = [g for r in good for g in r["takeover_gaps_s"]]
+    at_other_stops = [g for r in good for g in r["other_stop_gaps_s"]]
     return {
         "fps": FPS,
         "runs": len(rows),
         "rows": rows,
-        "takeovers": sum(r["takeovers"] for r in good),
-        "longest_gap_s": max(gaps, default=None),
-        "median_takeover_gap_s": statistics.median(over) if over else None,
+        "takeovers": len(at_takeovers),
+        # Any interval between two frames at any survivor, takeovers or not (a loaded machine's too).
+        "longest_gap_s": max((r["longest_gap_s"] for r in good), default=None),
+        "longest_takeover_gap_s": max(at_takeovers, default=None),
+        "median_takeover_gap_s": statistics.median(at_takeovers) if at_takeovers else None,
+        "median_other_stop_gap_s": statistics.median(at_other_stops) if at_other_stops else None,
         "stalled": sum(len(r["stalled"]) for r in good),
         "errors": len(rows) - len(good),
         "target_s": _TARGET_S,
@@ -259,20 +275,27 @@ def format_takeover(section: dict[str, Any]) -> str:
         return f"takeover: {section['error']}"
     lines = [
         f"takeover: {section['runs']} runs, {section['takeovers']} takeovers at {section['fps']:g} frames/s; "
-        f"longest gap a survivor saw {section['longest_gap_s']} s (target <= {section['target_s']:g} s), "
-        f"median per run with a takeover {section['median_takeover_gap_s']} s; "
-        f"survivors that stalled: {section['stalled']}; failed runs: {section['errors']}"
+        f"longest gap any survivor saw {_ms(section['longest_gap_s'])} (target <= {section['target_s']:g} s); "
+        f"at a takeover: longest {_ms(section['longest_takeover_gap_s'])}, "
+        f"median {_ms(section['median_takeover_gap_s'])}; at another script's stop: median "
+        f"{_ms(section['median_other_stop_gap_s'])}; survivors that stalled: {section['stalled']}; "
+        f"failed runs: {section['errors']}"
     ]
     for row in section["rows"]:
         if "error" in row:
             lines.append(f"  {row['scripts']} scripts {row['stops']}: FAILED {row['error']}")
-        else:
-            lines.append(
-                f"  {row['scripts']} scripts, stops {row['stops']:<32} takeovers {row['takeovers']}  "
-                f"longest gap {row['longest_gap_s'] * 1000:6.1f} ms"
-                + (f"  STALLED {row['stalled']}" if row["stalled"] else "")
-            )
+            continue
+        stalled = f"  STALLED {row['stalled']}" if row["stalled"] else ""
+        at = ", ".join(_ms(g) for g in row["takeover_gaps_s"]) or "-"
+        lines.append(
+            f"  {row['scripts']} scripts, stops {row['stops']:<28} takeover gaps {at:<26} "
+            f"longest gap {_ms(row['longest_gap_s'])}{stalled}"
+        )
     return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 @contextmanager
