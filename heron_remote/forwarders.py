@@ -66,7 +66,7 @@ def endpoint(host: str, port: int) -> tuple[str, zmq.Context | None]:
 #: A socket that faces a forwarder tries again this soon after losing it (forwarders taken over by
 #: another script bind again within milliseconds), backing off to the maximum while none answer.
 RECONNECT_MS = 10
-RECONNECT_MAX_MS = 1000
+RECONNECT_MAX_MS = 100
 
 
 def facing(sock: zmq.Socket) -> zmq.Socket:

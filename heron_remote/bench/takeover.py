@@ -203,6 +203,9 @@ def _run(count: int, order: tuple[int, ...], modes: tuple[str, ...]) -> dict[str
         for n, (moment, survivors, takeover) in enumerate(events):
             until = events[n + 1][0] if n + 1 < len(events) else float("inf")
             per_event.append((max((s.longest_gap(moment, until) for s in survivors), default=0.0), takeover))
+        first_stop = events[0][0] if events else float("inf")
+        # While the others started (three Python processes at once, on this machine's cores).
+        at_start = max((s.longest_gap(0.0, first_stop) for s in scripts), default=0.0)
         gaps = [g for s in scripts for g in s.survivor_gaps()]
         warnings = sum(s.err_text().count("WARNING heron_remote.forwarders_share") for s in scripts)
     takeover_gaps = [round(gap, 4) for gap, took in per_event if took and gap]
@@ -212,6 +215,7 @@ def _run(count: int, order: tuple[int, ...], modes: tuple[str, ...]) -> dict[str
         "takeovers": len(takeover_gaps),
         "takeover_gaps_s": takeover_gaps,
         "other_stop_gaps_s": [round(gap, 4) for gap, took in per_event if not took and gap],
+        "start_gap_s": round(at_start, 4),
         "forwarder_warnings": warnings,
         "longest_gap_s": round(max(gaps, default=0.0), 4),
         "stalled": stalled,
@@ -264,6 +268,8 @@ def takeover(*, quick: bool = False) -> dict[str, Any]:
         "longest_takeover_gap_s": max(at_takeovers, default=None),
         "median_takeover_gap_s": statistics.median(at_takeovers) if at_takeovers else None,
         "median_other_stop_gap_s": statistics.median(at_other_stops) if at_other_stops else None,
+        "longest_other_stop_gap_s": max(at_other_stops, default=None),
+        "longest_start_gap_s": max((r["start_gap_s"] for r in good), default=None),
         "stalled": sum(len(r["stalled"]) for r in good),
         "errors": len(rows) - len(good),
         "target_s": _TARGET_S,
@@ -277,9 +283,10 @@ def format_takeover(section: dict[str, Any]) -> str:
         f"takeover: {section['runs']} runs, {section['takeovers']} takeovers at {section['fps']:g} frames/s; "
         f"longest gap any survivor saw {_ms(section['longest_gap_s'])} (target <= {section['target_s']:g} s); "
         f"at a takeover: longest {_ms(section['longest_takeover_gap_s'])}, "
-        f"median {_ms(section['median_takeover_gap_s'])}; at another script's stop: median "
-        f"{_ms(section['median_other_stop_gap_s'])}; survivors that stalled: {section['stalled']}; "
-        f"failed runs: {section['errors']}"
+        f"median {_ms(section['median_takeover_gap_s'])}; at another script's stop: longest "
+        f"{_ms(section['longest_other_stop_gap_s'])}, median {_ms(section['median_other_stop_gap_s'])}; while "
+        f"scripts started: longest {_ms(section['longest_start_gap_s'])}; survivors that stalled: "
+        f"{section['stalled']}; failed runs: {section['errors']}"
     ]
     for row in section["rows"]:
         if "error" in row:
@@ -288,8 +295,8 @@ def format_takeover(section: dict[str, Any]) -> str:
         stalled = f"  STALLED {row['stalled']}" if row["stalled"] else ""
         at = ", ".join(_ms(g) for g in row["takeover_gaps_s"]) or "-"
         lines.append(
-            f"  {row['scripts']} scripts, stops {row['stops']:<28} takeover gaps {at:<26} "
-            f"longest gap {_ms(row['longest_gap_s'])}{stalled}"
+            f"  {row['scripts']} scripts, stops {row['stops']:<28} takeover gaps {at:<22} "
+            f"at start {_ms(row['start_gap_s']):>7}  longest {_ms(row['longest_gap_s']):>7}{stalled}"
         )
     return "\n".join(lines)
 
