@@ -289,6 +289,11 @@ def say_hello(port: int, timeout: float = _HELLO_TIMEOUT_S) -> HelloLink | None:
             line = _read_line(sock, timeout)
         except (ConnectionResetError, BrokenPipeError):
             line = b""
+        except TimeoutError as exc:
+            raise ForwarderError(
+                f"the forwarders of {describe_process(pid)} did not say who they are within {timeout:g} s: is that "
+                "script suspended (Ctrl-Z)? Let it run again (fg), or end it"
+            ) from exc
         if not line:  # its process ended while this connected (a killed owner's socket, being closed)
             sock.close()
             return None

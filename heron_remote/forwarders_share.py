@@ -173,7 +173,7 @@ class _Shared:
                     self._obtain(TAKEOVER_WAIT_S)
                 if self._closing:
                     return
-            except ForwarderError as exc:
+            except Exception as exc:  # whatever it is, the sources that rely on these forwarders hear of it
                 self.error = ForwarderError(f"the forwarders of {gone} {how}, and none could replace them: {exc}")
                 self.error.__cause__ = exc
                 logger.error("%s", self.error)
