@@ -22,7 +22,7 @@ _DESCRIPTION = (
 
 
 def _forwarders(args: argparse.Namespace) -> int:
-    from .forwarders import Forwarders
+    from .forwarders_share import start_forwarders
 
     ports = ForwarderPorts(
         data_submit=args.data[0],
@@ -35,7 +35,7 @@ def _forwarders(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with Forwarders(host=args.host, ports=ports) as fw:
+    with start_forwarders(args.host, ports) as fw:
         p = fw.ports
         print(
             f"forwarders on {args.host}: data {p.data_submit}->{p.data_publish}, "

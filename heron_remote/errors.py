@@ -4,7 +4,8 @@ Every error is a :class:`HeronRemoteError`, so one ``except`` catches them all::
 
     HeronRemoteError
     ├── ConfigError            bad input: a value, a worker_exec, a verbosity string (also a ValueError)
-    ├── ForwarderError         a forwarder could not bind (port in use, bad interface)
+    ├── ForwarderError         a forwarder could not bind (port held by something else, bad interface), or
+    │                          forwarders that went could not be replaced
     ├── DecodeError            a message does not follow the wire format (also a ValueError)
     ├── NoDataError            no frame arrived within Source.frames()'s timeout (also a TimeoutError)
     ├── UnsafePathError        a private folder or file is another account's, a symlink or open to others
@@ -55,7 +56,8 @@ class ConfigError(HeronRemoteError, ValueError):
 
 
 class ForwarderError(HeronRemoteError):
-    """A forwarder could not be started."""
+    """A forwarder could not be started (the message names what holds its port), or none could replace
+    forwarders that went."""
 
 
 class DecodeError(HeronRemoteError, ValueError):

@@ -5,7 +5,9 @@ XSUB side subscribes to everything, as Heron's forwarders do: topics are filtere
 on the way out, so a subscriber that joins sees the next message any publisher sends.
 Each proxy runs in a thread of its own, which creates, binds and closes its sockets;
 a TERMINATE on its control socket stops it. They bind 127.0.0.1 unless another
-interface is asked for (a Source's are leased in :mod:`.forwarder_lease`).
+interface is asked for. Once bound they say who they are to whoever asks
+(:mod:`.forwarders_hello`), so that scripts of this account can share them and take them
+over (:mod:`.forwarders_share`).
 
 Each port is also bound in-process (``inproc://``) on the process's shared ZeroMQ
 context: a com or a subscriber in the same process (a :class:`~heron_remote.Source`)
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -24,11 +27,13 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from . import forwarders_hello
 from ._threads import KeptThread
+from ._version import __version__
 from .errors import ForwarderError
 from .settings import ForwarderPorts
 
-__all__ = ["Forwarders", "endpoint"]
+__all__ = ["Forwarders", "endpoint", "facing"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,19 @@ def endpoint(host: str, port: int) -> tuple[str, zmq.Context | None]:
         if inproc is not None:
             return inproc, zmq.Context.instance()
     return f"tcp://{host}:{port}", None
+
+
+#: A socket that faces a forwarder tries again this soon after losing it (forwarders taken over by
+#: another script bind again within milliseconds), backing off to the maximum while none answer.
+RECONNECT_MS = 10
+RECONNECT_MAX_MS = 100
+
+
+def facing(sock: zmq.Socket) -> zmq.Socket:
+    """Set up ``sock``, which connects to a forwarder, to find it again soon after a takeover."""
+    sock.reconnect_ivl = RECONNECT_MS
+    sock.reconnect_ivl_max = RECONNECT_MAX_MS
+    return sock
 
 
 def _released(host: str, port: int, timeout: float) -> bool:
@@ -105,6 +123,7 @@ class Forwarders:
         self._proxies: list[_Proxy] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._hello: forwarders_hello.HelloServer | None = None
         self.ports: ForwarderPorts = self._requested
 
     def start(self) -> Forwarders:
@@ -127,20 +146,28 @@ class Forwarders:
                 ready.wait(10)
                 if proxy.error is not None:
                     raise proxy.error
+            p = {x.name: x for x in self._proxies}
+            self.ports = ForwarderPorts(
+                data_submit=p["data"].submit,
+                data_publish=p["data"].publish,
+                parameters_submit=p["parameters"].submit,
+                parameters_publish=p["parameters"].publish,
+                proof_of_life_submit=p["proof_of_life"].submit,
+                proof_of_life_publish=p["proof_of_life"].publish,
+            )
+            if forwarders_hello.AVAILABLE:
+                hello = forwarders_hello.Hello(pid=os.getpid(), version=__version__, bind=self.host, ports=self.ports)
+                self._hello = forwarders_hello.HelloServer(hello)
         except BaseException:
             self.close()
             raise
-        p = {x.name: x for x in self._proxies}
-        self.ports = ForwarderPorts(
-            data_submit=p["data"].submit,
-            data_publish=p["data"].publish,
-            parameters_submit=p["parameters"].submit,
-            parameters_publish=p["parameters"].publish,
-            proof_of_life_submit=p["proof_of_life"].submit,
-            proof_of_life_publish=p["proof_of_life"].publish,
-        )
         logger.info("forwarders on %s: %s", self.host, self.ports)
         return self
+
+    @property
+    def users(self) -> int:
+        """Processes that use these forwarders through their hello (other scripts, usually)."""
+        return self._hello.users if self._hello is not None else 0
 
     def _bind(self, sock: zmq.Socket, port: int, proxy: _Proxy, role: str) -> int:
         try:
@@ -238,6 +265,9 @@ class Forwarders:
             for port in proxy.bound:
                 if not _released(self.host, port, timeout=2.0):
                     logger.warning("port %d on %s still in use after its forwarder stopped", port, self.host)
+        # Last: the goodbye tells the users to take over, and the ports are free by now.
+        if self._hello is not None:
+            self._hello.close()
 
     def __enter__(self) -> Forwarders:
         return self.start()

@@ -6,7 +6,8 @@
 ...         print(index, arrays[0].shape)
 
 A :class:`Source` runs a :class:`SourceCom` in a thread of this process, starts the
-forwarders unless they are already running (on 127.0.0.1, or ``Settings.forwarder_bind``),
+forwarders unless they are already running (this account's, checked: :mod:`.forwarders_share`;
+on 127.0.0.1, or ``Settings.forwarder_bind``),
 and subscribes to its own topics.
 """
 
@@ -24,9 +25,10 @@ import zmq
 from ._threads import KeptThread
 from .com.parameters import encode_parameters
 from .com.stats import RateMeter
-from .errors import ConfigError, NoDataError, WorkerError, WorkerStartError
-from .forwarder_lease import ForwarderLease, lease_forwarders
+from .errors import ConfigError, ForwarderError, NoDataError, WorkerError, WorkerStartError
 from .forwarders import endpoint as forwarder_endpoint
+from .forwarders import facing
+from .forwarders_share import ForwarderLease, lease_forwarders
 from .launcher import WorkerLauncher
 from .settings import Settings
 from .source_com import ComStats, SourceCom
@@ -112,7 +114,9 @@ class Source:
             self._registered = True
         try:
             s = self.settings
-            self._forwarders = lease_forwarders(s.ports, find_at=s.forwarder_host, bind=s.forwarder_bind)
+            self._forwarders = lease_forwarders(
+                s.ports, find_at=s.forwarder_host, bind=s.forwarder_bind, on_failure=self._forwarders_failed
+            )
             self.settings = s.replace(ports=self._forwarders.ports, forwarder_host=self._forwarders.host)
             self._com = self._make_com()
             self._sub = self._subscribe()
@@ -148,7 +152,7 @@ class Source:
         return com
 
     def _subscribe(self) -> zmq.Socket:
-        sub = self._context.socket(zmq.SUB)
+        sub = facing(self._context.socket(zmq.SUB))
         sub.linger = 0
         sub.rcvtimeo = IDLE_MS
         for topic in self.topics:
@@ -283,8 +287,18 @@ class Source:
             if not own:
                 sub.close()
 
+    def _forwarders_failed(self, error: ForwarderError) -> None:
+        """The forwarders went and none replaced them: stop the com (its data must not reach whatever
+        holds the ports now); :meth:`frames` raises ``error``."""
+        com = self._com
+        if com is not None:
+            KeptThread.start_new(com.close, name=f"heron-com-stop-{self.name}")
+
     def _com_ended(self) -> bool:
         """Whether the com's thread has ended; raises what ended it, if it failed."""
+        lease = self._forwarders
+        if lease is not None and lease.error is not None:
+            raise lease.error
         thread = self._thread
         if thread is None or thread.is_alive():
             return False

@@ -156,3 +156,27 @@ def _launch(median: float) -> dict:
 
 def _scale(n: int) -> dict:
     return {"sources": n, "mb_per_s": 26.0 * n, "offered_mb_per_s": 26.2 * n}
+
+
+@pytest.mark.timeout(120)
+def test_quick_takeover_study_and_shared_path_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two scripts on fixed ports, the one running the forwarders killed; and a path through another
+    process's forwarders."""
+    status = main(["--quick", "--out", str(tmp_path), "--only", "path-local-shared,takeover", "--sizes", "65536"])
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert status == 0, out
+
+    shared = report["results"][0]
+    assert shared["name"] == "path-local-shared" and shared["ok"] and shared["messages"] > 1, shared
+    assert shared["notes"]["forwarders"] == "another process"
+
+    section = report["takeover"]
+    assert (section["runs"], section["takeovers"], section["errors"], section["stalled"]) == (1, 1, 0, 0), section
+    row = section["rows"][0]
+    assert row["stops"] == "A:kill B:term" and row["forwarder_warnings"] == 1, row
+    assert len(row["takeover_gaps_s"]) == 1 and 0 < row["takeover_gaps_s"][0] <= row["longest_gap_s"], row
+    assert section["longest_takeover_gap_s"] == row["takeover_gaps_s"][0]
+    assert 0 < section["longest_gap_s"] == row["longest_gap_s"]
+    assert report["targets"] == []  # judged on full runs only
+    assert "takeover: 1 runs, 1 takeovers" in out

@@ -81,15 +81,16 @@ def _quiet() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-def source_stream(link: Link, notes: dict[str, Any]) -> StreamOpener:
+def source_stream(link: Link, notes: dict[str, Any], *, ports: ForwarderPorts = FREE_PORTS) -> StreamOpener:
     """A StreamOpener running the bench worker in a Source, here or on ``link``'s host.
 
-    ``notes`` receives the source's counters (gaps, lost) when the stream closes.
+    ``notes`` receives the source's counters (gaps, lost) when the stream closes; ``ports``:
+    the forwarders' (free ones, started in this process, unless given).
     """
 
     @contextmanager
     def open_stream(plan: Plan) -> Iterator[Stream]:
-        settings = Settings(ports=FREE_PORTS, ssh_info=str(link.registry) if link.registry else None)
+        settings = Settings(ports=ports, ssh_info=str(link.registry) if link.registry else None)
         source = Source(
             WORKER,
             name="bench",

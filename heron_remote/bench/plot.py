@@ -100,7 +100,9 @@ def figure(results: Sequence[Result], sections: dict[str, Any], kind: RunKind) -
         (_launch if key == "launch" else _scale)(ax, sections)
     fig.suptitle(kind.title, fontsize="large", fontweight="bold")
     fig.text(0.01, 0.0, CAPTION, fontsize="small", va="bottom", wrap=True)
-    fig.get_layout_engine().set(rect=(0, 0.09, 1, 0.91))  # room for the caption
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.set(rect=(0, 0.09, 1, 0.91))  # type: ignore[call-arg]  # room for the caption (constrained layout)
     return fig
 
 

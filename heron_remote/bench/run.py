@@ -23,6 +23,7 @@ from .plot import RunKind, write_plot
 from .protocol import Plan, Result
 from .report import format_table, machine_info, progress_line, write_json
 from .scale import format_scale, scale
+from .takeover import format_takeover, shared_path, takeover
 
 __all__ = ["MEASUREMENTS", "QUICK_ONLY", "QUICK_SIZES", "STUDIES", "Measurement", "Study", "main"]
 
@@ -63,6 +64,9 @@ def _measurements() -> list[Measurement]:
             Measurement(f"zmq-paramiko-{link}", link, raw.zmq_paramiko, ("zmq",)),
         ]
     found.append(Measurement("path-local", LOCAL, paths.whole_path, ("zmq",)))
+    # A script whose forwarders another script runs (over TCP): what every script would get from a
+    # forwarders process of its own, and what every script but the first gets from the shared ones.
+    found.append(Measurement("path-local-shared", LOCAL, shared_path, ("path-local", "zmq")))
     for link in (NAMESPACE, LOOPBACK):
         bases = (f"sshtunnel-{link}", f"zmq-paramiko-{link}", f"openssh-{link}")
         found.append(Measurement(f"path-{link}", link, paths.whole_path, bases))
@@ -100,6 +104,7 @@ STUDIES = [
     Study("editor-local", LOCAL, "editor", lambda link, quick: editor_flow(link, runs=2 if quick else 5)),
     Study(f"editor-{NAMESPACE}", NAMESPACE, "editor", lambda link, quick: editor_flow(link, runs=2 if quick else 5)),
     Study("scale-openssh", NAMESPACE, "scale_openssh", lambda link, quick: scale(link, quick=quick, tunnel="openssh")),
+    Study("takeover", LOCAL, "takeover", lambda link, quick: takeover(quick=quick)),
 ]
 
 
@@ -190,6 +195,10 @@ def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[
         value = launch["median_s"]
         found.append({"target": f"launch-{NAMESPACE} <= 1.5 s (median, cold)", "value": value, "goal": 1.5})
         found[-1]["met"] = value <= 1.5
+    gap = studies.get("takeover", {}).get("longest_gap_s")
+    if gap is not None:
+        found.append({"target": "takeover: longest gap a surviving script sees <= 1 s", "value": gap, "goal": 1.0})
+        found[-1]["met"] = gap <= 1.0 and not studies["takeover"]["stalled"]
     rows = [r for r in studies.get("scale", {}).get("rows", []) if "error" not in r]
     if rows:
         most = max(max(r["ssh_connections_per_host"].values(), default=0) for r in rows)
@@ -214,6 +223,10 @@ def _run_study(study: Study, link: Link | LinkUnavailable, quick: bool) -> dict[
 def _study_line(name: str, found: dict[str, Any]) -> str:
     if "error" in found:
         return f"  {name:<16} FAILED: {found['error']}"
+    if "longest_gap_s" in found:
+        return (
+            f"  {name:<16} longest gap {found['longest_gap_s']} s over {found['runs']} runs in {found['wall_s']:.0f} s"
+        )
     if "rows" in found:
         return f"  {name:<16} {len(found['rows'])} rows in {found['wall_s']:.0f} s"
     if "first_data_median_s" in found:
@@ -352,6 +365,9 @@ def _print_summary(
         if key in sections:
             print(f"\n{title}:")
             print(format_scale(sections[key]))
+    if "takeover" in sections:
+        print()
+        print(format_takeover(sections["takeover"]))
     if targets:
         print("\ntargets (issue 5):")
         for t in targets:
@@ -360,7 +376,7 @@ def _print_summary(
 
 def _study_results(sections: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     found = list(sections.get("launch", {}).items()) + list(sections.get("editor", {}).items())
-    for key in ("scale", "scale_openssh"):
+    for key in ("scale", "scale_openssh", "takeover"):
         if key in sections:
             found.append((key, sections[key]))
             found += [(key, row) for row in sections[key].get("rows", [])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zmq
 
 from ..forwarders import endpoint as forwarder_endpoint
+from ..forwarders import facing
 from ..launcher import WorkerLauncher
 from ..settings import Settings
 from .heartbeat import back_off
@@ -32,15 +33,15 @@ class ComSockets:
         host = s.forwarder_host
         # A forwarder in this process is reached in-process (no copies through the kernel).
         target, shared = forwarder_endpoint(host, s.ports.data_submit)
-        self.publish = self._make(zmq.PUB, shared or self.context)
+        self.publish = facing(self._make(zmq.PUB, shared or self.context))
         self.publish.linger = 1000  # what the worker sent last still reaches the forwarder
         self.publish.sndhwm = _PUB_SNDHWM
         self.publish.connect(target)
         # No ZMQ_MAXMSGSIZE on sockets that connect: one larger message would cut them off for good.
-        self.parameters_in = self._make(zmq.SUB)
+        self.parameters_in = facing(self._make(zmq.SUB))
         self.parameters_in.subscribe(self._parameters_topic)
         self.parameters_in.connect(f"tcp://{host}:{s.ports.parameters_publish}")
-        self.proof_of_life = self._make(zmq.PUB)
+        self.proof_of_life = facing(self._make(zmq.PUB))
         self.proof_of_life.connect(f"tcp://{host}:{s.ports.proof_of_life_submit}")
         self.data = self._make(zmq.PULL)
         self.data.rcvtimeo = int(CHORES_S * 1000)
