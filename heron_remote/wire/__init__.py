@@ -1,23 +1,62 @@
 """The wire format, owned here: :mod:`.codec` for one output's frames, :mod:`.frames` for whole
-messages on sockets. Documented in the README so that any pyzmq client can read it."""
+messages on sockets, :mod:`.bounded` for reading what anyone may send. Documented in the README
+so that any pyzmq client can read it.
 
-from .codec import IGNORE, ZERO_COPY_MIN, Meta, check_output, decode_output, encode_output, parse_meta
-from .frames import (
-    Packet,
-    PacketError,
-    check_packet,
-    decode_published,
-    packet_length,
-    packet_number,
-    parse_packet,
-    parse_time,
-    payload_slots,
-    publish,
-    read_published,
-    recv_message,
-    resync,
-    send_packet,
+Names load on first use: :mod:`.bounded` (what a status board or the CLI needs) imports no numpy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .codec import IGNORE, ZERO_COPY_MIN, Meta, check_output, decode_output, encode_output, parse_meta
+    from .frames import (
+        Packet,
+        PacketError,
+        check_packet,
+        decode_published,
+        packet_length,
+        packet_number,
+        parse_packet,
+        parse_time,
+        payload_slots,
+        publish,
+        read_published,
+        recv_message,
+        resync,
+        send_packet,
+    )
+
+_CODEC = ("IGNORE", "ZERO_COPY_MIN", "Meta", "check_output", "decode_output", "encode_output", "parse_meta")
+_FRAMES = (
+    "Packet",
+    "PacketError",
+    "check_packet",
+    "decode_published",
+    "packet_length",
+    "packet_number",
+    "parse_packet",
+    "parse_time",
+    "payload_slots",
+    "publish",
+    "read_published",
+    "recv_message",
+    "resync",
+    "send_packet",
 )
+_HOME = {**dict.fromkeys(_CODEC, ".codec"), **dict.fromkeys(_FRAMES, ".frames")}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'heron_remote.wire' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "IGNORE",
