@@ -20,18 +20,17 @@ import logging
 import os
 import selectors
 import socket
-import stat
 import struct
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import _paths
 from ._portowner import describe_process, listeners, socket_inodes
 from ._threads import KeptThread
 from ._version import __version__
-from .errors import ForwarderError
+from .errors import ForwarderError, UnsafePathError
 from .settings import ForwarderPorts
 
 __all__ = ["AVAILABLE", "PROTOCOL", "Hello", "HelloLink", "HelloServer", "lock", "private_dir", "say_hello"]
@@ -63,39 +62,13 @@ class Hello:
         return self.program or f"pid {self.pid}"
 
 
-def _is_private(path: Path) -> bool:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077 == 0
-
-
 def private_dir() -> Path:
-    """This account's folder for the forwarders' sockets and locks, made if missing."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and _is_private(Path(runtime)):
-        folder = Path(runtime) / "heron-remote"
-    else:
-        folder = Path(tempfile.gettempdir()) / f"heron-remote-{os.getuid()}"
+    """This account's private folder (:func:`heron_remote._paths.private_dir`), where forwarders
+    keep their sockets and locks; ForwarderError when it is not safe to use."""
     try:
-        folder.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise ForwarderError(f"cannot make {folder}, where forwarders say who they are: {exc.strerror}") from exc
-    if not _is_private(folder):
-        try:
-            st = os.lstat(folder)
-            what = f"owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}"
-        except OSError as exc:
-            what = exc.strerror or str(exc)
-        raise ForwarderError(
-            f"{folder} is not private to this account ({what}); forwarders say who they are there, so it must be "
-            "this account's own folder with mode 0700. Remove it (or, if another account made it, ask an "
-            "administrator to), or set XDG_RUNTIME_DIR to a folder only you can enter."
-        )
-    return folder
+        return _paths.private_dir()
+    except UnsafePathError as exc:
+        raise ForwarderError(f"forwarders say who they are in this account's private folder, and {exc}") from exc
 
 
 def socket_path(port: int) -> Path:
@@ -108,7 +81,7 @@ def lock(port: int, timeout: float) -> Iterator[None]:
     import fcntl
 
     path = private_dir() / f"forwarders-{port}.lock"
-    with open(path, "a") as held:
+    with open(_paths.open_private(path, os.O_RDWR | os.O_CREAT), "a") as held:
         deadline = time.monotonic() + timeout
         while True:
             try:

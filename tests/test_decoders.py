@@ -287,7 +287,7 @@ def test_every_status_field_has_a_kind_checked() -> None:
 
 def test_render_shows_no_terminal_escapes_from_a_status() -> None:
     raw = _status(node="\x1b[2Jcam", last_error="\x1b]0;owned\x07oops")
-    table = render({"x": SourceStatus.decode(raw)}, now=1700000000.0)
+    table = render({"x": SourceStatus.decode(raw)})
     assert "\x1b" not in table and "\x07" not in table and "?[2Jcam" in table
 
 

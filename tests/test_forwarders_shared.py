@@ -307,5 +307,5 @@ def test_a_private_folder_that_is_not_private_is_refused(
     planted = tmp_path / f"heron-remote-{os.getuid()}"
     planted.mkdir(mode=0o700)
     os.chown(planted, other_account.pw_uid, other_account.pw_gid)
-    with pytest.raises(ForwarderError, match=rf"{planted} is not private to this account \(owner uid "):
+    with pytest.raises(ForwarderError, match=rf"refusing to use {planted}: it belongs to another account \(uid "):
         Forwarders(ports=free_fixed_ports()).start()

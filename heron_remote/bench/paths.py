@@ -62,7 +62,7 @@ def measure_stream(name: str, plan: Plan, open_stream: StreamOpener) -> Result:
 _NOISY = {
     "heron_remote.source": logging.ERROR,
     "heron_remote.ssh.sshtunnel_backend": logging.CRITICAL,
-    "paramiko.transport": logging.CRITICAL,
+    "heron_remote.ssh.paramiko": logging.CRITICAL,
 }
 
 

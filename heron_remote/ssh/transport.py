@@ -29,8 +29,26 @@ logger = logging.getLogger(__name__)
 #: slower, because paramiko re-slices its receive buffer on every read.
 WINDOW_SIZE = 8 * 1024 * 1024
 MAX_PACKET_SIZE = 128 * 1024
+#: paramiko's own log lines for our transports go here, not to "paramiko.transport".
+PARAMIKO_LOG = "heron_remote.ssh.paramiko"
 #: Fastest first: AES-GCM beats AES-CTR + HMAC where the CPU has AES-NI.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+
+
+class _ExpectedRefusals(logging.Filter):
+    """paramiko logs a refused forward as an ERROR. For us it is expected -- a tunnel's client
+    (ZeroMQ, reconnecting) reaching a worker that has just ended, before its com has seen the end
+    -- and accounted for: the com reports the worker's end itself. So it is DEBUG here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "open FAILED: Connection refused" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_paramiko_log = logging.getLogger(PARAMIKO_LOG)
+_paramiko_log.addFilter(_ExpectedRefusals())
 
 
 class WatchedSocket:
@@ -65,6 +83,7 @@ def connect(
     transport = paramiko.Transport(
         WatchedSocket(sock), default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
     )
+    transport.set_log_channel(PARAMIKO_LOG)
     try:
         _handshake(transport, server, timeout=max(1.0, timeout - (time.monotonic() - started)))
         authenticate(transport, server, username)
