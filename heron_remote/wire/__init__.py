@@ -30,29 +30,14 @@ if TYPE_CHECKING:
     )
 
 _CODEC = ("IGNORE", "ZERO_COPY_MIN", "Meta", "check_output", "decode_output", "encode_output", "parse_meta")
-_FRAMES = (
-    "Packet",
-    "PacketError",
-    "check_packet",
-    "decode_published",
-    "packet_length",
-    "packet_number",
-    "parse_packet",
-    "parse_time",
-    "payload_slots",
-    "publish",
-    "read_published",
-    "recv_message",
-    "resync",
-    "send_packet",
-)
-_HOME = {**dict.fromkeys(_CODEC, ".codec"), **dict.fromkeys(_FRAMES, ".frames")}
+#: Where each name lives: :mod:`.codec` for these, :mod:`.frames` for the rest of ``__all__``.
+_CODEC_NAMES = frozenset(_CODEC)
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
+    if name not in __all__:
         raise AttributeError(f"module 'heron_remote.wire' has no attribute {name!r}")
+    home = ".codec" if name in _CODEC_NAMES else ".frames"
     value = getattr(importlib.import_module(home, __name__), name)
     globals()[name] = value
     return value

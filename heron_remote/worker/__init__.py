@@ -18,7 +18,7 @@ ends itself, after ``end_of_life_function``, when its com's pulses stop for
 and on SIGTERM or SIGINT.
 """
 
-from .life import (
+from .._protocol import (
     EXIT_BAD_START,
     EXIT_ENDED_OUTSIDE,
     EXIT_HELD,

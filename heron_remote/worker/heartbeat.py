@@ -10,10 +10,9 @@ from collections.abc import Callable
 import zmq
 
 from .._drops import Drops
-from .._protocol import liveness, parse_pulse
+from .._protocol import EXIT_NO_HEARTBEAT, liveness, parse_pulse
 from ..errors import DecodeError
 from ..wire.bounded import PULSE_MAX_BYTES
-from .life import EXIT_NO_HEARTBEAT
 
 __all__ = ["WorkerHeartbeat"]
 

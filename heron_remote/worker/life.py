@@ -19,27 +19,10 @@ from typing import Any, NoReturn, Protocol
 import zmq
 
 from .. import _records as records
-from .._protocol import (
-    EXIT_BAD_START,
-    EXIT_ENDED_OUTSIDE,
-    EXIT_HELD,
-    EXIT_NO_HEARTBEAT,
-    EXIT_OK,
-    EXIT_ORPHANED,
-    EXIT_WORK_FAILED,
-)
+from .._protocol import EXIT_ENDED_OUTSIDE, EXIT_NO_HEARTBEAT, EXIT_OK, EXIT_ORPHANED
 from .._threads import KeptThread
 
-__all__ = [
-    "EXIT_BAD_START",
-    "EXIT_ENDED_OUTSIDE",
-    "EXIT_HELD",
-    "EXIT_NO_HEARTBEAT",
-    "EXIT_OK",
-    "EXIT_ORPHANED",
-    "EXIT_WORK_FAILED",
-    "WorkerLife",
-]
+__all__ = ["WorkerLife"]
 
 logger = logging.getLogger("heron_remote.worker")
 

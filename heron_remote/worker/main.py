@@ -10,10 +10,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from .._protocol import WorkerArgs
+from .._protocol import EXIT_BAD_START, EXIT_HELD, EXIT_WORK_FAILED, WorkerArgs
 from .._streams import guard_std_streams
 from ..errors import NodeHeldError, UnsafePathError
-from .life import EXIT_BAD_START, EXIT_HELD, EXIT_WORK_FAILED
 from .runtime import SourceWorker
 
 __all__ = ["pin_to_cpu", "run_worker", "start_the_source_worker_process"]

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import zmq
 
 from .._drops import Drops
-from .._protocol import DATA_HWM_RANGE, ReadyLine
+from .._protocol import DATA_HWM_RANGE, EXIT_BAD_START, EXIT_WORK_FAILED, ReadyLine
 from .._threads import KeptThread
 from .._verbosity import NO_RELIC
 from .._version import __version__
@@ -28,7 +28,7 @@ from ..wire import encode_output, send_packet
 from ..wire.bounded import PARAMETERS_MAX_BYTES, read_json
 from .control import ComControl
 from .heartbeat import WorkerHeartbeat
-from .life import EXIT_BAD_START, EXIT_WORK_FAILED, WorkerLife
+from .life import WorkerLife
 
 __all__ = ["SourceWorker"]
 
