@@ -5,5 +5,5 @@ set -eu
 rm -f /etc/ssh/ssh_host_*
 ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 cp /etc/ssh/ssh_host_ed25519_key.pub "/keys/$(hostname).pub"
-exec python -m heron_remote.testing.control "/control/$(hostname).sock" \
+exec python -m heron_remote.testing "/control/$(hostname).sock" \
     --host-key /etc/ssh/ssh_host_ed25519_key --authorized-keys /keys/authorized_keys

@@ -3,7 +3,8 @@
 The multi-host tests cut a host's links, kill and restart its sshd, add a user with a password,
 hold a port on it and read its processes. Namespace hosts share this machine, so the tests do it
 directly; a docker-compose acquisition host runs this service instead (``python -m
-heron_remote.testing.control SOCKET``), which also runs the host's sshd.
+heron_remote.testing SOCKET``), which also runs the host's sshd. The host is the service's network
+namespace: its links, and the processes in it (in a container, all of them).
 
 It listens on a Unix socket in a volume that only the rig and the acquisition hosts mount (mode
 0600, root's; peers other than root are refused), not on the network, so that it stays reachable
@@ -42,11 +43,14 @@ def _run(*cmd: str, stdin: str | None = None) -> None:
 
 
 def _cmdlines() -> dict[int, bytes]:
+    """The command line of each process of this host: those in this process's network namespace."""
+    ours = os.readlink("/proc/self/ns/net")
     found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError):
-                found[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes()
+                if os.readlink(f"/proc/{entry}/ns/net") == ours:
+                    found[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes()
     return found
 
 
@@ -157,8 +161,11 @@ class ControlServer:
                 result = {str(pid): line.decode("latin-1") for pid, line in _cmdlines().items()}
             else:
                 raise RuntimeError(f"unknown op {op!r}")
+        except RuntimeError as exc:  # ours, already saying what failed
+            self._reply(stream, error=str(exc))
+            return
         except Exception as exc:  # the client gets the reason; the service goes on
-            self._reply(stream, error=f"{op}: {type(exc).__name__}: {exc}")
+            self._reply(stream, error=f"{type(exc).__name__}: {exc}")
             return
         self._reply(stream, result=result)
 
@@ -245,7 +252,9 @@ class ControlClient:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Control service of a docker-compose acquisition host.")
+    parser = argparse.ArgumentParser(
+        prog="python -m heron_remote.testing", description="Control service of a docker-compose acquisition host."
+    )
     parser.add_argument("socket", type=Path, help="the Unix socket to listen on")
     parser.add_argument("--host-key", type=Path, default=Path("/etc/ssh/ssh_host_ed25519_key"))
     parser.add_argument("--authorized-keys", type=Path, default=Path("/keys/authorized_keys"))
@@ -255,7 +264,3 @@ def main(argv: list[str] | None = None) -> None:
     ControlServer(
         args.socket, host_key=args.host_key, authorized_keys=args.authorized_keys, workdir=args.workdir
     ).serve_forever()
-
-
-if __name__ == "__main__":
-    main()
