@@ -37,6 +37,10 @@ class Service:
         code = f"import socket\ntry:\n socket.create_connection(('127.0.0.1',{port}),1)\nexcept OSError:\n exit(1)"
         return self.in_ns(code).returncode == 0
 
+    def one_sshd(self) -> None:
+        """Wait until the listener is the only sshd (a probe's connection leaves a process a moment)."""
+        wait_until(lambda: len(self.sshd_pids()) == 1, 10, "one sshd, the listener", interval=0.1)
+
     def sshd_pids(self) -> list[int]:
         """The host's sshd processes (the listener retitles itself "sshd: /usr/sbin/sshd ... [listener] ...")."""
         return [pid for pid, line in self.client.processes().items() if line.startswith((b"sshd", b"/usr/sbin/sshd"))]
@@ -69,6 +73,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
         )  # fmt: skip
         service = Service(netns, ControlClient(sock, timeout=20), tmp_path / "work")
         wait_until(lambda: service.listens(22), 20, "the service's sshd", interval=0.2)
+        service.one_sshd()
         yield service
     finally:
         if proc is not None:
@@ -81,17 +86,30 @@ def service(tmp_path: Path) -> Iterator[Service]:
 
 
 def test_sshd_is_killed_with_its_sessions_and_started_again_with_passwords_when_asked(service: Service) -> None:
-    listener = service.sshd_pids()
-    assert len(listener) == 1
-    assert service.client.call("kill_sshd") == 1
+    assert len(service.sshd_pids()) == 1
+    session = subprocess.Popen(  # a connection of a client, not yet logged in: sshd forks a process for it
+        ["ip", "netns", "exec", service.netns, sys.executable, "-c",
+         "import socket,time\ns=socket.create_connection(('127.0.0.1',22))\ns.recv(100)\nprint('in',flush=True)\n"
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert session.stdout is not None and session.stdout.readline() == "in\n"
+        assert len(service.sshd_pids()) == 2
+        assert service.client.call("kill_sshd") == 2  # the listener and the session's process
+    finally:
+        session.kill()
+        session.wait(5)
     assert not service.listens(22) and service.sshd_pids() == []
     service.client.call("start_sshd", password=True)
-    assert service.listens(22) and len(service.sshd_pids()) == 1
+    assert service.listens(22)
+    service.one_sshd()
     config = (service.workdir / "sshd_config").read_text()
     assert "PasswordAuthentication yes" in config and "PermitRootLogin yes" in config
     service.client.call("start_sshd")
     assert "PasswordAuthentication no" in (service.workdir / "sshd_config").read_text()
-    assert service.listens(22) and len(service.sshd_pids()) == 1  # the password one was stopped
+    assert service.listens(22)
+    service.one_sshd()  # the password one was stopped
     service.client.call("stop_sshd")
     assert not service.listens(22)
 

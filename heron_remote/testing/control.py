@@ -128,13 +128,14 @@ class ControlServer:
     # -- serving
 
     def handle(self, conn: socket.socket) -> None:
-        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[2]
+        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         stream = conn.makefile("rwb")
+        line = stream.readline()  # read first: the client gets the refusal, not a broken pipe
         if uid != 0:
             self._reply(stream, error=f"only root may control this host (peer uid {uid})")
             return
         try:
-            request = json.loads(stream.readline())
+            request = json.loads(line)
             op = request.pop("op")
         except (ValueError, KeyError, AttributeError) as exc:
             self._reply(stream, error=f"a request is one JSON object with an 'op': {exc}")
