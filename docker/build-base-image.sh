@@ -49,7 +49,7 @@ print("\n".join([*build, *project["dependencies"], *project["optional-dependenci
 PY
 )
 python3 -m pip download -q --disable-pip-version-check --python-version 3.11 --only-binary=:all: \
-    -d "$root/tmp/wheels" "${deps[@]}"
+    -d "$root/tmp/wheels" "${deps[@]}" >"$work/pip.log" 2>&1 || { tail -n 30 "$work/pip.log" >&2; exit 1; }
 mount -t proc proc "$root/proc"
 # A clean environment in there: this machine's pip settings name its own paths.
 in_root() { env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$root" "$@"; }
