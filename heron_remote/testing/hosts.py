@@ -97,6 +97,8 @@ class Host:
 class AcqHosts:
     """Hosts acq1..acqN and a registry for them (``registry``: the ssh_info.json path)."""
 
+    shares_files = True  # the hosts see this machine's files
+
     def __init__(self, workdir: Path, count: int = 2, *, mode: str | None = None) -> None:
         """``mode``: "namespace", "loopback", or None for namespaces where they can be made."""
         if mode not in (None, "namespace", "loopback"):
@@ -220,8 +222,6 @@ class AcqHosts:
         }
         self.registry.write_text(json.dumps(servers, indent=2))
         return self.registry
-
-    shares_files = True  # the hosts see this machine's files
 
     @property
     def can_control(self) -> bool:
