@@ -1,16 +1,9 @@
 #!/bin/sh
-# An acquisition PC: a fresh host key, published for the rig; the rig's user key authorised; sshd.
+# An acquisition PC: a fresh host key, published for the rig; then its control service (a Unix socket
+# in the control volume, for the tests that cut its link, restart its sshd or add a user), which runs sshd.
 set -eu
 rm -f /etc/ssh/ssh_host_*
 ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 cp /etc/ssh/ssh_host_ed25519_key.pub "/keys/$(hostname).pub"
-cat > /etc/ssh/sshd_config.d/heron-remote.conf <<CONF
-HostKey /etc/ssh/ssh_host_ed25519_key
-AuthorizedKeysFile /keys/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-MaxSessions 100
-MaxStartups 100
-CONF
-exec /usr/sbin/sshd -D -e
+exec python -m heron_remote.testing "/control/$(hostname).sock" \
+    --host-key /etc/ssh/ssh_host_ed25519_key --authorized-keys /keys/authorized_keys

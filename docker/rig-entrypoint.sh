@@ -14,10 +14,13 @@ for host in acq1 acq2; do
     done
     echo "$host $(cut -d' ' -f1,2 "/keys/$host.pub")" >> /keys/known_hosts
 done
+# The PCs run the same image: the interpreter that has heron_remote here has it there (an SSH login's
+# PATH may find another python3 first).
+python=$(command -v python3)
 cat > /keys/ssh_info.json <<JSON
 {"0": {"Name": "acq1", "IP": "acq1", "Port": 22, "username": "root", "password": "None",
-       "key_file": "/keys/id_ed25519", "known_hosts": "/keys/known_hosts"},
+       "key_file": "/keys/id_ed25519", "known_hosts": "/keys/known_hosts", "python": "$python"},
  "1": {"Name": "acq2", "IP": "acq2", "Port": 22, "username": "root", "password": "None",
-       "key_file": "/keys/id_ed25519", "known_hosts": "/keys/known_hosts"}}
+       "key_file": "/keys/id_ed25519", "known_hosts": "/keys/known_hosts", "python": "$python"}}
 JSON
 exec "$@"

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import paramiko
 
 from heron_remote import ForwarderPorts, Settings
 from heron_remote.examples import SYNTHETIC_CAMERA
@@ -33,6 +37,10 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+#: Why a test that cuts links, restarts sshd or adds users on a host is skipped (never in CI).
+NO_CONTROL = "needs hosts this run controls (namespaces as root, or compose with $HERON_REMOTE_TEST_CONTROL)"
 
 
 def pid_alive(pid: int) -> bool:
@@ -216,3 +224,52 @@ def readme_row(error: BaseException) -> str | None:
         if kind == type(error).__name__ and any(p.search(str(error)) for p in patterns):
             return advice
     return None
+
+
+def put_tree(acq: object, name: str, path: Path) -> None:
+    """The files under ``path`` at the same path on host ``name`` (over sftp), as a user copies a node's
+    files to the PC; nothing to do for hosts that share this machine's files (namespaces)."""
+    if getattr(acq, "shares_files", True):
+        return
+    with _sftp(acq, name) as sftp:
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for i in range(2, len(Path(folder).parts) + 1):
+                with contextlib.suppress(OSError):  # there already
+                    sftp.mkdir(str(Path(*Path(folder).parts[:i])))
+            for file in files:
+                sftp.put(os.path.join(folder, file), os.path.join(folder, file))
+
+
+def get_tree(acq: object, name: str, path: Path) -> None:
+    """The files under ``path`` on host ``name`` copied to the same path here (what its worker wrote there);
+    nothing to do for hosts that share this machine's files."""
+    if getattr(acq, "shares_files", True):
+        return
+    with _sftp(acq, name) as sftp:
+        pending = [str(path)]
+        while pending:
+            folder = pending.pop()
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            for entry in sftp.listdir_attr(folder):
+                remote = f"{folder}/{entry.filename}"
+                if stat.S_ISDIR(entry.st_mode or 0):
+                    pending.append(remote)
+                else:
+                    sftp.get(remote, remote)
+
+
+@contextlib.contextmanager
+def _sftp(acq: object, name: str) -> Iterator[paramiko.SFTPClient]:
+    """An SFTP session on host ``name`` (of ``acq.registry``), over our connection to it."""
+    from heron_remote.ssh import HostConnection, Registry
+
+    conn = HostConnection.acquire(Registry.load(acq.registry).get(name))  # type: ignore[attr-defined]
+    try:
+        sftp = paramiko.SFTPClient.from_transport(conn.wait_transport(10))
+        try:
+            yield sftp
+        finally:
+            sftp.close()
+    finally:
+        conn.release()

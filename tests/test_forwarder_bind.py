@@ -15,7 +15,7 @@ from heron_remote.testing import AcqHosts, ExternalHosts
 
 from .helpers import CAMERA, PYTHON
 
-pytestmark = pytest.mark.multihost
+# Not a multi-host test: the rig's own interfaces, with a namespace as another LAN host (the venv run has them).
 Hosts = AcqHosts | ExternalHosts
 
 #: Run in a LAN host's namespace: connect to a forwarder's publish port, print the first topic heard.

@@ -29,9 +29,11 @@ from heron_remote.testing import AcqHosts, ExternalHosts
 from .helpers import (
     com_env,
     free_port_group,
+    get_tree,
     listening_address,
     on_host,
     pid_alive,
+    put_tree,
     remote_alive,
     wait_until,
 )
@@ -90,6 +92,10 @@ def test_the_editor_starts_feeds_and_stops_a_ported_heron_node(
         local_id, remote_id = "1", next(k for k, v in registry.items() if v["Name"] == where)
     relic_dir = tmp_path / "state"
     relic_dir.mkdir()
+    if where != "local":
+        # The node's files where the editor says they are, on the PC too (README: "Where it runs").
+        put_tree(acq, where, tree)
+        put_tree(acq, where, relic_dir)
     port = free_port_group(offset=7)
     data = zmq.Context.instance().socket(zmq.SUB)  # a downstream node, subscribed before the source starts
     data.linger = 0
@@ -142,7 +148,9 @@ def test_the_editor_starts_feeds_and_stops_a_ported_heron_node(
         data.close()
         print((tmp_path / "com.log").read_text(errors="replace")[-3000:])
 
-    # The saved node state, where and as Heron writes it.
+    # The saved node state, where and as Heron writes it (by the worker: on the PC).
+    if where != "local":
+        get_tree(acq, where, relic_dir)
     folder = relic_dir / NODE
     parameters = pd.read_pickle(folder / "Parameters.df")
     assert list(parameters.columns) == ["DateTime", "WorkerIndex", "visualisation_on", "step", "label"]

@@ -7,7 +7,9 @@ host is an sshd on a loopback port instead. Everything is removed on close.
 
 The hosts are written to a server registry (ssh_info.json) with the names acq1, acq2...;
 tests that get their hosts from ``$HERON_REMOTE_TEST_SSH_INFO`` (docker-compose) use
-that registry instead and create nothing.
+that registry instead and create nothing. With ``$HERON_REMOTE_TEST_CONTROL`` too, a folder
+with each host's control socket (:mod:`.control`), the tests control those hosts as they
+control namespace hosts: links, sshd, users, ports, processes.
 
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -23,17 +26,26 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._procs import stop_child
+from ._sshd import SSHD, sshd_config_text, wait_port
+from .control import ControlClient
 
-__all__ = ["AcqHosts", "ExternalHosts", "Host", "acquisition_hosts", "namespaces_possible"]
+__all__ = [
+    "CONTROL_ENV_VAR",
+    "ENV_VAR",
+    "AcqHosts",
+    "ExternalHosts",
+    "Host",
+    "acquisition_hosts",
+    "namespaces_possible",
+]
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 ENV_VAR = "HERON_REMOTE_TEST_SSH_INFO"
+CONTROL_ENV_VAR = "HERON_REMOTE_TEST_CONTROL"
 
 
 def _run(*cmd: str) -> None:
@@ -50,18 +62,6 @@ def namespaces_possible() -> bool:
         return False
     _run("ip", "netns", "del", probe)
     return True
-
-
-def _wait_port(host: str, port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"sshd on {host}:{port} did not come up within {timeout} s") from None
-            time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -97,6 +97,8 @@ class Host:
 
 class AcqHosts:
     """Hosts acq1..acqN and a registry for them (``registry``: the ssh_info.json path)."""
+
+    shares_files = True  # the hosts see this machine's files
 
     def __init__(self, workdir: Path, count: int = 2, *, mode: str | None = None) -> None:
         """``mode``: "namespace", "loopback", or None for namespaces where they can be made."""
@@ -161,12 +163,14 @@ class AcqHosts:
         (hdir / "authorized_keys").write_text((self.user_key.with_suffix(".pub")).read_text())
         config = hdir / "sshd_config"
         config.write_text(
-            f"ListenAddress {host.address}\nPort {host.port}\nHostKey {hdir / 'host_key'}\n"
-            f"PidFile {hdir / 'sshd.pid'}\nAuthorizedKeysFile {hdir / 'authorized_keys'}\n"
-            f"PermitRootLogin {'yes' if password else 'prohibit-password'}\n"
-            f"PasswordAuthentication {'yes' if password else 'no'}\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            "MaxSessions 100\nMaxStartups 100\nLogLevel INFO\nSubsystem sftp internal-sftp\n"
+            sshd_config_text(
+                address=host.address,
+                port=host.port,
+                host_key=hdir / "host_key",
+                pid_file=hdir / "sshd.pid",
+                authorized_keys=hdir / "authorized_keys",
+                password=password,
+            )
         )
         return config
 
@@ -180,7 +184,7 @@ class AcqHosts:
         log = open(self.workdir / host.name / "sshd.log", "ab")  # noqa: SIM115 - handed to the process
         host.sshd = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
-        _wait_port(host.address, host.port)
+        wait_port(host.address, host.port)
 
     def stop_sshd(self, host: Host) -> None:
         if host.sshd is not None:
@@ -222,8 +226,51 @@ class AcqHosts:
 
     @property
     def can_control(self) -> bool:
-        """True when this process runs the hosts' sshd (and so can stop them, or cut links)."""
-        return True
+        """True when the hosts' links can be cut, their sshd killed, users added and ports held."""
+        return self.mode == "namespace"
+
+    def set_link(self, host: Host, *, up: bool) -> None:
+        """The host's end of its link down (a cable pulled) or up again."""
+        if not host.netns:
+            raise RuntimeError("cutting a link needs network namespaces")
+        _run("ip", "-n", host.netns, "link", "set", "eth0", "up" if up else "down")
+
+    def processes(self, host: Host) -> dict[int, bytes]:
+        """The command line of each process in the host's namespace."""
+        found = {}
+        for pid in self.netns_pids(host):
+            with contextlib.suppress(OSError):
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return found
+
+    def add_user(self, host: Host, name: str, password: str) -> None:
+        """A user with a password; namespace hosts share this machine's users."""
+        _run("useradd", "-M", "-s", "/bin/sh", name)
+        # chpasswd reads the secret from stdin: it never sits in an argv either.
+        subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True, capture_output=True)
+
+    def remove_user(self, host: Host, name: str) -> None:
+        subprocess.run(["userdel", name], capture_output=True, timeout=30)
+
+    @contextlib.contextmanager
+    def hold_port(self, host: Host, port: int) -> Iterator[None]:
+        """Port ``port`` of the host's loopback bound by another process, while the block runs."""
+        if not host.netns:
+            raise RuntimeError("holding a port on a host needs network namespaces")
+        holder = subprocess.Popen(
+            ["ip", "netns", "exec", host.netns, sys.executable, "-c",
+             f"import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',{port}))\ns.listen()\n"
+             "print('held',flush=True)\ntime.sleep(600)"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert holder.stdout is not None
+            if holder.stdout.readline().strip() != "held":
+                raise RuntimeError(f"could not hold port {port} on {host.name}")
+            yield
+        finally:
+            holder.kill()
+            holder.wait(5)
 
     def silent_address(self) -> str:
         """An address on a live link where no machine answers, like a PC that is switched off.
@@ -267,14 +314,73 @@ class AcqHosts:
 
 
 class ExternalHosts:
-    """Hosts someone else runs (docker-compose): only their registry is known."""
+    """Hosts someone else runs (docker-compose): their registry, and their control sockets if given.
+
+    ``control``: a folder with a Unix socket ``NAME.sock`` of each host's control service
+    (:mod:`.control`); without it the hosts can only be used, not controlled.
+    """
 
     mode = "external"
-    can_control = False
+    shares_files = False
 
-    def __init__(self, registry: str) -> None:
+    def __init__(self, registry: str, control: str | None = None) -> None:
         self.registry = Path(registry)
-        self.hosts: list[Host] = []
+        self.control = Path(control) if control else None
+        self.hosts = [
+            Host(entry["Name"], entry["IP"], int(entry.get("Port", 22)), None)
+            for entry in json.loads(self.registry.read_text()).values()
+        ]
+
+    @property
+    def can_control(self) -> bool:
+        return self.control is not None
+
+    def _client(self, host: Host) -> ControlClient:
+        if self.control is None:
+            raise RuntimeError(f"no control of {host.name}: set ${CONTROL_ENV_VAR} to its control sockets' folder")
+        return ControlClient(self.control / f"{host.name}.sock")
+
+    def set_link(self, host: Host, *, up: bool) -> None:
+        self._client(host).call("link", up=up)
+
+    def start_sshd(self, host: Host, *, password: bool = False) -> None:
+        self._client(host).call("start_sshd", password=password)
+
+    def stop_sshd(self, host: Host) -> None:
+        self._client(host).call("stop_sshd")
+
+    def kill_sshd(self, host: Host) -> int:
+        return int(self._client(host).call("kill_sshd"))
+
+    def processes(self, host: Host) -> dict[int, bytes]:
+        return self._client(host).processes()
+
+    def add_user(self, host: Host, name: str, password: str) -> None:
+        self._client(host).call("add_user", name=name, password=password)
+
+    def remove_user(self, host: Host, name: str) -> None:
+        self._client(host).call("remove_user", name=name)
+
+    def hold_port(self, host: Host, port: int) -> contextlib.AbstractContextManager[None]:
+        return self._client(host).hold(port)
+
+    def silent_address(self) -> str:
+        """An address on the hosts' network where no machine answers, like a PC that is switched off.
+
+        The top of the subnet this machine shares with the first host: the engine hands out
+        addresses from the bottom.
+        """
+        target = ipaddress.ip_address(socket.gethostbyname(self.hosts[0].address))
+        taken = {ipaddress.ip_address(socket.gethostbyname(h.address)) for h in self.hosts}
+        out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
+        for found in re.findall(r"inet (\S+)", out):
+            ours = ipaddress.ip_interface(found)
+            if target in ours.network:
+                silent = ours.network.broadcast_address - 1
+                if silent in taken or silent == ours.ip:
+                    break
+                return str(silent)
+        raise RuntimeError(f"no free address beside {target} on this machine's links")
 
     def close(self) -> None:
         pass
@@ -282,4 +388,4 @@ class ExternalHosts:
 
 def acquisition_hosts(workdir: Path) -> AcqHosts | ExternalHosts:
     registry = os.environ.get(ENV_VAR)
-    return ExternalHosts(registry) if registry else AcqHosts(workdir)
+    return ExternalHosts(registry, os.environ.get(CONTROL_ENV_VAR)) if registry else AcqHosts(workdir)
