@@ -48,7 +48,7 @@ def test_frames_are_exactly_what_the_camera_made_and_parameters_change_it(settin
     ids=["script", "interpreter+script", "python+script", "python -m module"],
 )
 def test_worker_exec_forms(worker_exec: str, settings: Settings) -> None:
-    outputs = ("Frame",) if "-m" in worker_exec else ("Counter", "Echo")
+    outputs = ("Frame",) if " -m " in worker_exec else ("Counter", "Echo")
     with Source(worker_exec, outputs=outputs, parameters={"shape": [4, 4], "ok": True}, settings=settings) as src:
         frame = next(iter(src.frames(timeout=5)))
         assert frame.index >= 1 and len(frame.arrays) == len(outputs)
