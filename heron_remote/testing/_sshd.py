@@ -23,6 +23,9 @@ def sshd_config_text(
         f"PasswordAuthentication {'yes' if password else 'no'}\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
         "MaxSessions 100\nMaxStartups 100\nLogLevel INFO\nSubsystem sftp internal-sftp\n"
+        # The key logs in root only, as on a PC where only the lab account has it: any other user
+        # (a test's wrong user name, a test's password user) is refused the key.
+        "Match User *,!root\n    AuthorizedKeysFile none\n"
     )
 
 
