@@ -17,7 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Identity", "cmdline", "end_group", "end_process", "group_members", "identify", "stop_child"]
+__all__ = [
+    "Identity",
+    "cmdline",
+    "end_group",
+    "end_process",
+    "group_members",
+    "identify",
+    "stop_child",
+    "write_stdin",
+]
 
 _PROC = Path("/proc")
 
@@ -177,6 +186,19 @@ def end_group(pgid: int, grace: float, run: Runner = subprocess.run) -> bool:
         if _wait_empty(pgid, wait):
             return True
     return False
+
+
+def write_stdin(proc: subprocess.Popen[str] | None, text: str) -> bool:
+    """Write ``text`` to a child's stdin pipe; False when there is none or it is closed (the child is gone)."""
+    stdin = proc.stdin if proc is not None else None
+    if stdin is None:
+        return False
+    try:
+        stdin.write(text)
+        stdin.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def stop_child(proc: subprocess.Popen, grace: float = 3.0) -> None:

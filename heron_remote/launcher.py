@@ -24,7 +24,7 @@ from typing import IO
 
 from ._logging import NodeLogger
 from ._output import WorkerOutput
-from ._procs import group_members
+from ._procs import group_members, write_stdin
 from ._protocol import EXIT_HELD, EXIT_MEANINGS, STOP_LINE, ReadyLine, WorkerArgs
 from ._threads import KeptThread
 from .errors import ConfigError, NodeHeldError, WorkerError, WorkerExitedError, WorkerStartError
@@ -339,15 +339,7 @@ class LocalLauncher(WorkerLauncher):
         return self._proc.pid if self._proc else None
 
     def _tell(self, line: str) -> bool:
-        stdin = self._proc.stdin if self._proc is not None else None
-        if stdin is None:
-            return False
-        try:
-            stdin.write(line)
-            stdin.flush()
-        except (OSError, ValueError):
-            return False
-        return True
+        return write_stdin(self._proc, line)
 
     def returncode(self) -> int | None:
         return None if self._proc is None else self._proc.poll()

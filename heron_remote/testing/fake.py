@@ -13,6 +13,7 @@ import sys
 import threading
 from typing import IO
 
+from .._procs import write_stdin
 from .._threads import KeptThread
 from ..errors import HostUnreachableError
 from ..ssh.link import TextSink
@@ -91,15 +92,7 @@ class FakeProcess:
         self.settle(5)
 
     def send(self, text: str) -> bool:
-        stdin = self._proc.stdin
-        if stdin is None or self._lost.is_set():
-            return False
-        try:
-            stdin.write(text)
-            stdin.flush()
-        except (OSError, ValueError):
-            return False
-        return True
+        return not self._lost.is_set() and write_stdin(self._proc, text)
 
 
 class FakeHost:
