@@ -221,11 +221,15 @@ def test_when_something_else_takes_the_ports_in_between_the_source_stops_with_th
 def test_forwarders_of_a_suspended_script_are_named_not_waited_for() -> None:
     with Rig() as rig:
         left = rig.start("left")[0]
+        assert left.owner  # it runs the forwarders
         left.proc.send_signal(signal.SIGSTOP)  # Ctrl-Z
         try:
             source = Source(CAMERA, settings=Settings(ports=rig.ports, **_FAST))
-            with pytest.raises(ForwarderError) as caught:
-                source.start()
+            try:
+                with pytest.raises(ForwarderError) as caught:
+                    source.start()
+            finally:
+                source.close()  # should it have started, its name must not outlive this test
             message = str(caught.value)
             assert f"the forwarders of pid {left.pid} (" in message and "did not say who they are within" in message
             assert "is that script suspended (Ctrl-Z)? Let it run again (fg), or end it" in message
