@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import paths, raw
+from . import heron_layout, paths, raw
 from .editor import editor_flow, format_editor_flow
 from .launch import format_launch, launch_latency
 from .links import LOCAL, LOOPBACK, NAMESPACE, Link, LinkUnavailable, open_links
@@ -73,6 +73,11 @@ def _measurements() -> list[Measurement]:
     for link in (NAMESPACE, LOOPBACK):
         bases = (f"openssh-{link}", f"openssh-gcm-{link}", f"path-{link}")
         found.append(Measurement(f"path-{link}-openssh", link, paths.whole_path_openssh, bases))
+    # Heron's layout: the com, the forwarders and the subscriber each a process (heron_layout.py).
+    found.append(Measurement("heron-local", LOCAL, heron_layout.heron_layout, ("zmq", "path-local")))
+    for suffix in heron_layout.VARIANTS:
+        name = f"heron-{NAMESPACE}" + (f"-{suffix}" if suffix else "")
+        found.append(Measurement(name, NAMESPACE, heron_layout.heron_layout, (f"path-{NAMESPACE}", "zmq")))
     return found
 
 
@@ -171,6 +176,10 @@ def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[
         ("path-local >= 0.5 x zmq (1 MiB)", ratio.get(("path-local", "zmq", MIB)), 0.5),
         ("path-local >= 50000 msg/s (64 B)", rate.get(("path-local", 64)), 50_000),
     ]
+    wanted.append(("heron-local >= 0.5 x zmq (1 MiB)", ratio.get(("heron-local", "zmq", MIB)), 0.5))
+    for suffix in heron_layout.VARIANTS:
+        name = f"heron-{NAMESPACE}" + (f"-{suffix}" if suffix else "")
+        wanted.append((f"{name} >= 0.8 x path-{NAMESPACE} (1 MiB)", ratio.get((name, f"path-{NAMESPACE}", MIB)), 0.8))
     for link in (NAMESPACE, LOOPBACK):
         wanted += [
             (
