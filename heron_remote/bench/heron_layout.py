@@ -34,7 +34,7 @@ from ..settings import ForwarderPorts, Settings
 from ..wire import ZERO_COPY_MIN
 from . import heron_com
 from .links import Link
-from .paths import WORKER, Stream, measure_stream, path_plan
+from .paths import WORKER, Stream, StreamOpener, measure_stream, path_plan
 from .protocol import Plan, Result
 from .takeover import free_fixed_ports
 
@@ -101,7 +101,7 @@ class ForwardersProcess:
         self.close()
 
 
-def heron_stream(link: Link, notes: dict[str, Any], *, pids: dict[str, int] | None = None):  # noqa: ANN201
+def heron_stream(link: Link, notes: dict[str, Any], *, pids: dict[str, int] | None = None) -> StreamOpener:
     """A StreamOpener for Heron's layout with the bench worker on ``link`` (``local``: this machine).
 
     ``pids``, when given, receives the pids of the forwarders and the com (for a profiler).
@@ -146,14 +146,16 @@ def heron_stream(link: Link, notes: dict[str, Any], *, pids: dict[str, int] | No
             timeout_ms = int(plan.idle_timeout_s * 1000)
 
             def payloads() -> Iterator[Any]:
-                recv = sub.recv_multipart
+                # As any pyzmq client would read a camera's frames: whole messages, large payloads uncopied.
                 while True:
                     if not sub.poll(timeout_ms):
                         raise TimeoutError(
                             f"no data for {plan.idle_timeout_s:g} s: {(tmp / 'com.log').read_text()[-2000:]}"
                         )
-                    msg = recv(copy=copy)
-                    yield msg[-1] if copy else msg[-1].buffer
+                    if copy:
+                        yield sub.recv_multipart()[-1]
+                    else:
+                        yield sub.recv_multipart(copy=False)[-1].buffer
 
             try:
                 yield Stream(payloads(), lambda: editor.send_parameters({**parameters, "drained": True}))
