@@ -180,3 +180,26 @@ def test_quick_takeover_study_and_shared_path_run(tmp_path: Path, capsys: pytest
     assert 0 < section["longest_gap_s"] == row["longest_gap_s"]
     assert report["targets"] == []  # judged on full runs only
     assert "takeover: 1 runs, 1 takeovers" in out
+
+
+@pytest.mark.timeout(150)
+def test_quick_heron_layout_runs_here_and_over_ssh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Heron's layout: a com started as the editor starts it, `heron-remote forwarders` and a plain
+    pyzmq subscriber, each a process; the worker here and on a namespace host over SSH."""
+    only = "zmq,heron-local,heron-ns"
+    status = main(["--quick", "--out", str(tmp_path), "--only", only, "--sizes", "65536"])
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert status == 0, out
+
+    results = {r["name"]: r for r in report["results"]}
+    assert set(results) == set(only.split(","))
+    for name in ("heron-local", "heron-ns"):
+        r = results[name]
+        assert r["ok"] and r["messages"] > 1, r
+        assert r["notes"]["layout"] == "com, forwarders and subscriber in three processes"
+        for key in ("forwarders_pid", "com_pid"):  # both stopped and reaped when the run ended
+            assert not Path(f"/proc/{r['notes'][key]}").exists(), (name, key)
+    ratios = {(r["name"], r["base"]) for r in report["ratios"]}
+    assert {("heron-local", "zmq"), ("heron-ns", "zmq")} <= ratios
+    assert "heron-local" in out and "heron-ns" in out

@@ -138,6 +138,7 @@ def heron_stream(link: Link, notes: dict[str, Any], *, pids: dict[str, int] | No
             stack.callback(editor.stop)  # TERM, KILL 0.5 s later: as the editor stops a node
             editor.wait_for_proof_of_life(_START_TIMEOUT_S)
             assert editor.proc is not None
+            notes.update(forwarders_pid=forwarders.proc.pid, com_pid=editor.proc.pid)
             if pids is not None:
                 pids.update(forwarders=forwarders.proc.pid, com=editor.proc.pid)
             parameters = plan.to_dict()
@@ -171,4 +172,5 @@ def heron_layout(name: str, link: Link, plan: Plan) -> Result:
     notes: dict[str, Any] = {}
     result = measure_stream(name, path_plan(plan), heron_stream(VARIANTS[suffix](link), notes))
     result.notes.update({k: v for k, v in notes.items() if k != "forwarders_stderr"})
+    result.notes["layout"] = "com, forwarders and subscriber in three processes"
     return result
