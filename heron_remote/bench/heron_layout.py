@@ -43,8 +43,10 @@ __all__ = ["NODE", "TOPIC", "VARIANTS", "ForwardersProcess", "heron_layout", "he
 NODE = "BenchSource##0"
 TOPIC = "Frame_Out##BenchSource##0->Frame_In##Viewer##0"
 _START_TIMEOUT_S = 30.0
-#: Ways to reach the worker, by the suffix of the measurement's name: a function that gives the
-#: link to use (a registry of its own). The default backend has no suffix.
+#: Ways to reach the worker, by the suffix of the measurement's name (``heron-ns-<suffix>``): a
+#: function that gives the link to use, in a registry of its own. The default backend has no suffix.
+#: Each entry is one more measurement and target, e.g. once the registry knows the direct transport:
+#: ``"direct": lambda link: link.with_entries("direct", transport="direct")``.
 VARIANTS: dict[str, Callable[[Link], Link]] = {"": lambda link: link}
 
 
