@@ -100,6 +100,8 @@ class Supervisor:
         self._sockets: ComSockets | None = None
         self._heartbeat: Heartbeat | None = None
         self._last_heard = 0.0
+        #: Connections the current worker said it refused (a new worker counts from 0).
+        self._refused = 0
         #: When the worker that failed was last heard from, until the next one's first packet.
         self._hole_since: float | None = None
         self.stopping = threading.Event()
@@ -125,6 +127,7 @@ class Supervisor:
                 launcher.stop(grace=1.0)
                 raise WorkerStartError(f"node {self.spec.node_name!r} was stopped before its worker started")
             self.launcher = launcher
+            self._refused = 0
         self.log = NodeLogger(logger, node=self.spec.node_name, host=launcher.where)
         started = time.monotonic()
         try:
@@ -158,7 +161,7 @@ class Supervisor:
     def _connect(self) -> None:
         assert self.launcher is not None and self.launcher.ready is not None
         assert self._sockets is not None and self._heartbeat is not None
-        self._heartbeat.aim(self._sockets.connect_worker(self.launcher))
+        self._heartbeat.aim(self._sockets.connect_worker(self.launcher), self.launcher.keys)
         self.stats.worker_pid = self.launcher.ready.pid
 
     def _wait_first_liveness(self, deadline: float) -> None:
@@ -252,6 +255,9 @@ class Supervisor:
         rejected = body.get("rejected")
         if type(rejected) is int and 0 <= rejected < NUMBER_LIMIT:
             self.stats.worker_rejected = rejected
+        refused = body.get("refused")
+        if type(refused) is int and 0 <= refused < NUMBER_LIMIT and refused != self._refused:
+            self._refused_more(refused)
         error = body.get("error")
         if isinstance(error, str):
             error = error[:ERROR_MAX_CHARS]
@@ -260,6 +266,20 @@ class Supervisor:
         assert self._sockets is not None
         self._sockets.proof_of_life_sent()
         return True
+
+    def _refused_more(self, refused: int) -> None:
+        """The worker refused more connections that lacked this launch's key: say so, and count them."""
+        more = refused - self._refused
+        self._refused = refused
+        if more > 0:
+            self.stats.worker_refused += more
+            self.log.warning(
+                "the worker on %s refused %d connection(s) to its ports that did not carry its com's key "
+                "(%d in all): another program on that PC tried them",
+                self.where,
+                more,
+                self.stats.worker_refused,
+            )
 
     @property
     def lost_after(self) -> float:
