@@ -105,7 +105,7 @@ class LinkKeys:
             raise DecodeError(f"the key line's JSON cannot be read: {exc}") from exc
         if not isinstance(body, dict):
             raise DecodeError(f"the key line must hold a JSON object, got {type(body).__name__}")
-        if body.get("v") != KEYS_VERSION:
+        if type(body.get("v")) is not int or body["v"] != KEYS_VERSION:
             raise DecodeError(f"the key line is of version {body.get('v')!r}; this worker reads {KEYS_VERSION}")
         mechanism = body.get("mechanism")
         if mechanism == "none":
@@ -124,7 +124,7 @@ class LinkKeys:
             sock.plain_username = _USER
             sock.plain_password = self.secret.encode()
         else:
-            sock.plain_username = b""  # back to ZeroMQ's NULL mechanism
+            sock.plain_server = False  # ZeroMQ: back to the NULL mechanism
 
     def apply_server(self, sock: zmq.Socket) -> None:
         """Accept only these keys on ``sock`` (a worker's socket, before it binds; a :class:`Gate` serves)."""

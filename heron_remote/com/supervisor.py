@@ -35,6 +35,8 @@ __all__ = ["STALL_BEATS", "Supervisor", "WorkerSpec", "make_launcher"]
 
 logger = logging.getLogger("heron_remote.source_com")
 
+#: Seconds between two warnings that the worker refused connections (the count is kept all along).
+REFUSED_LOG_S = 60.0
 #: Heartbeats without anything from the worker (data or its answers to pulses) after which the
 #: stream counts as stalled: logged, and shown in the status, until something comes again.
 STALL_BEATS = 3
@@ -100,8 +102,9 @@ class Supervisor:
         self._sockets: ComSockets | None = None
         self._heartbeat: Heartbeat | None = None
         self._last_heard = 0.0
-        #: Connections the current worker said it refused (a new worker counts from 0).
+        #: Connections the current worker said it refused (a new worker counts from 0), and when we said so.
         self._refused = 0
+        self._refused_said = -REFUSED_LOG_S
         #: When the worker that failed was last heard from, until the next one's first packet.
         self._hole_since: float | None = None
         self.stopping = threading.Event()
@@ -271,15 +274,19 @@ class Supervisor:
         """The worker refused more connections that lacked this launch's key: say so, and count them."""
         more = refused - self._refused
         self._refused = refused
-        if more > 0:
-            self.stats.worker_refused += more
-            self.log.warning(
-                "the worker on %s refused %d connection(s) to its ports that did not carry its com's key "
-                "(%d in all): another program on that PC tried them",
-                self.where,
-                more,
-                self.stats.worker_refused,
-            )
+        if more <= 0:
+            return
+        self.stats.worker_refused += more
+        now = time.monotonic()
+        if now < self._refused_said + REFUSED_LOG_S:
+            return  # an attack goes on: said once a minute, counted all the time
+        self._refused_said = now
+        self.log.warning(
+            "the worker on %s refused connection(s) to its ports that did not carry its com's key (%d in all): "
+            "another program on that PC tried them",
+            self.where,
+            self.stats.worker_refused,
+        )
 
     @property
     def lost_after(self) -> float:
