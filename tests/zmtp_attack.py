@@ -9,7 +9,8 @@ may arrive as program text on stdin)::
     python3 zmtp_attack.py HOST PORT hold COUNT SECONDS        # COUNT idle connections, held SECONDS
 
 It speaks ZMTP 3.0 with the NULL mechanism, as a socket without keys does, and prints one JSON
-line: its uid, how many handshakes ZeroMQ's side accepted and refused, what it sent and received.
+line: its uid, how many handshakes ZeroMQ's side accepted and refused, what it sent and received,
+and how often nothing listened on the port (``unreachable``: the worker had ended).
 """
 
 import json
@@ -45,9 +46,16 @@ def read_frame(conn):
     return flags, read_exactly(conn, size)
 
 
+class Unreachable(Exception):
+    """Nothing listens on the port (any more)."""
+
+
 def handshake(host, port, kind):
     """A connection whose handshake ZeroMQ accepted, or None (refused: closed, or an ERROR command)."""
-    conn = socket.create_connection((host, port), timeout=10)
+    try:
+        conn = socket.create_connection((host, port), timeout=10)
+    except OSError as exc:
+        raise Unreachable() from exc
     try:
         conn.sendall(GREETING)
         read_exactly(conn, 64)
@@ -64,7 +72,15 @@ def handshake(host, port, kind):
 
 def main():
     host, port, mode, rest = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
-    out = {"uid": os.getuid(), "accepted": 0, "refused": 0, "sent": 0, "received": 0}
+    out = {"uid": os.getuid(), "accepted": 0, "refused": 0, "sent": 0, "received": 0, "unreachable": 0}
+    try:
+        attack(host, port, mode, rest, out)
+    except Unreachable:
+        out["unreachable"] += 1
+    print(json.dumps(out), flush=True)
+
+
+def attack(host, port, mode, rest, out):
     if mode == "hold":
         count, seconds = int(rest[0]), float(rest[1])
         held = [socket.create_connection((host, port), timeout=10) for _ in range(count)]
@@ -133,7 +149,6 @@ def main():
             conn.close()
     else:
         raise SystemExit(f"unknown mode {mode!r}")
-    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
