@@ -302,6 +302,7 @@ class Supervisor:
         if code is not None:
             launcher.refuse_connections()  # what it sent is in; reconnecting to it would only be refused
             drain()
+            self._forget_worker()
             if code == 0:
                 self.log.info("worker finished (status 0) after %d packets", self.stats.received)
             else:
@@ -315,8 +316,15 @@ class Supervisor:
         self._watch_stall(now)
         return False
 
+    def _forget_worker(self) -> None:
+        """Stop connecting to a gone worker's ports: another program may bind them once they are free,
+        and it must get no connection from the com (the gone launch's key is all it would learn)."""
+        if self._sockets is not None:
+            self._sockets.disconnect_worker()
+
     def _lost(self, launcher: WorkerLauncher) -> None:
         self.stats.state, self.stats.stalled_since = "lost", None
+        self._forget_worker()
         launcher.abandon()
         silent_for = self.lost_after
         self._report(
