@@ -53,7 +53,7 @@ _USER = b"heron-remote"
 _DOMAIN = b"heron-remote"
 _SECRET = re.compile(r"[0-9a-f]{64}")
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by ZeroMQ's RFC 27
-_REFUSALS = {
+_REFUSALS: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "it offered no key (or a mechanism other than its com's)",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its key was not its com's",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: f"it did not finish its handshake within {HANDSHAKE_IVL_MS / 1000:g} s",
@@ -215,14 +215,14 @@ class Gate:
 
     def _answer(self, zap: zmq.Socket, request: list[bytes]) -> None:
         """Reply to one ZAP request (RFC 27): 200 for the com's keys, 400 for anything else."""
-        version, request_id = (request + [b"", b""])[:2]
+        version, request_id = [*request, b"", b""][:2]
         ok = len(request) >= 6 and self.keys.accepts(request[5], request[6:])
         status = (b"200", b"OK") if ok else (b"400", b"not this launch's key")
         zap.send_multipart([version, request_id, *status, _USER if ok else b"", b""])
 
     def _event(self, channel: str, message: list[bytes]) -> None:
         event = parse_monitor_message(message)
-        why = _REFUSALS.get(event["event"])
+        why = _REFUSALS.get(int(event["event"]))
         if why is not None:
             self._drops(f"on the {channel} port: {why}")
 

@@ -42,7 +42,6 @@ def _hex_address(address: tuple[str, int], width: int) -> str:
     return f"{words}:{address[1]:04X}"
 
 
-
 def peer_uid(conn: socket.socket) -> int | None:
     """The uid that owns the socket at the other end of ``conn`` (accepted on this machine); -1 when
     no socket of this machine is there (it closed, or it is on another machine); None where unknown."""

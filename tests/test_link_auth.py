@@ -30,8 +30,17 @@ from heron_remote._protocol import EXIT_BAD_START, WorkerArgs
 from heron_remote.ssh import HostConnection, Registry
 from heron_remote.testing import AcqHosts, ExternalHosts
 
-from .helpers import CAMERA, ECHO_WORKER, NO_CONTROL, PYTHON, ComScript, edit_registry, pid_alive, remote_alive
-from .helpers import wait_until
+from .helpers import (
+    CAMERA,
+    ECHO_WORKER,
+    NO_CONTROL,
+    PYTHON,
+    ComScript,
+    edit_registry,
+    pid_alive,
+    remote_alive,
+    wait_until,
+)
 
 ATTACK = Path(__file__).parent / "zmtp_attack.py"
 EVIL = {"ok": True, "evil": 1}

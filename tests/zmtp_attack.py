@@ -109,7 +109,7 @@ def attack(host, port, mode, rest, out):
                 while time.monotonic() < deadline:
                     try:
                         flags, _ = read_frame(conn)
-                    except socket.timeout:
+                    except TimeoutError:
                         continue
                     out["received"] += not flags & 1  # the last frame of a message
             except (OSError, ConnectionError):

@@ -69,9 +69,11 @@ def _measurements() -> list[Measurement]:
     # A script whose forwarders another script runs (over TCP): what every script would get from a
     # forwarders process of its own, and what every script but the first gets from the shared ones.
     found.append(Measurement("path-local-shared", LOCAL, shared_path, ("path-local", "zmq")))
-    found.append(Measurement(f"path-{NAMESPACE}-noauth", NAMESPACE, paths.whole_path_noauth, (f"sshtunnel-{NAMESPACE}",)))
+    found.append(
+        Measurement(f"path-{NAMESPACE}-noauth", NAMESPACE, paths.whole_path_noauth, (f"sshtunnel-{NAMESPACE}",))
+    )
     for link in (NAMESPACE, LOOPBACK):
-        bases = (f"sshtunnel-{link}", f"zmq-paramiko-{link}", f"openssh-{link}")
+        bases: tuple[str, ...] = (f"sshtunnel-{link}", f"zmq-paramiko-{link}", f"openssh-{link}")
         if link == NAMESPACE:
             bases += (f"path-{link}-noauth",)
         found.append(Measurement(f"path-{link}", link, paths.whole_path, bases))

@@ -117,7 +117,9 @@ class WorkerHeartbeat:
                 error, self._error = self._error, None
                 asking = probe[0] if probe is not None else None
                 try:
-                    beacon.send_multipart(liveness(pid, seq, echo, error, self._drops.count, asking, self.refused()), zmq.NOBLOCK)
+                    beacon.send_multipart(
+                        liveness(pid, seq, echo, error, self._drops.count, asking, self.refused()), zmq.NOBLOCK
+                    )
                 except zmq.Again:
                     self._error = self._error or error  # goes with the next beacon
                 every = self._rate if connected else min(0.1, self._rate)

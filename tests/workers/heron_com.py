@@ -1,7 +1,8 @@
 """A com script written the Heron way; settings come from HERON_REMOTE_* variables.
 
 argv: worker_exec [verbose_string [ssh_remote_server_id]]
-Prints "COM READY <worker pid> <the worker's ports, JSON>" once the worker runs and "COM EXIT" after start_ioloop returns.
+Prints "COM READY <worker pid> <the worker's ports, JSON>" once the worker runs and "COM EXIT" after
+start_ioloop returns.
 """
 
 import json
