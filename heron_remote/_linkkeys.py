@@ -12,7 +12,8 @@ that secret; the com sets it as client credentials on every socket it points at 
 PLAIN sends the secret in the clear: it travels only over loopback or inside SSH. Every
 handshake a worker socket refuses (no key, a wrong key, a connection that does not finish
 its handshake within :data:`HANDSHAKE_IVL_MS`) is counted and logged; the worker's beacons
-carry the count to its com.
+carry the count to its com. A connection its peer closes before saying anything is not
+counted: it carried nothing, and the OpenSSH backend checks each new forward so.
 
 Mechanism ``"none"`` exists for benchmarks only (:func:`unauthenticated_launches`, which
 measures what authentication costs): nothing a user sets reaches it.
@@ -21,6 +22,7 @@ measures what authentication costs): nothing a user sets reaches it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import itertools
 import json
@@ -59,6 +61,8 @@ _REFUSALS: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: f"it did not finish its handshake within {HANDSHAKE_IVL_MS / 1000:g} s",
 }
 _WATCHED = sum(_REFUSALS)
+#: What a handshake that ran out of time ends with (ZeroMQ says EAGAIN; a peer that closed, EPIPE or ECONNRESET).
+_TIMED_OUT = (errno.EAGAIN, errno.ETIMEDOUT)
 _STOP_CHECK_MS = 100
 _gates = itertools.count(1)
 _unauthenticated = False
@@ -222,7 +226,11 @@ class Gate:
 
     def _event(self, channel: str, message: list[bytes]) -> None:
         event = parse_monitor_message(message)
-        why = _REFUSALS.get(int(event["event"]))
+        kind = int(event["event"])
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and event["value"] not in _TIMED_OUT:
+            logger.debug("a connection to the worker's %s port closed before its handshake", channel)
+            return
+        why = _REFUSALS.get(kind)
         if why is not None:
             self._drops(f"on the {channel} port: {why}")
 
