@@ -1,7 +1,8 @@
 """The com <-> worker control protocol: the worker's argv, its ready line, pulses and liveness.
 
-A worker binds its four sockets on its own 127.0.0.1 (ports chosen as asked, or free
-ones) and then writes one line to stdout::
+A worker its com started reads the launch's keys first on its stdin (:mod:`._linkkeys`),
+binds its four sockets on its own 127.0.0.1 (ports chosen as asked, or free ones), each
+accepting only that com, and then writes one line to stdout::
 
     HERON_REMOTE_READY {"v": 1, "pid": ..., "ports": {"data": ..., ...}, ...}
 
