@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import zmq
 
-from heron_remote import DecodeError, Settings, Source
+from heron_remote import DecodeError, Settings, Source, WorkerStartError
 from heron_remote._linkkeys import KEYS_PREFIX, MAX_LINE, LinkKeys, unauthenticated_launches
 from heron_remote._protocol import EXIT_BAD_START, WorkerArgs
 from heron_remote.ssh import HostConnection, Registry
@@ -37,6 +37,7 @@ from .helpers import (
     PYTHON,
     ComScript,
     edit_registry,
+    error_table,
     pid_alive,
     remote_alive,
     wait_until,
@@ -102,7 +103,20 @@ def test_a_worker_whose_first_line_is_not_its_keys_ends_saying_why() -> None:
             [PYTHON, ECHO_WORKER, *args.to_argv()], input=first, capture_output=True, text=True, timeout=30
         )
         assert out.returncode == EXIT_BAD_START, out.stderr
-        assert "cannot read its com's key line" in out.stderr and "Traceback" not in out.stderr
+        assert "cannot read the key line from its com" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_worker_that_gets_no_key_fails_its_start_as_the_readme_says(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a com of another heron_remote version (one that sends no key) meets."""
+    monkeypatch.setattr(LinkKeys, "to_line", lambda self: "stop\n")
+    with pytest.raises(WorkerStartError) as caught, Source(CAMERA, settings=settings):
+        pass
+    error = caught.value
+    assert error.returncode == EXIT_BAD_START and "cannot read the key line from its com" in str(error)
+    rows = [patterns for kind, patterns, _, _ in error_table() if kind == "WorkerStartError"]
+    assert any(len(p) > 1 and "key\\ line" in p[1].pattern and p[1].search(str(error)) for p in rows), str(error)
 
 
 # -- the attacker ----------------------------------------------------------------------------------
