@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import zmq
 
-from heron_remote import DecodeError, Settings, Source, WorkerStartError
+from heron_remote import DecodeError, RestartPolicy, Settings, Source, WorkerStartError
 from heron_remote._linkkeys import KEYS_PREFIX, MAX_LINE, LinkKeys, unauthenticated_launches
 from heron_remote._protocol import EXIT_BAD_START, WorkerArgs
 from heron_remote.ssh import HostConnection, Registry
@@ -228,6 +228,21 @@ def test_another_account_cannot_inject_parameters_or_pulses_into_a_worker(settin
         assert refusals_reported(src, refused) == refused
         assert echo_of(src, {"ok": True, "k": 2})["parameters"] == {"ok": True, "k": 2}  # never EVIL
         assert src.stats.worker_rejected == 0  # nothing got as far as the decoders
+
+
+def test_a_restarted_worker_gets_a_new_key_and_the_stream_goes_on(settings: Settings) -> None:
+    flaky = str(Path(__file__).parent / "workers" / "flaky_worker.py")
+    policy = RestartPolicy(mode="on-failure", max_restarts=2, backoff=0.1)
+    with Source(flaky, parameters={"frames": 5, "death": "kill"}, settings=settings.replace(restart=policy)) as src:
+        keys: list[LinkKeys] = []
+        for frames, _ in enumerate(src.frames(timeout=15), 1):
+            assert src.launcher is not None
+            if not keys or keys[-1] != src.launcher.keys:
+                keys.append(src.launcher.keys)
+            if src.stats.restarts == 2 and len(keys) == 3 and frames >= 11:
+                break
+        assert len({k.secret for k in keys}) == 3  # a key per launch
+        assert src.stats.worker_refused == 0
 
 
 def test_a_wrong_key_or_an_earlier_launchs_key_is_refused(settings: Settings) -> None:
