@@ -389,7 +389,26 @@ class PCAttacker:
         if self._restarted:
             self.acq.stop_sshd(self.host)
             self.acq.start_sshd(self.host)
-        self.acq.remove_user(self.host, self.user)
+        # The account's last SSH session may still be ending: userdel refuses a user with processes.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self.acq.remove_user(self.host, self.user)
+                if not (self.acq.mode == "namespace" and _user_exists(self.user)):
+                    return
+            except RuntimeError:  # the control service's refusal
+                pass
+            assert time.monotonic() < deadline, f"user {self.user} on {self.host.name} could not be removed"
+            time.sleep(0.2)
+
+
+def _user_exists(name: str) -> bool:
+    """Whether this machine (and so a namespace host) has account ``name``."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
