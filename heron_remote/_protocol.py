@@ -13,6 +13,7 @@ last one, so the com measures the heartbeat round trip.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from dataclasses import dataclass
@@ -95,6 +96,9 @@ class WorkerArgs:
     control: str = ""
     #: Seconds a "session" worker waits for an answer from its com once its stdin closed.
     session_grace: float = 0.75
+    #: The address the worker binds on ("": its 127.0.0.1). The direct transport gives the PC's
+    #: address as its com reaches it; the worker then reads its keys first and serves CurveZMQ.
+    bind: str = ""
 
     def to_argv(self) -> list[str]:
         # Heron's positional layout first, so Heron's own parser still reads it;
@@ -108,7 +112,7 @@ class WorkerArgs:
             f"{_OPTION_PREFIX}heartbeat-rate={self.heartbeat_rate!r}",
             f"{_OPTION_PREFIX}heartbeats-to-death={self.heartbeats_to_death}",
         ]
-        for key in ("token", "node_id", "run_dir", "outputs", "com", "control"):
+        for key in ("token", "node_id", "run_dir", "outputs", "com", "control", "bind"):
             value = getattr(self, key)
             if value:
                 argv.append(f"{_OPTION_PREFIX}{key.replace('_', '-')}={value}")
@@ -181,6 +185,7 @@ class WorkerArgs:
                 com=options.get("com", ""),
                 control=_control(options.get("control", "")),
                 session_grace=float(options.get("session-grace", 0.75)),
+                bind=_address(options.get("bind", "")),
             )
         except ValueError as exc:
             raise ConfigError(usage + repr(argv)) from exc
@@ -196,6 +201,8 @@ class ReadyLine:
     python: str
     #: Pids of workers of the same node that an earlier run left and this one ended.
     reaped: tuple[int, ...] = ()
+    #: The worker's CurveZMQ public key for this launch (z85), when it serves CurveZMQ.
+    server_key: str = ""
 
     def to_line(self) -> str:
         body = {
@@ -206,6 +213,8 @@ class ReadyLine:
             "python": self.python,
             "reaped": list(self.reaped),
         }
+        if self.server_key:
+            body["server_key"] = self.server_key
         return READY_PREFIX + json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -223,9 +232,17 @@ class ReadyLine:
                 version=str(body.get("version", "?")),
                 python=str(body.get("python", "?")),
                 reaped=tuple(int(p) for p in body.get("reaped", ())),
+                server_key=str(body.get("server_key", "")),
             )
         except (ValueError, KeyError, TypeError):
             return None
+
+
+def _address(value: str) -> str:
+    """An IP address to bind on ("" for loopback); ValueError for anything else (a name, a pattern)."""
+    if value:
+        ipaddress.ip_address(value)
+    return value
 
 
 def _control(value: str) -> str:

@@ -22,6 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import IO
 
+from ._linkkeys import LinkKeys
 from ._logging import NodeLogger
 from ._output import WorkerOutput
 from ._procs import group_members, write_stdin
@@ -45,6 +46,11 @@ class WorkerLauncher(ABC):
     _group_poll_s: float = 0.02
     #: What the worker's stdin is (WorkerArgs.control): how it tells its com is gone.
     control: str = "pipe"
+    #: How the com reaches the worker's ports: "local", "tunnel", "direct" (CurveZMQ to the PC's
+    #: address) or "tunnel (direct unreachable)" (a direct server's fallback).
+    transport: str = "local"
+    #: This launch's keys, complete once the worker is ready (None: its sockets take any peer).
+    keys: LinkKeys | None = None
 
     def __init__(self, worker_exec: str, *, node_name: str) -> None:
         if not isinstance(worker_exec, str) or not worker_exec.strip():

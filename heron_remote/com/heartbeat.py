@@ -8,6 +8,7 @@ import time
 
 import zmq
 
+from .._linkkeys import LinkKeys
 from .._protocol import pulse
 from .._threads import KeptThread
 from ..errors import HeronRemoteError
@@ -39,7 +40,7 @@ class Heartbeat:
         self._rate = rate
         self._stopping = stopping
         self._log = log
-        self._target: str | None = None
+        self._target: tuple[str, LinkKeys | None] | None = None
         self._thread: KeptThread | None = None
         self._answer: int | None = None
         self._wake = threading.Event()
@@ -52,9 +53,9 @@ class Heartbeat:
         """Pulse from the calling thread until the com stops (Heron's ``heartbeat_loop``)."""
         self._loop()
 
-    def aim(self, endpoint: str) -> None:
-        """Pulse the worker at ``endpoint`` from now on."""
-        self._target = endpoint
+    def aim(self, endpoint: str, keys: LinkKeys | None = None) -> None:
+        """Pulse the worker at ``endpoint`` from now on (with ``keys``' client credentials, if any)."""
+        self._target = (endpoint, keys)
 
     def answer(self, probe: int) -> None:
         """Pulse at once, echoing the worker's ``probe``: it asked whether this com still lives."""
@@ -93,7 +94,7 @@ class Heartbeat:
 
     def _loop(self) -> None:
         sock: zmq.Socket | None = None
-        target: str | None = None
+        target: tuple[str, LinkKeys | None] | None = None
         try:
             while not self._stopping.is_set():
                 wanted = self._target
@@ -105,7 +106,10 @@ class Heartbeat:
                     sock.linger = 0
                     sock.sndhwm = 1
                     back_off(sock)
-                    sock.connect(target)
+                    endpoint, keys = target
+                    if keys is not None:
+                        keys.apply_client(sock)
+                    sock.connect(endpoint)
                 if sock is not None:
                     answer, self._answer = self._answer, None
                     try:

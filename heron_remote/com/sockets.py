@@ -64,6 +64,8 @@ class ComSockets:
         ports = launcher.ready.ports
         for name, channel in _WORKER_CHANNELS:
             sock = getattr(self, name)
+            if launcher.keys is not None:
+                launcher.keys.apply_client(sock)  # before connecting: options apply to later connections
             endpoint = launcher.address(ports[channel])
             sock.connect(endpoint)
             self._worker_endpoints.append((sock, endpoint))

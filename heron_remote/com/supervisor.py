@@ -158,8 +158,9 @@ class Supervisor:
     def _connect(self) -> None:
         assert self.launcher is not None and self.launcher.ready is not None
         assert self._sockets is not None and self._heartbeat is not None
-        self._heartbeat.aim(self._sockets.connect_worker(self.launcher))
+        self._heartbeat.aim(self._sockets.connect_worker(self.launcher), self.launcher.keys)
         self.stats.worker_pid = self.launcher.ready.pid
+        self.stats.transport = self.launcher.transport
 
     def _wait_first_liveness(self, deadline: float) -> None:
         """Ready means something arrived over ZeroMQ: a liveness message, or data already."""

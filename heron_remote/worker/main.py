@@ -10,9 +10,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from .._linkkeys import KEYS_MAX_CHARS, LinkKeys
 from .._protocol import EXIT_BAD_START, EXIT_HELD, EXIT_WORK_FAILED, WorkerArgs
 from .._streams import guard_std_streams
-from ..errors import NodeHeldError, UnsafePathError
+from ..errors import DecodeError, NodeHeldError, UnsafePathError
 from .runtime import SourceWorker
 
 __all__ = ["pin_to_cpu", "run_worker", "start_the_source_worker_process"]
@@ -65,6 +66,8 @@ def run_worker(
     worker.num_outputs = args.outputs
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, worker.on_kill)
+    if args.bind:
+        worker.secure(_read_keys(args).with_server_pair(), args.bind)
     worker.start_control(args.control, args.session_grace)
     if args.token:
         try:
@@ -83,6 +86,18 @@ def run_worker(
     except Exception:
         worker._die(f"the work function raised:\n{traceback.format_exc()}", EXIT_WORK_FAILED)
     worker.finish()
+
+
+def _read_keys(args: WorkerArgs) -> LinkKeys:
+    """The com's keys: the first line of the control channel, read before any socket binds."""
+    if not args.control:
+        print("heron_remote worker: a bind address needs a control channel for the keys", file=sys.stderr, flush=True)
+        os._exit(EXIT_BAD_START)
+    try:
+        return LinkKeys.from_line(sys.stdin.buffer.readline(KEYS_MAX_CHARS + 1))
+    except DecodeError as exc:
+        print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_BAD_START)
 
 
 def pin_to_cpu(cpu: int) -> bool:

@@ -1,7 +1,8 @@
 """SourceWorker: what a work function holds. Sends data to the com, receives parameters.
 
 Every socket binds on this host's 127.0.0.1 and the com connects, so an SSH forward
-from the rig is all a remote worker needs.
+from the rig is all a remote worker needs. With the direct transport (:meth:`SourceWorker.secure`)
+they bind on the PC's LAN address instead, as CurveZMQ servers that accept only their com's key.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, NoReturn
 import zmq
 
 from .._drops import Drops
+from .._linkkeys import LinkKeys, ZapHandler
 from .._protocol import DATA_HWM_RANGE, EXIT_BAD_START, EXIT_WORK_FAILED, ReadyLine
 from .._threads import KeptThread
 from .._verbosity import NO_RELIC
@@ -94,6 +96,9 @@ class SourceWorker:
         self._threads: dict[str, KeptThread] = {}
         self._reaped: tuple[int, ...] = ()
         self._relic: Relic | None = None
+        self._address = "127.0.0.1"
+        self._keys: LinkKeys | None = None
+        self._zap: dict[int, ZapHandler] = {}
 
     # -- what tests and tools may read --------------------------------------------
     @property
@@ -105,7 +110,8 @@ class SourceWorker:
     @property
     def rejected(self) -> int:
         """Messages on the pulse and parameters ports dropped as undecodable (anyone on the PC can
-        write there); each beacon tells the com (``stats.worker_rejected``)."""
+        write there), and handshakes refused by a direct worker; each beacon tells the com
+        (``stats.worker_rejected``)."""
         return self._drops.count
 
     @property
@@ -145,19 +151,44 @@ class SourceWorker:
             closed=self._life.channel_closed,
         ).start()
 
+    def secure(self, keys: LinkKeys, address: str) -> None:
+        """Bind on ``address`` as CurveZMQ servers with ``keys`` (a server pair made for this launch),
+        accepting only the com's client key. Call before any socket binds."""
+        self._keys, self._address = keys, address
+
     # -- sockets ---------------------------------------------------------------
+    def _guard(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE server checked by its context's ZAP handler (started once per context)."""
+        keys = self._keys
+        if keys is None:
+            return
+        context = sock.context
+        with self._ports_lock:
+            if id(context) not in self._zap:
+                self._zap[id(context)] = ZapHandler(context, keys, self._drops).start()
+        keys.apply_server(sock)
+        if ":" in self._address:
+            sock.ipv6 = True
+
     def _bind(self, sock: zmq.Socket, channel: str) -> None:
         port = self.port + _CHANNEL_OFFSET[channel] if self.port else 0
+        self._guard(sock)
+        host = f"[{self._address}]" if ":" in self._address else self._address
         try:
             if port:
-                sock.bind(f"tcp://127.0.0.1:{port}")
+                sock.bind(f"tcp://{host}:{port}")
                 bound = port
             else:
-                bound = sock.bind_to_random_port("tcp://127.0.0.1")
+                bound = sock.bind_to_random_port(f"tcp://{host}")
         except zmq.ZMQError as exc:
             self._die(
-                f"cannot bind the {channel} socket on 127.0.0.1:{port}: {exc.strerror}. "
-                "Another process holds the port: is an earlier worker of this node still running?",
+                f"cannot bind the {channel} socket on {host}:{port}: {exc.strerror}. "
+                + (
+                    "Another process holds the port: is an earlier worker of this node still running?"
+                    if self._keys is None
+                    else "Is that address this PC's own (not one a NAT router forwards)? Use the tunnel transport "
+                    "if the rig reaches this PC through an address it does not have."
+                ),
                 EXIT_BAD_START,
             )
         with self._ports_lock:
@@ -170,6 +201,7 @@ class SourceWorker:
                 version=__version__,
                 python=platform.python_version(),
                 reaped=self._reaped,
+                server_key=self._keys.server_public.decode() if self._keys is not None else "",
             )
             print(line.to_line(), flush=True)  # the ready line: the com reads it on our stdout
 
