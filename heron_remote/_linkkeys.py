@@ -31,6 +31,10 @@ _VERSION = 1
 _MECHANISMS = ("curve",)
 #: Where libzmq asks a context's ZAP handler (RFC 27).
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+#: What CurveZMQ adds to each frame on the wire (its MESSAGE command: name, nonce, box).
+CURVE_FRAME_OVERHEAD = 64
+#: The largest handshake command a com sends (INITIATE: keys, vouch and metadata, ~300 bytes).
+CURVE_HANDSHAKE_MAX_BYTES = 1024
 #: The longest key line a worker reads (a z85 key is 40 characters).
 KEYS_MAX_CHARS = 1024
 
@@ -56,18 +60,23 @@ class LinkKeys:
     client_secret: bytes = b""
     server_public: bytes = b""
     server_secret: bytes = b""
+    #: Seconds after which a silent connection is dropped and made again (ZMTP heartbeats; 0: never).
+    #: A direct link needs it: a cable pulled leaves TCP connections open that carry nothing, and a
+    #: worker's PUSH would go on sharing its packets with one until TCP gives up, many minutes later.
+    #: Not sent on the wire: each side sets its own.
+    link_timeout: float = 0.0
 
     def __repr__(self) -> str:  # never a secret in a log line
         return f"LinkKeys({self.mechanism}, client={self.client_public.decode()})"
 
     # -- the com's side ----------------------------------------------------------
     @classmethod
-    def make(cls, mechanism: str = "curve") -> LinkKeys:
+    def make(cls, mechanism: str = "curve", *, link_timeout: float = 0.0) -> LinkKeys:
         """Fresh client keys for one launch."""
         if mechanism not in _MECHANISMS:
             raise ValueError(f"unknown link mechanism {mechanism!r}")
         public, secret = zmq.curve_keypair()
-        return cls(mechanism=mechanism, client_public=public, client_secret=secret)
+        return cls(mechanism=mechanism, client_public=public, client_secret=secret, link_timeout=link_timeout)
 
     def to_line(self) -> str:
         """The line the com writes first on its worker's stdin (newline included)."""
@@ -85,6 +94,12 @@ class LinkKeys:
         sock.curve_secretkey = self.client_secret
         sock.curve_publickey = self.client_public
         sock.curve_serverkey = self.server_public
+        self._watch(sock)
+
+    def _watch(self, sock: zmq.Socket) -> None:
+        if self.link_timeout > 0:
+            sock.heartbeat_ivl = max(50, int(self.link_timeout * 1000 / 3))
+            sock.heartbeat_timeout = max(150, int(self.link_timeout * 1000))
 
     # -- the worker's side ---------------------------------------------------------
     @classmethod
@@ -105,10 +120,10 @@ class LinkKeys:
             raise DecodeError(f"the com's key line names the unknown mechanism {mechanism!r}")
         return cls(mechanism=mechanism, client_public=_z85_key(body.get("client"), "the com's client key"))
 
-    def with_server_pair(self) -> LinkKeys:
+    def with_server_pair(self, *, link_timeout: float = 0.0) -> LinkKeys:
         """These keys and a CurveZMQ server key pair made now, for this launch only."""
         public, secret = zmq.curve_keypair()
-        return replace(self, server_public=public, server_secret=secret)
+        return replace(self, server_public=public, server_secret=secret, link_timeout=link_timeout)
 
     def apply_server(self, sock: zmq.Socket) -> None:
         """Make ``sock`` (before it binds) a CURVE server; its context's ZAP handler must run."""
@@ -118,6 +133,11 @@ class LinkKeys:
         sock.curve_publickey = self.server_public
         sock.curve_server = True
         sock.zap_domain = b"heron_remote"
+        # libzmq applies a socket's size cap to the handshake's commands and to each encrypted frame
+        # (the frame plus its box): a cap for a 64-byte pulse would refuse the com's own handshake.
+        if sock.maxmsgsize >= 0:
+            sock.maxmsgsize = max(sock.maxmsgsize + CURVE_FRAME_OVERHEAD, CURVE_HANDSHAKE_MAX_BYTES)
+        self._watch(sock)
 
 
 class ZapHandler:

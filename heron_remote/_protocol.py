@@ -99,6 +99,8 @@ class WorkerArgs:
     #: The address the worker binds on ("": its 127.0.0.1). The direct transport gives the PC's
     #: address as its com reaches it; the worker then reads its keys first and serves CurveZMQ.
     bind: str = ""
+    #: Seconds after which a direct worker drops a silent connection (Settings.link_timeout).
+    link_timeout: float = 3.0
 
     def to_argv(self) -> list[str]:
         # Heron's positional layout first, so Heron's own parser still reads it;
@@ -120,6 +122,8 @@ class WorkerArgs:
             argv.append(f"{_OPTION_PREFIX}cpu={self.cpu}")
         if self.control:
             argv.append(f"{_OPTION_PREFIX}session-grace={self.session_grace!r}")
+        if self.bind:
+            argv.append(f"{_OPTION_PREFIX}link-timeout={self.link_timeout!r}")
         return argv
 
     @classmethod
@@ -150,6 +154,7 @@ class WorkerArgs:
             cpu=cpu,
             com=com,
             session_grace=settings.session_grace,
+            link_timeout=settings.link_timeout,
         )
 
     @classmethod
@@ -186,6 +191,7 @@ class WorkerArgs:
                 control=_control(options.get("control", "")),
                 session_grace=float(options.get("session-grace", 0.75)),
                 bind=_address(options.get("bind", "")),
+                link_timeout=float(options.get("link-timeout", 3.0)),
             )
         except ValueError as exc:
             raise ConfigError(usage + repr(argv)) from exc

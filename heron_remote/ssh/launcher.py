@@ -98,7 +98,7 @@ class RemoteLauncher(WorkerLauncher):
         if self._server.direct:
             self._direct = connection.endpoints()[::-1]
             self.transport = "direct"
-            self.keys = LinkKeys.make("curve")
+            self.keys = LinkKeys.make("curve", link_timeout=self.settings.link_timeout)
 
     @property
     def server(self) -> Server:
@@ -174,7 +174,8 @@ class RemoteLauncher(WorkerLauncher):
         """Direct when the rig reaches the worker's ports on the PC; else the tunnel, or an error."""
         assert self._direct is not None
         address, rig = self._direct
-        timeout = self.settings.link_timeout
+        # The worker counts its death window from now: the tunnel must be up well inside it.
+        timeout = min(self.settings.link_timeout, self.settings.death_window / 3)
         failed = unreachable(address, ready.ports.values(), timeout)
         if failed is None:
             self.log.info("direct transport: CurveZMQ to %s, ports %s", address, sorted(ready.ports.values()))

@@ -67,7 +67,7 @@ def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, worker.on_kill)
     if args.bind:
-        worker.secure(_read_keys(args).with_server_pair(), args.bind)
+        worker.secure(_read_keys(args).with_server_pair(link_timeout=args.link_timeout), args.bind)
     worker.start_control(args.control, args.session_grace)
     if args.token:
         try:
