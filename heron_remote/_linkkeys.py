@@ -135,8 +135,9 @@ class LinkKeys:
         sock.zap_domain = b"heron_remote"
         # libzmq applies a socket's size cap to the handshake's commands and to each encrypted frame
         # (the frame plus its box): a cap for a 64-byte pulse would refuse the com's own handshake.
-        if sock.maxmsgsize >= 0:
-            sock.maxmsgsize = max(sock.maxmsgsize + CURVE_FRAME_OVERHEAD, CURVE_HANDSHAKE_MAX_BYTES)
+        cap = int(sock.getsockopt(zmq.MAXMSGSIZE))
+        if cap >= 0:
+            sock.maxmsgsize = max(cap + CURVE_FRAME_OVERHEAD, CURVE_HANDSHAKE_MAX_BYTES)
         self._watch(sock)
 
 

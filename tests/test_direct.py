@@ -22,8 +22,8 @@ import pytest
 
 from heron_remote import DirectUnreachableError, RestartPolicy, Settings, Source, StatusBoard, WorkerError
 from heron_remote._threads import KeptThread
-from heron_remote.status import render
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
+from heron_remote.status import render
 from heron_remote.testing import AcqHosts, ExternalHosts
 
 from .helpers import (
@@ -50,7 +50,7 @@ def _direct(acq: Hosts, settings: Settings, tmp_path: Path, transport: str = "di
     }
 
 
-def _host(acq: Hosts, name: str = "acq1"):  # noqa: ANN202 - a Host of either kind
+def _host(acq: Hosts, name: str = "acq1"):
     return next(h for h in acq.hosts if h.name == name)
 
 
@@ -174,7 +174,9 @@ def test_a_firewall_on_the_pc_sends_direct_through_the_tunnel_within_seconds_and
             assert cam.status().transport == "tunnel (direct unreachable)"
     finally:
         acq.unblock_inbound(host)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "direct transport to acq1" in r.getMessage()]
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "direct transport to acq1" in r.getMessage()
+    ]
     print(f"first frame {took:.2f} s after the start, through the tunnel; {warnings[0].getMessage()}")
     message = warnings[0].getMessage()
     assert _pc_address(acq) in message and "cannot be reached" in message and "the SSH tunnel instead" in message
@@ -197,7 +199,7 @@ def test_direct_only_behind_a_firewall_fails_clearly_and_leaves_nothing(
         acq.unblock_inbound(host)
     message = str(caught.value)
     print(message)
-    assert f'server acq1 has "transport": "direct-only" but this rig cannot reach the worker' in message
+    assert 'server acq1 has "transport": "direct-only" but this rig cannot reach the worker' in message
     assert _pc_address(acq) in message and "no answer within" in message
     assert readme_row(caught.value)
     pid = src.launcher.pid
@@ -259,9 +261,7 @@ def test_a_direct_worker_killed_on_its_pc_is_restarted_with_new_keys(
     assert len(keys) == 2  # each launch has a key of its own
 
 
-def test_the_status_board_shows_each_sources_transport(
-    acq: Hosts, remote_settings: Settings, tmp_path: Path
-) -> None:
+def test_the_status_board_shows_each_sources_transport(acq: Hosts, remote_settings: Settings, tmp_path: Path) -> None:
     settings = remote_settings.replace(ssh_info=edit_registry(acq, tmp_path, "acq1", transport="direct"))
     with (
         Source(CAMERA, name="straight", parameters={"shape": [4, 4]}, settings=settings, host="acq1") as a,

@@ -26,6 +26,7 @@ __all__ = [
     "measure_stream",
     "source_stream",
     "whole_path",
+    "whole_path_direct",
     "whole_path_openssh",
 ]
 
@@ -135,4 +136,12 @@ def whole_path_openssh(name: str, link: Link, plan: Plan) -> Result:
     """The whole source path with the worker on ``link``'s host, its forwards made by OpenSSH."""
     result = whole_path(name, link.with_tunnel("openssh"), plan)
     result.notes["tunnel"] = "openssh"
+    return result
+
+
+def whole_path_direct(name: str, link: Link, plan: Plan) -> Result:
+    """The whole source path with the worker on ``link``'s host, over the direct transport (CurveZMQ)."""
+    notes: dict[str, Any] = {}
+    result = measure_stream(name, path_plan(plan), source_stream(link.with_transport("direct-only"), notes))
+    result.notes.update(notes, transport="direct")
     return result

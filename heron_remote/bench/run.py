@@ -63,6 +63,11 @@ def _measurements() -> list[Measurement]:
             Measurement(f"openssh-gcm-{link}", link, raw.openssh_gcm_forward, ("zmq",)),
             Measurement(f"zmq-paramiko-{link}", link, raw.zmq_paramiko, ("zmq",)),
         ]
+    # Straight over the veth, no SSH: plain TCP, and CurveZMQ (the direct transport's own baseline).
+    found += [
+        Measurement(f"zmq-tcp-{NAMESPACE}", NAMESPACE, raw.over_link, ("zmq",)),
+        Measurement(f"zmq-curve-{NAMESPACE}", NAMESPACE, raw.zmq_curve_over_link, (f"zmq-tcp-{NAMESPACE}",)),
+    ]
     found.append(Measurement("path-local", LOCAL, paths.whole_path, ("zmq",)))
     # A script whose forwarders another script runs (over TCP): what every script would get from a
     # forwarders process of its own, and what every script but the first gets from the shared ones.
@@ -73,6 +78,8 @@ def _measurements() -> list[Measurement]:
     for link in (NAMESPACE, LOOPBACK):
         bases = (f"openssh-{link}", f"openssh-gcm-{link}", f"path-{link}")
         found.append(Measurement(f"path-{link}-openssh", link, paths.whole_path_openssh, bases))
+    direct_bases = (f"zmq-curve-{NAMESPACE}", f"path-{NAMESPACE}")
+    found.append(Measurement(f"path-{NAMESPACE}-direct", NAMESPACE, paths.whole_path_direct, direct_bases))
     return found
 
 
@@ -189,6 +196,12 @@ def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[
                 0.9,
             ),
         ]
+    direct = f"path-{NAMESPACE}-direct"
+    wanted += [
+        (f"{direct} >= 1.5 x path-{NAMESPACE} (1 MiB)", ratio.get((direct, f"path-{NAMESPACE}", MIB)), 1.5),
+        (f"{direct} >= 0.6 x zmq-curve-{NAMESPACE} (1 MiB)", ratio.get((direct, f"zmq-curve-{NAMESPACE}", MIB)), 0.6),
+        (f"{direct} >= 50000 msg/s (64 B)", rate.get((direct, 64)), 50_000),
+    ]
     found = [{"target": t, "value": v, "goal": g, "met": v >= g} for t, v, g in wanted if v is not None]
     launch = studies.get("launch", {}).get(f"launch-{NAMESPACE}", {}).get("cold")
     if launch is not None:
