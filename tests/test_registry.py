@@ -56,7 +56,7 @@ def test_the_file_is_found_from_argument_then_environment_then_home(
         ({"0": {"IP": "a", "trust_on_first_use": "yes"}}, "must be true or false"),
         (
             {"0": {"IP": "a", "Name": "cam", "transport": "Direct"}},
-            'server \'0\' (cam) has "transport" \'Direct\'; it must be one of "tunnel", "direct", "direct-only"',
+            'has "transport" \'Direct\'; it must be one of "tunnel", "direct", "direct-only"',
         ),
         ({"0": {"IP": "a", "transport": None}}, 'has "transport" None; it must be one of'),
     ],
