@@ -282,3 +282,15 @@ def test_the_status_board_shows_each_sources_transport(acq: Hosts, remote_settin
         at = lines[0].index("via")  # the column after node and host
         screen = {line.split()[0]: line[at : at + 7].strip() for line in lines[1:]}
         assert screen == {"straight": "direct", "tunnelled": "tunnel", "here": "local"}
+
+
+def test_a_direct_worker_that_finishes_delivers_every_frame_and_ends_quietly(
+    acq: Hosts, remote_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its end waits for its data context, whose ZAP handler must let go: nothing hangs, nothing is lost."""
+    caplog.set_level(logging.INFO, logger="heron_remote")
+    with Source(str(WORKERS / "finite_worker.py"), **_direct(acq, remote_settings, tmp_path)) as src:
+        assert [f.arrays[0][0, 0] for f in src.frames(timeout=15)] == list(range(1, 21))
+        assert src.launcher.transport == "direct"
+        assert src.launcher.returncode() == 0
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
