@@ -1,7 +1,8 @@
 """The com <-> worker control protocol: the worker's argv, its ready line, pulses and liveness.
 
-A worker binds its four sockets on its own 127.0.0.1 (ports chosen as asked, or free
-ones) and then writes one line to stdout::
+A worker its com started reads the launch's keys first on its stdin (:mod:`._linkkeys`),
+binds its four sockets on its own 127.0.0.1 (ports chosen as asked, or free ones), each
+accepting only that com, and then writes one line to stdout::
 
     HERON_REMOTE_READY {"v": 1, "pid": ..., "ports": {"data": ..., ...}, ...}
 
@@ -280,12 +281,19 @@ def parse_pulse(frames: list[bytes]) -> tuple[int, int | None]:
 
 
 def liveness(
-    pid: int, seq: int, echo_ns: int, error: str | None = None, rejected: int = 0, probe: int | None = None
+    pid: int,
+    seq: int,
+    echo_ns: int,
+    error: str | None = None,
+    rejected: int = 0,
+    probe: int | None = None,
+    refused: int = 0,
 ) -> list[bytes]:
     """A worker's beacon; ``error`` is what went wrong in it that its com should report,
     ``rejected`` how many messages it dropped as undecodable so far, ``probe`` asks the com to
-    answer at once (the worker's stdin closed: is the com still there?)."""
-    body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns, "rejected": rejected}
+    answer at once (the worker's stdin closed: is the com still there?), ``refused`` how many
+    connections it refused for not carrying its com's key."""
+    body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns, "rejected": rejected, "refused": refused}
     if error is not None:
         body["error"] = error[:ERROR_MAX_CHARS]
     if probe is not None:

@@ -49,8 +49,6 @@ class WorkerLauncher(ABC):
     #: How the com reaches the worker's ports: "local", "tunnel", "direct" (CurveZMQ to the PC's
     #: address) or "tunnel (direct unreachable)" (a direct server's fallback).
     transport: str = "local"
-    #: This launch's keys, complete once the worker is ready (None: its sockets take any peer).
-    keys: LinkKeys | None = None
 
     def __init__(self, worker_exec: str, *, node_name: str) -> None:
         if not isinstance(worker_exec, str) or not worker_exec.strip():
@@ -62,6 +60,8 @@ class WorkerLauncher(ABC):
         self.log = NodeLogger(logger, node=node_name, host=self.where)
         self.output = WorkerOutput(self.log)
         self.ready: ReadyLine | None = None
+        #: This launch's keys: only a com that holds them gets through the worker's sockets.
+        self.keys = LinkKeys.make()
         self._spawned = False
         self._spawning = False
         self._stopped = False
@@ -150,6 +150,9 @@ class WorkerLauncher(ABC):
             if stopped_meanwhile:  # that stop() left the clean-up to this thread
                 self._release()
             raise
+        # The keys go first on the control channel, before the worker binds anything.
+        if not self._tell(self.keys.to_line()):
+            self.log.debug("the worker's stdin closed before its keys were written: it has ended")
         with self._stop_lock:
             self._spawning = False
             self._spawned = True

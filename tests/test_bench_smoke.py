@@ -180,3 +180,32 @@ def test_quick_takeover_study_and_shared_path_run(tmp_path: Path, capsys: pytest
     assert 0 < section["longest_gap_s"] == row["longest_gap_s"]
     assert report["targets"] == []  # judged on full runs only
     assert "takeover: 1 runs, 1 takeovers" in out
+
+
+def test_the_cost_of_authentication_is_judged_against_the_same_path_without_keys() -> None:
+    from heron_remote.bench.run import _targets
+
+    ratios = [
+        {"name": "path-local", "base": "path-local-noauth", "size": MIB, "ratio": 0.97},
+        {"name": "path-local", "base": "path-local-noauth", "size": 64, "ratio": 0.85},
+        {"name": "path-ns", "base": "path-ns-noauth", "size": MIB, "ratio": 0.94},
+    ]
+    judged = {t["target"]: t["met"] for t in _targets([], ratios, {})}
+    assert judged == {
+        "path-local >= 0.95 x path-local-noauth (1 MiB)": True,
+        "path-local >= 0.9 x path-local-noauth (64 B)": False,
+        "path-ns >= 0.95 x path-ns-noauth (1 MiB)": False,
+    }
+
+
+@pytest.mark.timeout(90)
+def test_the_bench_measures_the_path_without_the_links_key_beside_the_path_with_it(tmp_path: Path) -> None:
+    from heron_remote._linkkeys import LinkKeys
+
+    only = "path-local-noauth,path-local"
+    assert main(["--quick", "--out", str(tmp_path), "--only", only, "--sizes", "65536"]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    notes = {r["name"]: r["notes"] for r in report["results"]}
+    assert notes["path-local-noauth"]["auth"] == "none (bench only)" and "auth" not in notes["path-local"]
+    assert ("path-local", "path-local-noauth", 65536) in {(r["name"], r["base"], r["size"]) for r in report["ratios"]}
+    assert LinkKeys.make().mechanism == "plain"  # the switch ended with the measurement

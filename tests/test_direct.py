@@ -75,7 +75,7 @@ def test_frames_come_straight_from_the_pcs_address_over_curve(
         assert got == list(range(got[0], got[0] + 100)) and cam.gaps == 0
         launcher = cam.launcher
         assert launcher.transport == "direct" and launcher.tunnels == ()  # no SSH forward carries the data
-        assert launcher.keys is not None and len(launcher.ready.server_key) == 40
+        assert launcher.keys.mechanism == "curve" and len(launcher.ready.server_key) == 40
         # The worker listens on the PC's address, not its loopback, on the ports it reported.
         address = _pc_address(acq)
         _, out, _ = on_host(acq, "acq1", "cat /proc/net/tcp")
@@ -139,11 +139,11 @@ def test_another_account_on_the_pc_or_the_lan_can_neither_take_packets_nor_send_
                 attack.join(1)
                 assert attack.error is None, attack.error
                 assert echoes and all(e == {"ok": True, "gain": 1} for e in echoes)  # no parameters injected
-            print(f"attacks: {reports}; the worker refused {src.stats.worker_rejected} handshakes")
+            print(f"attacks: {reports}; the worker refused {src.stats.worker_refused} handshakes")
             for report in reports:
                 assert report["got"] == dict.fromkeys(report["got"], 0)  # not one packet, not one beacon
             # Its handshakes reached the worker and were refused there (ZAP); the com lost nothing to them.
-            wait_until(lambda: src.stats.worker_rejected > 0, 5, "the worker to report the refused handshakes")
+            wait_until(lambda: src.stats.worker_refused > 0, 5, "the worker to report the refused handshakes")
             assert indices == list(range(indices[0], indices[-1] + 1)) and src.stats.lost == 0 and src.gaps == 0
             assert src.stats.worker_pid == pid and src.stats.state == "running"
     finally:
@@ -170,7 +170,7 @@ def test_a_firewall_on_the_pc_sends_direct_through_the_tunnel_within_seconds_and
             launcher = cam.launcher
             assert launcher.transport == "tunnel (direct unreachable)" and len(launcher.tunnels) == 4
             # The tunnels lead to the worker's ports on the PC's address, still CurveZMQ.
-            assert {t.remote[0] for t in launcher.tunnels} == {_pc_address(acq)} and launcher.keys is not None
+            assert {t.remote[0] for t in launcher.tunnels} == {_pc_address(acq)} and launcher.keys.mechanism == "curve"
             assert cam.status().transport == "tunnel (direct unreachable)"
     finally:
         acq.unblock_inbound(host)

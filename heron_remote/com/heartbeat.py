@@ -40,7 +40,7 @@ class Heartbeat:
         self._rate = rate
         self._stopping = stopping
         self._log = log
-        self._target: tuple[str, LinkKeys | None] | None = None
+        self._target: tuple[str, LinkKeys] | None = None
         self._thread: KeptThread | None = None
         self._answer: int | None = None
         self._wake = threading.Event()
@@ -53,8 +53,8 @@ class Heartbeat:
         """Pulse from the calling thread until the com stops (Heron's ``heartbeat_loop``)."""
         self._loop()
 
-    def aim(self, endpoint: str, keys: LinkKeys | None = None) -> None:
-        """Pulse the worker at ``endpoint`` from now on (with ``keys``' client credentials, if any)."""
+    def aim(self, endpoint: str, keys: LinkKeys) -> None:
+        """Pulse the worker at ``endpoint``, which takes ``keys``, from now on."""
         self._target = (endpoint, keys)
 
     def answer(self, probe: int) -> None:
@@ -94,7 +94,7 @@ class Heartbeat:
 
     def _loop(self) -> None:
         sock: zmq.Socket | None = None
-        target: tuple[str, LinkKeys | None] | None = None
+        target: tuple[str, LinkKeys] | None = None
         try:
             while not self._stopping.is_set():
                 wanted = self._target
@@ -107,8 +107,7 @@ class Heartbeat:
                     sock.sndhwm = 1
                     back_off(sock)
                     endpoint, keys = target
-                    if keys is not None:
-                        keys.apply_client(sock)
+                    keys.apply_client(sock)
                     sock.connect(endpoint)
                 if sock is not None:
                     answer, self._answer = self._answer, None

@@ -148,16 +148,10 @@ class RemoteLauncher(WorkerLauncher):
             out_stream=_LineSink(self.output.feed, "stdout"),
             err_stream=_LineSink(self.output.feed, "stderr"),
         )
-        # The keys first, before anything else on the control channel (the worker binds nothing until then).
-        if self.keys is not None and not self._process.send(self.keys.to_line()):
-            raise WorkerStartError(
-                f"cannot give the worker of node {self.node_name!r} its keys: its SSH session on {self.where} closed",
-                node=self.node_name,
-            )
 
     def wait_ready(self, timeout: float) -> ReadyLine:
         ready = super().wait_ready(timeout)
-        if self._direct is not None and self.keys is not None:
+        if self._direct is not None:
             try:
                 self.keys = self.keys.with_server(ready.server_key)
             except DecodeError as exc:

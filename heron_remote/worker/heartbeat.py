@@ -48,6 +48,8 @@ class WorkerHeartbeat:
         self._die = die
         self._error: str | None = None
         self._now = threading.Event()
+        #: Connections the worker refused for want of its com's key, for the beacons.
+        self.refused: Callable[[], int] = lambda: 0
         #: Called on every pulse (the start record's live file takes its time).
         self.on_pulse: Callable[[], object] = lambda: None
         self._probe: tuple[int, float, Callable[[], object]] | None = None
@@ -115,7 +117,9 @@ class WorkerHeartbeat:
                 error, self._error = self._error, None
                 asking = probe[0] if probe is not None else None
                 try:
-                    beacon.send_multipart(liveness(pid, seq, echo, error, self._drops.count, asking), zmq.NOBLOCK)
+                    beacon.send_multipart(
+                        liveness(pid, seq, echo, error, self._drops.count, asking, self.refused()), zmq.NOBLOCK
+                    )
                 except zmq.Again:
                     self._error = self._error or error  # goes with the next beacon
                 every = self._rate if connected else min(0.1, self._rate)

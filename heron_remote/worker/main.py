@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from .._linkkeys import KEYS_MAX_CHARS, LinkKeys
+from .._linkkeys import MAX_LINE, LinkKeys
 from .._protocol import EXIT_BAD_START, EXIT_HELD, EXIT_WORK_FAILED, WorkerArgs
 from .._streams import guard_std_streams
 from ..errors import DecodeError, NodeHeldError, UnsafePathError
@@ -47,6 +47,7 @@ def run_worker(
     except ValueError as exc:
         print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
         os._exit(EXIT_BAD_START)
+    keys = _read_keys() if args.control else None
     node = args.parameters_topic.split("##")[-2] if "##" in args.parameters_topic else "worker"
     guard_std_streams(node)  # before logging takes hold of sys.stderr
     if not logging.getLogger().handlers:
@@ -64,10 +65,22 @@ def run_worker(
         heartbeats_to_death=args.heartbeats_to_death,
     )
     worker.num_outputs = args.outputs
+    if (keys is not None and keys.mechanism == "curve") or args.bind:
+        # The direct transport: CurveZMQ on the PC's address, with a server key pair of this launch.
+        if keys is None or keys.mechanism != "curve" or not args.bind:
+            print(
+                "heron_remote worker: a bind address comes with its com's curve keys, and curve keys with a bind "
+                "address (the direct transport)",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(EXIT_BAD_START)
+        keys = keys.with_server_pair(link_timeout=args.link_timeout)
+        worker.bind_on(args.bind)
+    if keys is not None:
+        worker.use_keys(keys)  # before any socket binds: only its com gets in
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, worker.on_kill)
-    if args.bind:
-        worker.secure(_read_keys(args).with_server_pair(link_timeout=args.link_timeout), args.bind)
     worker.start_control(args.control, args.session_grace)
     if args.token:
         try:
@@ -88,15 +101,12 @@ def run_worker(
     worker.finish()
 
 
-def _read_keys(args: WorkerArgs) -> LinkKeys:
-    """The com's keys: the first line of the control channel, read before any socket binds."""
-    if not args.control:
-        print("heron_remote worker: a bind address needs a control channel for the keys", file=sys.stderr, flush=True)
-        os._exit(EXIT_BAD_START)
+def _read_keys() -> LinkKeys:
+    """The link's keys: the first line its com writes on the control channel (stdin)."""
     try:
-        return LinkKeys.from_line(sys.stdin.buffer.readline(KEYS_MAX_CHARS + 1))
-    except DecodeError as exc:
-        print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
+        return LinkKeys.from_line(sys.stdin.buffer.readline(MAX_LINE + 1))
+    except (DecodeError, OSError, ValueError) as exc:
+        print(f"heron_remote worker: cannot read its com's key line: {exc}", file=sys.stderr, flush=True)
         os._exit(EXIT_BAD_START)
 
 

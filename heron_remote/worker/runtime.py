@@ -1,8 +1,9 @@
 """SourceWorker: what a work function holds. Sends data to the com, receives parameters.
 
 Every socket binds on this host's 127.0.0.1 and the com connects, so an SSH forward
-from the rig is all a remote worker needs. With the direct transport (:meth:`SourceWorker.secure`)
-they bind on the PC's LAN address instead, as CurveZMQ servers that accept only their com's key.
+from the rig is all a remote worker needs. A worker its com started accepts only that com
+(:meth:`SourceWorker.use_keys`, :mod:`heron_remote._linkkeys`). With the direct transport
+(:meth:`SourceWorker.bind_on`) they bind on the PC's LAN address instead, as CurveZMQ servers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, NoReturn
 import zmq
 
 from .._drops import Drops
-from .._linkkeys import LinkKeys, ZapHandler
+from .._linkkeys import Gate, LinkKeys
 from .._protocol import DATA_HWM_RANGE, EXIT_BAD_START, EXIT_WORK_FAILED, ReadyLine
 from .._threads import KeptThread
 from .._verbosity import NO_RELIC
@@ -87,8 +88,10 @@ class SourceWorker:
         self._heartbeat = WorkerHeartbeat(
             self.heartbeat_rate, self.heartbeats_to_death, self._bind, self._die, self._drops
         )
+        self._heartbeat.refused = lambda: self.refused
         self._context = zmq.Context()
         self._data_context: zmq.Context | None = None
+        self._gate: Gate | None = None
         self._data: zmq.Socket | None = None
         self._send_lock = threading.Lock()
         self._ports: dict[str, int] = {}
@@ -97,8 +100,6 @@ class SourceWorker:
         self._reaped: tuple[int, ...] = ()
         self._relic: Relic | None = None
         self._address = "127.0.0.1"
-        self._keys: LinkKeys | None = None
-        self._zap: dict[int, ZapHandler] = {}
 
     # -- what tests and tools may read --------------------------------------------
     @property
@@ -110,9 +111,14 @@ class SourceWorker:
     @property
     def rejected(self) -> int:
         """Messages on the pulse and parameters ports dropped as undecodable (anyone on the PC can
-        write there), and handshakes refused by a direct worker; each beacon tells the com
-        (``stats.worker_rejected``)."""
+        write there); each beacon tells the com (``stats.worker_rejected``)."""
         return self._drops.count
+
+    @property
+    def refused(self) -> int:
+        """Connections to the worker's ports refused for not carrying its com's key (another program
+        on the PC tried them); each beacon tells the com (``stats.worker_refused``)."""
+        return self._gate.refused if self._gate is not None else 0
 
     @property
     def data_socket(self) -> zmq.Socket | None:
@@ -151,28 +157,27 @@ class SourceWorker:
             closed=self._life.channel_closed,
         ).start()
 
-    def secure(self, keys: LinkKeys, address: str) -> None:
-        """Bind on ``address`` as CurveZMQ servers with ``keys`` (a server pair made for this launch),
-        accepting only the com's client key. Call before any socket binds."""
-        self._keys, self._address = keys, address
+    def bind_on(self, address: str) -> None:
+        """Bind on ``address`` (the PC's, as its com reaches it) instead of 127.0.0.1: the direct
+        transport, whose curve keys :meth:`use_keys` then takes. Call before any socket binds."""
+        assert not self._ports, "bind_on() comes before the sockets bind"
+        self._address = address
+
+    def use_keys(self, keys: LinkKeys) -> None:
+        """Accept only the com that holds ``keys`` on every socket (call before any binds)."""
+        assert not self._ports, "use_keys() comes before the sockets bind"
+        if self._data_context is None:
+            self._data_context = zmq.Context()
+        self._gate = Gate(keys)
+        self._gate.start({self._context: ("heartbeat", "parameters", "liveness"), self._data_context: ("data",)})
 
     # -- sockets ---------------------------------------------------------------
-    def _guard(self, sock: zmq.Socket) -> None:
-        """Make ``sock`` a CURVE server checked by its context's ZAP handler (started once per context)."""
-        keys = self._keys
-        if keys is None:
-            return
-        context = sock.context
-        with self._ports_lock:
-            if id(context) not in self._zap:
-                self._zap[id(context)] = ZapHandler(context, keys, self._drops).start()
-        keys.apply_server(sock)
-        if ":" in self._address:
-            sock.ipv6 = True
-
     def _bind(self, sock: zmq.Socket, channel: str) -> None:
         port = self.port + _CHANNEL_OFFSET[channel] if self.port else 0
-        self._guard(sock)
+        if self._gate is not None:
+            self._gate.watch(sock, channel)
+        if ":" in self._address:
+            sock.ipv6 = True
         host = f"[{self._address}]" if ":" in self._address else self._address
         try:
             if port:
@@ -185,7 +190,7 @@ class SourceWorker:
                 f"cannot bind the {channel} socket on {host}:{port}: {exc.strerror}. "
                 + (
                     "Another process holds the port: is an earlier worker of this node still running?"
-                    if self._keys is None
+                    if self._address == "127.0.0.1"
                     else "Is that address this PC's own (not one a NAT router forwards)? Use the tunnel transport "
                     "if the rig reaches this PC through an address it does not have."
                 ),
@@ -201,7 +206,7 @@ class SourceWorker:
                 version=__version__,
                 python=platform.python_version(),
                 reaped=self._reaped,
-                server_key=self._keys.server_public.decode() if self._keys is not None else "",
+                server_key=self._gate.keys.server_public.decode() if self._gate is not None else "",
             )
             print(line.to_line(), flush=True)  # the ready line: the com reads it on our stdout
 
@@ -209,7 +214,8 @@ class SourceWorker:
         """Bind the data socket (this thread sends on it)."""
         # A context of its own, so that at a normal end it can be terminated with
         # its linger while the service threads' sockets are still open.
-        self._data_context = zmq.Context()
+        if self._data_context is None:
+            self._data_context = zmq.Context()
         self._data = self._data_context.socket(zmq.PUSH)
         # Shallow on purpose: a worker that runs far ahead of its com only takes the CPU the com needs.
         self._data.sndhwm = DATA_HWM_RANGE[0]
