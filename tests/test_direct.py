@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heron_remote import DirectUnreachableError, RestartPolicy, Settings, Source, StatusBoard, WorkerError
+from heron_remote import (
+    DecodeError,
+    DirectUnreachableError,
+    RestartPolicy,
+    Settings,
+    Source,
+    StatusBoard,
+    WorkerError,
+)
+from heron_remote._linkkeys import KEYS_PREFIX, LinkKeys
 from heron_remote._threads import KeptThread
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 from heron_remote.status import render
@@ -294,3 +303,23 @@ def test_a_direct_worker_that_finishes_delivers_every_frame_and_ends_quietly(
         assert src.launcher.transport == "direct"
         assert src.launcher.returncode() == 0
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("client", "reason"),
+    [
+        ("short", "must be a z85 CurveZMQ key of 40 characters"),
+        ("~" * 40, "is not z85"),
+        (None, "must be a z85 CurveZMQ key"),
+    ],
+)
+def test_a_curve_key_line_carries_only_the_public_key_and_a_bad_one_is_refused(client: object, reason: str) -> None:
+    keys = LinkKeys.make("curve", link_timeout=3.0)
+    line = keys.to_line()
+    assert keys.client_secret.decode() not in line and "link_timeout" not in line
+    assert LinkKeys.from_line(line).client_public == keys.client_public
+    bad = KEYS_PREFIX + json.dumps({"v": 1, "mechanism": "curve", "client": client}) + "\n"
+    with pytest.raises(DecodeError, match=reason):
+        LinkKeys.from_line(bad)
+    with pytest.raises(DecodeError, match="the worker's server key must be"):
+        keys.with_server("")  # a worker too old to serve CurveZMQ reports none
