@@ -6,6 +6,10 @@ accepting only that com, and then writes one line to stdout::
 
     HERON_REMOTE_READY {"v": 1, "pid": ..., "ports": {"data": ..., ...}, ...}
 
+With the direct transport (``--heron-remote-bind=ADDRESS``, curve keys) it binds on that
+address instead, as CurveZMQ servers, and the ready line adds ``"server_key"``: its public key
+for this launch.
+
 The com connects to those ports (directly, or through SSH forwards) and counts the
 worker as running once the first liveness message arrives over ZeroMQ, which proves
 the whole path works. Pulses carry the com's send time; liveness messages echo the
