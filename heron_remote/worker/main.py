@@ -106,7 +106,7 @@ def _read_keys() -> LinkKeys:
     try:
         return LinkKeys.from_line(sys.stdin.buffer.readline(MAX_LINE + 1))
     except (DecodeError, OSError, ValueError) as exc:
-        print(f"heron_remote worker: cannot read its com's key line: {exc}", file=sys.stderr, flush=True)
+        print(f"heron_remote worker: cannot read the key line from its com: {exc}", file=sys.stderr, flush=True)
         os._exit(EXIT_BAD_START)
 
 
