@@ -4,9 +4,9 @@
 # already, so every step below then runs without a network).
 ARG BASE=python:3.11-slim
 FROM ${BASE}
-RUN dpkg -s openssh-server openssh-client iproute2 procps >/dev/null 2>&1 \
+RUN dpkg -s openssh-server openssh-client iproute2 procps iptables >/dev/null 2>&1 \
  || { apt-get update \
-      && apt-get install -y --no-install-recommends openssh-server openssh-client iproute2 procps \
+      && apt-get install -y --no-install-recommends openssh-server openssh-client iproute2 procps iptables \
       && rm -rf /var/lib/apt/lists/*; } \
  && mkdir -p /run/sshd
 WORKDIR /src

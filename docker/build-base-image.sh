@@ -35,7 +35,7 @@ trap cleanup EXIT
 
 echo "base image: debootstrap $suite from $MIRROR"
 debootstrap --variant=minbase \
-    --include=python3,python3-venv,openssh-server,openssh-client,iproute2,procps,ca-certificates \
+    --include=python3,python3-venv,openssh-server,openssh-client,iproute2,procps,iptables,ca-certificates \
     "$suite" "$root" "$MIRROR" >"$work/debootstrap.log" 2>&1 || { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
 
 # The dependencies and the test extra, read from pyproject.toml; setuptools for the editable install.

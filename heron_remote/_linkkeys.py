@@ -5,11 +5,15 @@ the worker's stdin (the local pipe, or the SSH session's stdin), never on argv, 
 environment or in a file::
 
     HERON_REMOTE_KEYS {"v": 1, "mechanism": "plain", "secret": "<64 hex>"}
+    HERON_REMOTE_KEYS {"v": 1, "mechanism": "curve", "client": "<z85 public key of the com>"}
 
 The worker reads that line before it binds anything, serves ZeroMQ's ZAP in each of its
 contexts (:class:`Gate`) and makes each of its four sockets a PLAIN server that accepts only
 that secret; the com sets it as client credentials on every socket it points at the worker.
-PLAIN sends the secret in the clear: it travels only over loopback or inside SSH. Every
+PLAIN sends the secret in the clear: it travels only over loopback or inside SSH. The direct
+transport uses ``"curve"``: the com keeps its client key pair's secret, the worker makes a
+CurveZMQ server key pair for this launch and sends its public key back in the ready line (over
+the SSH session), its sockets are CURVE servers and the gate accepts that one client key. Every
 handshake a worker socket refuses (no key, a wrong key, a connection that does not finish
 its handshake within :data:`HANDSHAKE_IVL_MS`) is counted and logged; the worker's beacons
 carry the count to its com. A connection its peer closes before saying anything is not
@@ -31,9 +35,10 @@ import re
 import secrets
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import zmq
+from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from ._drops import Drops
@@ -65,22 +70,53 @@ _WATCHED = sum(_REFUSALS)
 _TIMED_OUT = (errno.EAGAIN, errno.ETIMEDOUT)
 _STOP_CHECK_MS = 100
 _gates = itertools.count(1)
+#: What CurveZMQ adds to each frame on the wire (its MESSAGE command: name, nonce, box).
+CURVE_FRAME_OVERHEAD = 64
+#: The largest handshake command a com sends (INITIATE: keys, vouch and metadata, ~300 bytes).
+CURVE_HANDSHAKE_MAX_BYTES = 1024
 _unauthenticated = False
+
+
+def _z85_key(value: object, what: str) -> bytes:
+    """A z85 CurveZMQ key (40 characters); DecodeError for anything else."""
+    if not isinstance(value, str) or len(value) != 40:
+        raise DecodeError(f"{what} must be a z85 CurveZMQ key of 40 characters")
+    try:
+        z85.decode(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, KeyError) as exc:
+        raise DecodeError(f"{what} is not z85: {exc}") from exc
+    return value.encode("ascii")
 
 
 @dataclass(frozen=True)
 class LinkKeys:
-    """The keys of one launch: ``mechanism`` "plain" with a ``secret`` of 64 hex digits."""
+    """The keys of one launch: ``mechanism`` "plain" with a ``secret`` of 64 hex digits, or "curve"
+    (the direct transport) with the com's client key pair and, once known, the worker's server key.
+
+    A com holds ``client_secret`` and, after the ready line, ``server_public``; a worker holds the
+    com's ``client_public`` and the ``server_secret`` it made. ``link_timeout`` (curve only, never
+    sent): seconds after which a silent connection is dropped and made again (ZeroMQ heartbeats) --
+    a cable pulled leaves TCP connections open that carry nothing, and a worker's PUSH would go on
+    sharing its packets with one until TCP gives up, many minutes later.
+    """
 
     mechanism: str
     secret: str = ""
+    client_public: bytes = b""
+    client_secret: bytes = b""
+    server_public: bytes = b""
+    server_secret: bytes = b""
+    link_timeout: float = 0.0
 
     def __repr__(self) -> str:  # never the secret, whatever logs this
         return f"LinkKeys({self.mechanism!r})"
 
     @classmethod
-    def make(cls) -> LinkKeys:
-        """Fresh keys for one launch."""
+    def make(cls, mechanism: str = "plain", *, link_timeout: float = 0.0) -> LinkKeys:
+        """Fresh keys for one launch ("curve": a client key pair, for the direct transport)."""
+        if mechanism == "curve":
+            public, secret = zmq.curve_keypair()
+            return cls("curve", client_public=public, client_secret=secret, link_timeout=link_timeout)
         if _unauthenticated:
             return cls("none")
         return cls("plain", secrets.token_hex(32))
@@ -90,7 +126,18 @@ class LinkKeys:
         body: dict[str, object] = {"v": KEYS_VERSION, "mechanism": self.mechanism}
         if self.mechanism == "plain":
             body["secret"] = self.secret
+        elif self.mechanism == "curve":
+            body["client"] = self.client_public.decode()
         return KEYS_PREFIX + json.dumps(body, separators=(",", ":")) + "\n"
+
+    def with_server(self, server_public: str) -> LinkKeys:
+        """The com's curve keys and the worker's server key from its ready line; DecodeError when it is none."""
+        return replace(self, server_public=_z85_key(server_public, "the worker's server key"))
+
+    def with_server_pair(self, *, link_timeout: float = 0.0) -> LinkKeys:
+        """The worker's curve keys and a CurveZMQ server key pair made now, for this launch only."""
+        public, secret = zmq.curve_keypair()
+        return replace(self, server_public=public, server_secret=secret, link_timeout=link_timeout)
 
     @classmethod
     def from_line(cls, line: bytes | str) -> LinkKeys:
@@ -114,8 +161,10 @@ class LinkKeys:
         mechanism = body.get("mechanism")
         if mechanism == "none":
             return cls("none")
+        if mechanism == "curve":
+            return cls("curve", client_public=_z85_key(body.get("client"), "the key line's client key"))
         if mechanism != "plain":
-            raise DecodeError(f"the key line names mechanism {mechanism!r}; this worker knows 'plain'")
+            raise DecodeError(f"the key line names mechanism {mechanism!r}; this worker knows 'plain' and 'curve'")
         secret = body.get("secret")
         if not isinstance(secret, str) or not _SECRET.fullmatch(secret):
             raise DecodeError("the key line's secret must be 64 lower-case hex digits")
@@ -127,6 +176,13 @@ class LinkKeys:
         if self.mechanism == "plain":
             sock.plain_username = _USER
             sock.plain_password = self.secret.encode()
+        elif self.mechanism == "curve":
+            if not self.server_public or not self.client_secret:
+                raise RuntimeError("curve client credentials need the com's secret and the worker's server key")
+            sock.curve_secretkey = self.client_secret
+            sock.curve_publickey = self.client_public
+            sock.curve_serverkey = self.server_public
+            self._watch(sock)
         else:
             sock.plain_server = False  # ZeroMQ: back to the NULL mechanism
 
@@ -136,9 +192,31 @@ class LinkKeys:
         if self.mechanism == "plain":
             sock.plain_server = True
             sock.zap_domain = _DOMAIN
+        elif self.mechanism == "curve":
+            if not self.server_secret:
+                raise RuntimeError("a CURVE server needs its key pair: with_server_pair() first")
+            sock.curve_secretkey = self.server_secret
+            sock.curve_publickey = self.server_public
+            sock.curve_server = True
+            sock.zap_domain = _DOMAIN
+            # libzmq applies a socket's size cap to the handshake's commands and to each encrypted
+            # frame (the frame plus its box): leave room for both above what the reader allows.
+            cap = int(sock.getsockopt(zmq.MAXMSGSIZE))
+            if cap >= 0:
+                sock.maxmsgsize = max(cap + CURVE_FRAME_OVERHEAD, CURVE_HANDSHAKE_MAX_BYTES)
+            self._watch(sock)
+
+    def _watch(self, sock: zmq.Socket) -> None:
+        """ZeroMQ heartbeats on a direct link: a connection silent for ``link_timeout`` s is dropped."""
+        if self.link_timeout > 0:
+            sock.heartbeat_ivl = max(50, int(self.link_timeout * 1000 / 3))
+            sock.heartbeat_timeout = max(150, int(self.link_timeout * 1000))
 
     def accepts(self, mechanism: bytes, credentials: Sequence[bytes]) -> bool:
         """Whether a ZAP request's ``mechanism`` and ``credentials`` are these keys."""
+        if self.mechanism == "curve":
+            client = z85.decode(self.client_public)
+            return mechanism == b"CURVE" and len(credentials) == 1 and hmac.compare_digest(credentials[0], client)
         if self.mechanism != "plain" or mechanism != b"PLAIN" or len(credentials) != 2:
             return False
         user, password = credentials

@@ -6,6 +6,10 @@ accepting only that com, and then writes one line to stdout::
 
     HERON_REMOTE_READY {"v": 1, "pid": ..., "ports": {"data": ..., ...}, ...}
 
+With the direct transport (``--heron-remote-bind=ADDRESS``, curve keys) it binds on that
+address instead, as CurveZMQ servers, and the ready line adds ``"server_key"``: its public key
+for this launch.
+
 The com connects to those ports (directly, or through SSH forwards) and counts the
 worker as running once the first liveness message arrives over ZeroMQ, which proves
 the whole path works. Pulses carry the com's send time; liveness messages echo the
@@ -14,6 +18,7 @@ last one, so the com measures the heartbeat round trip.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from dataclasses import dataclass
@@ -96,6 +101,11 @@ class WorkerArgs:
     control: str = ""
     #: Seconds a "session" worker waits for an answer from its com once its stdin closed.
     session_grace: float = 0.75
+    #: The address the worker binds on ("": its 127.0.0.1). The direct transport gives the PC's
+    #: address as its com reaches it; the worker then reads its keys first and serves CurveZMQ.
+    bind: str = ""
+    #: Seconds after which a direct worker drops a silent connection (Settings.link_timeout).
+    link_timeout: float = 3.0
 
     def to_argv(self) -> list[str]:
         # Heron's positional layout first, so Heron's own parser still reads it;
@@ -109,7 +119,7 @@ class WorkerArgs:
             f"{_OPTION_PREFIX}heartbeat-rate={self.heartbeat_rate!r}",
             f"{_OPTION_PREFIX}heartbeats-to-death={self.heartbeats_to_death}",
         ]
-        for key in ("token", "node_id", "run_dir", "outputs", "com", "control"):
+        for key in ("token", "node_id", "run_dir", "outputs", "com", "control", "bind"):
             value = getattr(self, key)
             if value:
                 argv.append(f"{_OPTION_PREFIX}{key.replace('_', '-')}={value}")
@@ -117,6 +127,8 @@ class WorkerArgs:
             argv.append(f"{_OPTION_PREFIX}cpu={self.cpu}")
         if self.control:
             argv.append(f"{_OPTION_PREFIX}session-grace={self.session_grace!r}")
+        if self.bind:
+            argv.append(f"{_OPTION_PREFIX}link-timeout={self.link_timeout!r}")
         return argv
 
     @classmethod
@@ -147,6 +159,7 @@ class WorkerArgs:
             cpu=cpu,
             com=com,
             session_grace=settings.session_grace,
+            link_timeout=settings.link_timeout,
         )
 
     @classmethod
@@ -182,6 +195,8 @@ class WorkerArgs:
                 com=options.get("com", ""),
                 control=_control(options.get("control", "")),
                 session_grace=float(options.get("session-grace", 0.75)),
+                bind=_address(options.get("bind", "")),
+                link_timeout=float(options.get("link-timeout", 3.0)),
             )
         except ValueError as exc:
             raise ConfigError(usage + repr(argv)) from exc
@@ -197,6 +212,8 @@ class ReadyLine:
     python: str
     #: Pids of workers of the same node that an earlier run left and this one ended.
     reaped: tuple[int, ...] = ()
+    #: The worker's CurveZMQ public key for this launch (z85), when it serves CurveZMQ.
+    server_key: str = ""
 
     def to_line(self) -> str:
         body = {
@@ -207,6 +224,8 @@ class ReadyLine:
             "python": self.python,
             "reaped": list(self.reaped),
         }
+        if self.server_key:
+            body["server_key"] = self.server_key
         return READY_PREFIX + json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -224,9 +243,17 @@ class ReadyLine:
                 version=str(body.get("version", "?")),
                 python=str(body.get("python", "?")),
                 reaped=tuple(int(p) for p in body.get("reaped", ())),
+                server_key=str(body.get("server_key", "")),
             )
         except (ValueError, KeyError, TypeError):
             return None
+
+
+def _address(value: str) -> str:
+    """An IP address to bind on ("" for loopback); ValueError for anything else (a name, a pattern)."""
+    if value:
+        ipaddress.ip_address(value)
+    return value
 
 
 def _control(value: str) -> str:

@@ -18,7 +18,8 @@ Every error is a :class:`HeronRemoteError`, so one ``except`` catches them all::
         ├── HostUnreachableError   no answer, connection refused, name not resolved
         ├── HostKeyError           the host key is unknown, changed or revoked; known_hosts unreadable
         ├── AuthenticationError    the server refused our key, agent keys or password
-        └── TunnelError            a port forward could not be opened
+        ├── TunnelError            a port forward could not be opened
+        └── DirectUnreachableError a "direct-only" server's worker ports cannot be reached (a firewall)
 
 Errors that carry a worker's output keep the last lines of its stderr in
 ``stderr_tail`` and show them in the message. Errors of paramiko and of sockets are
@@ -31,6 +32,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "DecodeError",
+    "DirectUnreachableError",
     "ForwarderError",
     "HeronRemoteError",
     "HostKeyError",
@@ -96,6 +98,11 @@ class AuthenticationError(SSHError):
 
 class TunnelError(SSHError):
     """A port forward through the SSH connection failed."""
+
+
+class DirectUnreachableError(SSHError):
+    """A server whose registry entry says ``"transport": "direct-only"`` started its worker, but this
+    rig cannot reach the worker's ports on the PC's address (a firewall drops or refuses them)."""
 
 
 class WorkerError(HeronRemoteError):

@@ -46,6 +46,9 @@ class WorkerLauncher(ABC):
     _group_poll_s: float = 0.02
     #: What the worker's stdin is (WorkerArgs.control): how it tells its com is gone.
     control: str = "pipe"
+    #: How the com reaches the worker's ports: "local", "tunnel", "direct" (CurveZMQ to the PC's
+    #: address) or "tunnel (direct unreachable)" (a direct server's fallback).
+    transport: str = "local"
 
     def __init__(self, worker_exec: str, *, node_name: str) -> None:
         if not isinstance(worker_exec, str) or not worker_exec.strip():

@@ -81,6 +81,9 @@ class SourceStatus:
     stalled_s: float | None = None
     down_s: float = 0.0
     silent_s: float | None = None
+    #: How the data comes: "local", "tunnel", "direct", or "tunnel (direct unreachable)" (a direct
+    #: server's fall-back); "" from a com older than the field.
+    transport: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -121,6 +124,7 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "stalled_s": (*_NUMBER, type(None)),
     "down_s": _NUMBER,
     "silent_s": (*_NUMBER, type(None)),
+    "transport": (str,),
 }
 
 
@@ -240,6 +244,13 @@ def _state(s: SourceStatus) -> str:
     return s.state
 
 
+def _via(s: SourceStatus) -> str:
+    """The transport in a word: a direct server's fall-back to its tunnel is ``tunnel*``."""
+    if s.transport.startswith("tunnel ("):
+        return "tunnel*"
+    return _shown(s.transport[:7]) or "-"
+
+
 def _live(s: SourceStatus) -> bool:
     """Whether its rates are current: not for a source that stopped or is not heard from."""
     return s.state not in FINAL_STATES and s.state != "unknown"
@@ -247,7 +258,7 @@ def _live(s: SourceStatus) -> bool:
 
 def render(sources: dict[str, SourceStatus]) -> str:
     """A table for a terminal (the README's *Live status* explains each state)."""
-    head = f"{'node':<16} {'host':<12} {'pid':>7} {'state':<13} {'frames/s':>9} {'MB/s':>8} {'gaps':>6} "
+    head = f"{'node':<16} {'host':<12} {'via':<7} {'pid':>7} {'state':<13} {'frames/s':>9} {'MB/s':>8} {'gaps':>6} "
     head += f"{'restarts':>10} {'rtt ms':>7}  last error"
     lines = [head]
     for name in sorted(sources):
@@ -259,7 +270,7 @@ def render(sources: dict[str, SourceStatus]) -> str:
         if s.state == "unknown":
             error = f"no report for {s.silent_s or 0:.0f} s" + (f"; {error}" if error else "")
         lines.append(
-            f"{_shown(s.node):<16} {_shown(s.host):<12} {s.worker_pid or '-':>7} {_shown(_state(s)):<13} "
+            f"{_shown(s.node):<16} {_shown(s.host):<12} {_via(s):<7} {s.worker_pid or '-':>7} {_shown(_state(s)):<13} "
             f"{fps:>9} {mbs:>8} {s.gaps:>6} {restarts:>10} {rtt:>7}  {_shown(error)}".rstrip()
         )
     if not sources:
@@ -288,6 +299,7 @@ def status_of(node_name: str, where: str, stats: ComStats, meter: RateMeter) -> 
         rejected=stats.rejected + stats.worker_rejected + stats.worker_refused,
         stalled_s=None if stalled is None else round(stalled, 1),
         down_s=round(stats.down_s, 1),
+        transport=stats.transport,
     )
 
 

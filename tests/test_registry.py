@@ -54,6 +54,11 @@ def test_the_file_is_found_from_argument_then_environment_then_home(
         ({"0": {"IP": "a", "pasword": "x"}}, "server '0' has the unknown key 'pasword'"),
         ({"0": {"IP": "a", "Name": "x"}, "1": {"IP": "b", "Name": "x"}}, "the Name 'x' is used by more than one"),
         ({"0": {"IP": "a", "trust_on_first_use": "yes"}}, "must be true or false"),
+        (
+            {"0": {"IP": "a", "Name": "cam", "transport": "Direct"}},
+            'has "transport" \'Direct\'; it must be one of "tunnel", "direct", "direct-only"',
+        ),
+        ({"0": {"IP": "a", "transport": None}}, 'has "transport" None; it must be one of'),
     ],
 )
 def test_malformed_files_name_the_server_and_the_key(tmp_path: Path, raw: object, reason: str) -> None:
@@ -88,3 +93,13 @@ def test_ssh_config_aliases_fill_in_what_the_registry_leaves_out(tmp_path: Path)
     assert s.key_file.endswith(".ssh/lab_key")
     explicit = Server(id="0", name="campc", host="campc", username="me", key_file="/k").with_ssh_config(config)
     assert (explicit.username, explicit.key_file) == ("me", "/k")
+
+
+def test_the_transport_is_the_tunnel_unless_a_server_says_direct(tmp_path: Path) -> None:
+    servers = {"0": {"IP": "a"}, "1": {"IP": "b", "transport": "direct"}, "2": {"IP": "c", "transport": "direct-only"}}
+    registry = Registry.load(write(tmp_path, servers))
+    assert [(s.transport, s.direct) for s in registry.servers.values()] == [
+        ("tunnel", False),
+        ("direct", True),
+        ("direct-only", True),
+    ]

@@ -111,17 +111,18 @@ def _row(node: str, state: str, **more: object) -> SourceStatus:
 def test_the_table_says_each_state_in_words() -> None:
     screen = render(
         {
-            "cam-left": _row("cam-left", "running"),
+            "cam-left": _row("cam-left", "running", transport="direct"),
             "cam-right": _row("cam-right", "stalled", stalled_s=2.5, frames_per_s=0.0),
             "cam-top": _row("cam-top", "stopped"),
             "cam-old": _row("cam-old", "unknown", silent_s=7.0),
-            "daq": _row("daq", "running", restarts=1, down_s=14.8, gaps=1),
+            "daq": _row("daq", "running", restarts=1, down_s=14.8, gaps=1, transport="tunnel (direct unreachable)"),
         }
     )
     print(screen)
     lines = {line.split()[0]: line for line in screen.splitlines()[1:]}
     assert "stalled 2.5s" in lines["cam-right"]
-    assert lines["cam-top"].split()[3:6] == ["stopped", "-", "-"]  # no rates for a source that stopped
+    assert lines["cam-top"].split()[4:7] == ["stopped", "-", "-"]  # no rates for a source that stopped
+    assert lines["cam-left"].split()[2] == "direct" and lines["daq"].split()[2] == "tunnel*"  # a direct fall-back
     assert "unknown" in lines["cam-old"] and "no report for 7 s" in lines["cam-old"]
     assert "1 (14.8s)" in lines["daq"]
     assert "?" not in screen
@@ -129,6 +130,6 @@ def test_the_table_says_each_state_in_words() -> None:
 
 def test_an_older_com_s_status_without_the_new_fields_is_still_read() -> None:
     row = _row("cam", "running")
-    raw = row.to_json().replace(b', "stalled_s": null, "down_s": 0.0, "silent_s": null', b"")
-    assert b"stalled_s" not in raw
+    raw = row.to_json().replace(b', "stalled_s": null, "down_s": 0.0, "silent_s": null, "transport": ""', b"")
+    assert b"stalled_s" not in raw and b"transport" not in raw
     assert SourceStatus.from_json(raw) == row

@@ -47,7 +47,10 @@ _START_TIMEOUT_S = 30.0
 #: function that gives the link to use, in a registry of its own. The default backend has no suffix.
 #: Each entry is one more measurement and target, e.g. once the registry knows the direct transport:
 #: ``"direct": lambda link: link.with_entries("direct", transport="direct")``.
-VARIANTS: dict[str, Callable[[Link], Link]] = {"": lambda link: link}
+VARIANTS: dict[str, Callable[[Link], Link]] = {
+    "": lambda link: link,
+    "direct": lambda link: link.with_transport("direct"),
+}
 
 
 class ForwardersProcess:

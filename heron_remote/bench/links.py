@@ -66,13 +66,17 @@ class Link:
         path.write_text(json.dumps(raw, indent=2))
         return dataclasses.replace(self, registry=path)
 
+    def with_transport(self, transport: str) -> Link:
+        """This link with every server's ``"transport"`` set (``"direct"``), in a registry of its own."""
+        return self.with_entries(transport, transport=transport)
+
     @property
     def ssh_target(self) -> str:
         assert self.host is not None
         return f"root@{self.host.address}:{self.host.port}"
 
-    def sender_argv(self, plan: Plan, hwm: int) -> list[str]:
-        argv = [sys.executable, "-m", "heron_remote.bench.sender", json.dumps(plan.to_dict()), str(hwm)]
+    def sender_argv(self, plan: Plan, hwm: int, *extra: str) -> list[str]:
+        argv = [sys.executable, "-m", "heron_remote.bench.sender", json.dumps(plan.to_dict()), str(hwm), *extra]
         if self.host is not None and self.host.netns:
             argv = ["ip", "netns", "exec", self.host.netns, *argv]
         return argv
@@ -81,10 +85,13 @@ class Link:
 class Sender:
     """A raw sender process on a link; a context manager that always ends it."""
 
-    def __init__(self, link: Link, plan: Plan, hwm: int) -> None:
+    def __init__(self, link: Link, plan: Plan, hwm: int, *extra: str) -> None:
+        """``extra``: the sender's ADDRESS and ``curve`` (see :mod:`.sender`)."""
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        #: The sender's CurveZMQ public key, when it serves CurveZMQ.
+        self.key = b""
         self.proc = subprocess.Popen(
-            link.sender_argv(plan, hwm), stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL
+            link.sender_argv(plan, hwm, *extra), stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL
         )
         try:
             self.port = self._read_port()
@@ -106,10 +113,12 @@ class Sender:
                 if not chunk:
                     continue
                 line += chunk
-        word, port = line.split()[:2]
-        if word != b"PORT":
+        words = line.split()
+        if words[:1] != [b"PORT"] or len(words) not in (2, 4):
             raise RuntimeError(f"the bench sender said {line!r}, not its port")
-        return int(port)
+        if len(words) == 4:
+            self.key = words[3]
+        return int(words[1])
 
     def stderr_tail(self, lines: int = 5) -> str:
         self._stderr.seek(0)

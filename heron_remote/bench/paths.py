@@ -27,6 +27,7 @@ __all__ = [
     "measure_stream",
     "source_stream",
     "whole_path",
+    "whole_path_direct",
     "whole_path_noauth",
     "whole_path_openssh",
 ]
@@ -149,4 +150,12 @@ def whole_path_noauth(name: str, link: Link, plan: Plan) -> Result:
     with unauthenticated_launches():
         result = whole_path(name, link, plan)
     result.notes["auth"] = "none (bench only)"
+    return result
+
+
+def whole_path_direct(name: str, link: Link, plan: Plan) -> Result:
+    """The whole source path with the worker on ``link``'s host, over the direct transport (CurveZMQ)."""
+    notes: dict[str, Any] = {}
+    result = measure_stream(name, path_plan(plan), source_stream(link.with_transport("direct-only"), notes))
+    result.notes.update(notes, transport="direct")
     return result

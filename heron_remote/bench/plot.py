@@ -26,9 +26,10 @@ CAPTION = (
     "the others are raw transports, for comparison.\n"
     "Suffixes: -ns = to a network-namespace host over a veth link (MTU 1500, like a LAN); -lo = to an sshd on "
     "loopback; no suffix = on this machine. -openssh = heron_remote with its OpenSSH tunnel backend "
-    "(else sshtunnel, the default).\n"
+    "(else sshtunnel, the default); -direct = heron_remote's direct transport (CurveZMQ, no SSH in the path).\n"
     "Raw: zmq = pyzmq PUSH→PULL direct; sshtunnel = an sshtunnel forward with paramiko's defaults; "
-    "openssh = ssh -L (-gcm: aes128-gcm); zmq-paramiko = pyzmq's paramiko tunnel, the mechanism Heron uses."
+    "openssh = ssh -L (-gcm: aes128-gcm); zmq-paramiko = pyzmq's paramiko tunnel, the mechanism Heron uses; "
+    "zmq-tcp / zmq-curve = pyzmq straight over the link, plain TCP / CurveZMQ."
 )
 
 

@@ -25,7 +25,17 @@ from ..wire import ZERO_COPY_MIN
 from .links import Link, Sender
 from .protocol import Plan, Result, measure
 
-__all__ = ["RAW", "direct", "hwm_for", "openssh_forward", "openssh_gcm_forward", "sshtunnel_forward", "zmq_paramiko"]
+__all__ = [
+    "RAW",
+    "direct",
+    "hwm_for",
+    "openssh_forward",
+    "openssh_gcm_forward",
+    "over_link",
+    "sshtunnel_forward",
+    "zmq_curve_over_link",
+    "zmq_paramiko",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +74,15 @@ def _receive(sock: zmq.Socket, plan: Plan) -> Iterator[Any]:
 
 
 @contextmanager
-def _from_sender(link: Link, plan: Plan) -> Iterator[tuple[Sender, zmq.Socket]]:
-    """A bench sender on ``link`` and a PULL socket, not yet connected, to read it with.
+def _from_sender(link: Link, plan: Plan, *extra: str) -> Iterator[tuple[Sender, zmq.Socket]]:
+    """A bench sender on ``link`` (``extra``: its address and ``curve``) and a PULL socket, not yet
+    connected, to read it with.
 
     A timeout while reading comes out with the sender's stderr.
     """
     context = zmq.Context()
     try:
-        with Sender(link, plan, hwm_for(plan.size)) as sender:
+        with Sender(link, plan, hwm_for(plan.size), *extra) as sender:
             sock = context.socket(zmq.PULL)
             sock.rcvhwm = hwm_for(plan.size)
             sock.linger = 0
@@ -244,6 +255,31 @@ def direct(name: str, link: Link, plan: Plan) -> Result:
     return _run(name, link, plan, None)
 
 
+def _straight(name: str, link: Link, plan: Plan, *, curve: bool) -> Result:
+    """PUSH bound on the link's host address, PULL here connecting straight to it over the link."""
+    assert link.host is not None
+    address = socket.gethostbyname(link.host.address)
+    plan = raw_plan(plan)
+    with _from_sender(link, plan, address, *(["curve"] if curve else [])) as (sender, sock):
+        if curve:
+            public, secret = zmq.curve_keypair()
+            sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, sender.key
+        sock.connect(f"tcp://{address}:{sender.port}")
+        result = measure(name, _receive(sock, plan), plan)
+    result.notes.update(hwm=hwm_for(plan.size), security="CurveZMQ" if curve else "none")
+    return result
+
+
+def over_link(name: str, link: Link, plan: Plan) -> Result:
+    """pyzmq PUSH -> PULL over the link itself (plain TCP, no SSH, no encryption)."""
+    return _straight(name, link, plan, curve=False)
+
+
+def zmq_curve_over_link(name: str, link: Link, plan: Plan) -> Result:
+    """pyzmq PUSH -> PULL over the link, CurveZMQ: what the direct transport rides on."""
+    return _straight(name, link, plan, curve=True)
+
+
 def sshtunnel_forward(name: str, link: Link, plan: Plan) -> Result:
     """Through ``sshtunnel.SSHTunnelForwarder`` with paramiko's defaults."""
     return _run(name, link, plan, _sshtunnel)
@@ -270,4 +306,6 @@ RAW = {
     "openssh": openssh_forward,
     "openssh-gcm": openssh_gcm_forward,
     "zmq-paramiko": zmq_paramiko,
+    "zmq-tcp": over_link,
+    "zmq-curve": zmq_curve_over_link,
 }

@@ -29,7 +29,7 @@ __all__ = ["MEASUREMENTS", "QUICK_ONLY", "QUICK_SIZES", "STUDIES", "Measurement"
 
 logger = logging.getLogger(__name__)
 
-QUICK_TARGETS_NOTE = "targets (issue 5): not judged on a quick run; run without --quick for figures to quote"
+QUICK_TARGETS_NOTE = "targets: not judged on a quick run; run without --quick for figures to quote"
 
 MIB = 1024 * 1024
 DEFAULT_SIZES = (64, MIB, 6 * MIB)
@@ -63,6 +63,11 @@ def _measurements() -> list[Measurement]:
             Measurement(f"openssh-gcm-{link}", link, raw.openssh_gcm_forward, ("zmq",)),
             Measurement(f"zmq-paramiko-{link}", link, raw.zmq_paramiko, ("zmq",)),
         ]
+    # Straight over the veth, no SSH: plain TCP, and CurveZMQ (the direct transport's own baseline).
+    found += [
+        Measurement(f"zmq-tcp-{NAMESPACE}", NAMESPACE, raw.over_link, ("zmq",)),
+        Measurement(f"zmq-curve-{NAMESPACE}", NAMESPACE, raw.zmq_curve_over_link, (f"zmq-tcp-{NAMESPACE}",)),
+    ]
     # Each path next to the same path without the link's key (what authentication costs), run just before it.
     found.append(Measurement("path-local-noauth", LOCAL, paths.whole_path_noauth, ("zmq",)))
     found.append(Measurement("path-local", LOCAL, paths.whole_path, ("zmq", "path-local-noauth")))
@@ -85,6 +90,8 @@ def _measurements() -> list[Measurement]:
     for suffix in heron_layout.VARIANTS:
         name = f"heron-{NAMESPACE}" + (f"-{suffix}" if suffix else "")
         found.append(Measurement(name, NAMESPACE, heron_layout.heron_layout, (f"path-{NAMESPACE}", "zmq")))
+    direct_bases = (f"zmq-curve-{NAMESPACE}", f"path-{NAMESPACE}")
+    found.append(Measurement(f"path-{NAMESPACE}-direct", NAMESPACE, paths.whole_path_direct, direct_bases))
     return found
 
 
@@ -115,6 +122,9 @@ STUDIES = [
     Study("scale", NAMESPACE, "scale", lambda link, quick: scale(link, quick=quick)),
     Study("editor-local", LOCAL, "editor", lambda link, quick: editor_flow(link, runs=2 if quick else 5)),
     Study(f"editor-{NAMESPACE}", NAMESPACE, "editor", lambda link, quick: editor_flow(link, runs=2 if quick else 5)),
+    Study(
+        "scale-direct", NAMESPACE, "scale_direct", lambda link, quick: scale(link.with_transport("direct"), quick=quick)
+    ),
     Study("scale-openssh", NAMESPACE, "scale_openssh", lambda link, quick: scale(link, quick=quick, tunnel="openssh")),
     Study("takeover", LOCAL, "takeover", lambda link, quick: takeover(quick=quick)),
 ]
@@ -176,7 +186,7 @@ def _ratios(results: list[Result], chosen: list[Measurement]) -> list[dict[str, 
 
 
 def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 5's targets, for whatever this run measured (1 MiB ratios, 64 B rate, launch, scale)."""
+    """The issues' targets, for whatever this run measured (ratios, 64 B rates, launch, takeover, scale)."""
     ratio = {(r["name"], r["base"], r["size"]): r["ratio"] for r in ratios}
     rate = {(r.name, r.size): r.msg_per_s for r in results if r.ok}
     wanted: list[tuple[str, float | None, float]] = [
@@ -211,6 +221,14 @@ def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[
                 0.9,
             ),
         ]
+    direct = f"path-{NAMESPACE}-direct"
+    wanted += [
+        (f"{direct} >= 1.5 x path-{NAMESPACE} (1 MiB)", ratio.get((direct, f"path-{NAMESPACE}", MIB)), 1.5),
+        (f"{direct} >= 0.6 x zmq-curve-{NAMESPACE} (1 MiB)", ratio.get((direct, f"zmq-curve-{NAMESPACE}", MIB)), 0.6),
+    ]
+    # Issue 14: small messages from a PC at 50,000 a second or more, whatever carries them.
+    for path in (f"path-{NAMESPACE}", f"path-{NAMESPACE}-openssh", direct):
+        wanted.append((f"{path} >= 50000 msg/s (64 B)", rate.get((path, 64)), 50_000))
     found = [{"target": t, "value": v, "goal": g, "met": v >= g} for t, v, g in wanted if v is not None]
     launch = studies.get("launch", {}).get(f"launch-{NAMESPACE}", {}).get("cold")
     if launch is not None:
@@ -226,6 +244,12 @@ def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[
         most = max(max(r["ssh_connections_per_host"].values(), default=0) for r in rows)
         found.append({"target": "scale: 1 SSH connection per host (1-8 sources)", "value": most, "goal": 1})
         found[-1]["met"] = most == 1
+    # Issue 14: eight sources of 26 MB/s each over two hosts, every frame but 1 % delivered.
+    for section, label in (("scale", "default backend"), ("scale_direct", "direct")):
+        eight = [r for r in studies.get(section, {}).get("rows", []) if r.get("sources") == 8 and "error" not in r]
+        if eight:
+            found.append({"target": f"scale ({label}): 8 sources delivered >= 99 %", "value": eight[0]["delivered"]})
+            found[-1] |= {"goal": 0.99, "met": eight[0]["delivered"] >= 0.99}
     return found
 
 
@@ -383,7 +407,11 @@ def _print_summary(
     if "editor" in sections:
         print()
         print(format_editor_flow(sections["editor"]))
-    for key, title in (("scale", "scale (sshtunnel, the default)"), ("scale_openssh", "scale (OpenSSH backend)")):
+    for key, title in (
+        ("scale", "scale (sshtunnel, the default)"),
+        ("scale_openssh", "scale (OpenSSH backend)"),
+        ("scale_direct", "scale (direct transport)"),
+    ):
         if key in sections:
             print(f"\n{title}:")
             print(format_scale(sections[key]))
@@ -391,14 +419,14 @@ def _print_summary(
         print()
         print(format_takeover(sections["takeover"]))
     if targets:
-        print("\ntargets (issues 5 and 14):")
+        print("\ntargets:")
         for t in targets:
             print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.2f}")
 
 
 def _study_results(sections: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     found = list(sections.get("launch", {}).items()) + list(sections.get("editor", {}).items())
-    for key in ("scale", "scale_openssh", "takeover"):
+    for key in ("scale", "scale_openssh", "scale_direct", "takeover"):
         if key in sections:
             found.append((key, sections[key]))
             found += [(key, row) for row in sections[key].get("rows", [])]

@@ -169,11 +169,15 @@ def _row(link: Link, settings: Settings, count: int, warmup_s: float, window_s: 
     }
 
 
-def scale(link: Link, *, quick: bool = False, tunnel: str | None = None) -> dict[str, Any]:
+def scale(
+    link: Link, *, quick: bool = False, tunnel: str | None = None, transport: str | None = None
+) -> dict[str, Any]:
     """The scale table on ``link`` (its hosts shared round-robin), one shared set of forwarders;
-    ``tunnel``: the tunnel backend, if not the registry's."""
+    ``tunnel``, ``transport``: the tunnel backend and the transport, if not the registry's."""
     if tunnel is not None:
         link = link.with_tunnel(tunnel)
+    if transport is not None:
+        link = link.with_transport(transport)
     warmup_s, window_s = (0.3, 1.0) if quick else (1.0, 3.0)
     rows = []
     with Forwarders(ports=FREE_PORTS) as forwarders:
@@ -189,6 +193,7 @@ def scale(link: Link, *, quick: bool = False, tunnel: str | None = None) -> dict
         "link": link.name,
         "hosts": list(link.server_ids),
         "tunnel": tunnel or "registry's (sshtunnel by default)",
+        "transport": transport or "registry's (tunnel by default)",
         "frame_bytes": FRAME_SHAPE[0] * FRAME_SHAPE[1],
         "fps_per_source": FPS,
         "warmup_s": warmup_s,

@@ -1,9 +1,11 @@
 """A raw pyzmq sender for the transport baselines: PUSH bound on this host's loopback.
 
-Run as ``python -m heron_remote.bench.sender '<plan JSON>' HWM``, here or inside a
-namespace host (``ip netns exec``). It prints ``PORT <n>`` once bound, sends the plan
-(see :mod:`heron_remote.bench.protocol`) and exits; it gives up when no receiver takes
-its messages for a while, so it never outlives a harness that died.
+Run as ``python -m heron_remote.bench.sender '<plan JSON>' HWM [ADDRESS [curve]]``, here or
+inside a namespace host (``ip netns exec``). It binds on ADDRESS (default 127.0.0.1), as a
+CurveZMQ server with a key pair of its own when ``curve`` is given, prints ``PORT <n>`` (and
+``KEY <z85 public key>``) once bound, sends the plan (see :mod:`heron_remote.bench.protocol`)
+and exits; it gives up when no receiver takes its messages for a while, so it never outlives a
+harness that died.
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ CONNECT_TIMEOUT_MS = 30_000
 STALL_TIMEOUT_MS = 10_000
 
 
-def serve(plan: Plan, hwm: int) -> int:
+def serve(plan: Plan, hwm: int, address: str = "127.0.0.1", curve: bool = False) -> int:
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
     sock.sndhwm = hwm
     sock.linger = 2000  # the END message must leave before the process does
     sock.sndtimeo = CONNECT_TIMEOUT_MS
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    print(f"PORT {port}", flush=True)
+    key = b""
+    if curve:  # a raw CurveZMQ baseline: no ZAP handler, any client key will do
+        key, secret = zmq.curve_keypair()
+        sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, key, True
+    port = sock.bind_to_random_port(f"tcp://{address}")
+    print(f"PORT {port}" + (f" KEY {key.decode()}" if curve else ""), flush=True)
     copy = plan.size < ZERO_COPY_MIN
     first = True
 
@@ -57,10 +63,11 @@ def serve(plan: Plan, hwm: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m heron_remote.bench.sender '<plan JSON>' HWM", file=sys.stderr)
+    if not 2 <= len(args) <= 4 or args[3:] not in ([], ["curve"]):
+        print("usage: python -m heron_remote.bench.sender '<plan JSON>' HWM [ADDRESS [curve]]", file=sys.stderr)
         return 2
-    return serve(Plan(**json.loads(args[0])), int(args[1]))
+    address = args[2] if len(args) > 2 else "127.0.0.1"
+    return serve(Plan(**json.loads(args[0])), int(args[1]), address, curve=args[3:] == ["curve"])
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class ComStats:
     down_s: float = 0.0
     stalled_since: float | None = None
     stalls: int = 0
+    #: How the com reaches its worker (WorkerLauncher.transport): "local", "tunnel", "direct", ...
+    transport: str = "local"
 
     @property
     def gaps(self) -> int:

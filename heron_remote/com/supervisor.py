@@ -166,6 +166,7 @@ class Supervisor:
         assert self._sockets is not None and self._heartbeat is not None
         self._heartbeat.aim(self._sockets.connect_worker(self.launcher), self.launcher.keys)
         self.stats.worker_pid = self.launcher.ready.pid
+        self.stats.transport = self.launcher.transport
 
     def _wait_first_liveness(self, deadline: float) -> None:
         """Ready means something arrived over ZeroMQ: a liveness message, or data already."""

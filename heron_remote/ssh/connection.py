@@ -170,6 +170,11 @@ class HostConnection:
             self._tunnels.add(tunnel)
         return tunnel
 
+    def endpoints(self) -> tuple[str, str]:
+        """(this rig's address, the PC's address) of the live connection, as the IP layer sees them."""
+        sock = self.wait_transport(self.link_timeout).sock
+        return str(sock.getsockname()[0]), str(sock.getpeername()[0])
+
     def run(self, command: str, *, timeout: float = 30.0) -> tuple[int, str, str]:
         """Run a short command; (exit status, stdout, stderr)."""
         transport = self.wait_transport(self.link_timeout)

@@ -8,6 +8,13 @@ over a fresh channel of the same connection.
 When the SSH connection drops, the worker's session ends with it but the worker does
 not: it runs on, reached again through the reconnected tunnels. From then on its state
 is asked of the host (the shell's alive command), and its end is seen by the com's heartbeat watch.
+
+With the direct transport (the registry's ``"transport": "direct"`` or ``"direct-only"``) SSH
+still starts, watches and stops the worker and carries its keys, but the worker binds on the
+PC's address as the SSH connection reaches it (passed in argv: an address is no secret, and the
+com connects to that very address) and the com connects there with CurveZMQ. When those ports
+cannot be reached, a ``"direct"`` launch forwards the same ports through the tunnel (still
+CurveZMQ) and says why in a WARNING; a ``"direct-only"`` one fails with DirectUnreachableError.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import shlex
 import signal
 from collections.abc import Callable
 
-from .._protocol import WorkerArgs
-from ..errors import SSHError
+from .._linkkeys import LinkKeys
+from .._protocol import ReadyLine, WorkerArgs
+from ..errors import DecodeError, DirectUnreachableError, SSHError, WorkerStartError
 from ..launcher import WorkerLauncher
 from ..settings import Settings
+from .direct import unreachable, url
 from .link import HostLink, RemoteProcess
 from .registry import Server
 from .shells import Shell
@@ -83,6 +92,13 @@ class RemoteLauncher(WorkerLauncher):
         self._tunnels: list[Tunnel] = []
         self._shell: Shell | None = None
         self._lost_noted = False
+        #: The PC's address the worker binds on (direct transport), and this rig's, for advice.
+        self._direct: tuple[str, str] | None = None
+        self.transport = "tunnel"
+        if self._server.direct:
+            self._direct = connection.endpoints()[::-1]
+            self.transport = "direct"
+            self.keys = LinkKeys.make("curve", link_timeout=self.settings.link_timeout)
 
     @property
     def server(self) -> Server:
@@ -106,7 +122,8 @@ class RemoteLauncher(WorkerLauncher):
             self.log.info(
                 "port %d is not used on %s: remote workers bind free ports, so none collide", args.port, self.where
             )
-        return super().argv(dataclasses.replace(args, port=0, run_dir=self._server.run_dir or ""))
+        bind = self._direct[0] if self._direct is not None else ""
+        return super().argv(dataclasses.replace(args, port=0, run_dir=self._server.run_dir or "", bind=bind))
 
     def _link(self) -> HostLink:
         if self._connection is None:
@@ -130,6 +147,55 @@ class RemoteLauncher(WorkerLauncher):
             self._shell.start(argv),
             out_stream=_LineSink(self.output.feed, "stdout"),
             err_stream=_LineSink(self.output.feed, "stderr"),
+        )
+
+    def wait_ready(self, timeout: float) -> ReadyLine:
+        ready = super().wait_ready(timeout)
+        if self._direct is not None:
+            try:
+                self.keys = self.keys.with_server(ready.server_key)
+            except DecodeError as exc:
+                self.stop(grace=1.0)
+                raise WorkerStartError(
+                    f"worker of node {self.node_name!r} on {self.where} reported no CurveZMQ key for the direct "
+                    f"transport ({exc}): is heron_remote on the PC as new as here (version {ready.version} there)?",
+                    node=self.node_name,
+                ) from exc
+            self._choose_path(ready)
+        return ready
+
+    def _choose_path(self, ready: ReadyLine) -> None:
+        """Direct when the rig reaches the worker's ports on the PC; else the tunnel, or an error."""
+        assert self._direct is not None
+        address, rig = self._direct
+        # The worker counts its death window from now: the tunnel must be up well inside it.
+        timeout = min(self.settings.link_timeout, self.settings.death_window / 3)
+        failed = unreachable(address, ready.ports.values(), timeout)
+        if failed is None:
+            self.log.info("direct transport: CurveZMQ to %s, ports %s", address, sorted(ready.ports.values()))
+            return
+        port, why = failed
+        advice = (
+            f"to go direct, let {self.where} accept TCP from {rig} to {address} on the ports its workers bind "
+            "(free ports, from its ephemeral range: on Linux net.ipv4.ip_local_port_range)"
+        )
+        if self._server.transport == "direct-only":
+            self.stop(grace=1.0)
+            raise DirectUnreachableError(
+                f'server {self.where} has "transport": "direct-only" but this rig cannot reach the worker of node '
+                f"{self.node_name!r} at {address} port {port}: {why}. {advice[0].upper()}{advice[1:]}, or write "
+                '"direct" to fall back to the SSH tunnel'
+            )
+        self.transport = "tunnel (direct unreachable)"
+        self.log.warning(
+            "direct transport to %s: %s port %d cannot be reached from this rig (%s); the data goes through the "
+            "SSH tunnel instead. %s%s",
+            self.where,
+            address,
+            port,
+            why,
+            advice[0].upper(),
+            advice[1:],
         )
 
     @property
@@ -199,7 +265,10 @@ class RemoteLauncher(WorkerLauncher):
         return process is not None and not process.session_lost and process.send(line)
 
     def address(self, port: int) -> str:
-        tunnel = self._link().forward(port)
+        if self._direct is not None and self.transport == "direct":
+            return url(self._direct[0], port)
+        # A direct worker binds on the PC's address, not its loopback: the fallback forwards there.
+        tunnel = self._link().forward(port, self._direct[0] if self._direct is not None else "127.0.0.1")
         self._tunnels.append(tunnel)
         return tunnel.address
 

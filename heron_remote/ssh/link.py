@@ -72,4 +72,9 @@ class HostLink(Protocol):
         """A local port that reaches ``remote_host:remote_port`` on the host."""
         ...
 
+    def endpoints(self) -> tuple[str, str]:
+        """(this machine's address, the host's address) of the connection: the direct transport
+        binds the worker on the second and names the first in its advice."""
+        ...
+
     def release(self) -> None: ...

@@ -12,7 +12,10 @@ connecting) so that no secret sits in the file; ``"None"`` means not used. ``"IP
 may be a host alias of ``~/.ssh/config``, whose HostName, User, Port and
 IdentityFile then apply where the registry gives none. ``"tunnel"`` picks the port-forward
 backend: ``"sshtunnel"`` (default, paramiko in this process) or ``"openssh"`` (the ``ssh``
-binary, see :mod:`heron_remote.ssh.openssh`). ``"python"`` is the interpreter's path and its
+binary, see :mod:`heron_remote.ssh.openssh`). ``"transport"`` is how the data travels:
+``"tunnel"`` (default: through SSH port forwards), ``"direct"`` (CurveZMQ straight to the PC's
+address, the tunnel when that port cannot be reached) or ``"direct-only"`` (CurveZMQ, or a
+clear error). ``"python"`` is the interpreter's path and its
 options (``"python3 -X dev"``), split into words like a shell's (quotes group, a backslash is
 literal, for Windows paths) and never run as shell code (:func:`python_words`).
 """
@@ -30,7 +33,7 @@ from typing import Any
 from ..errors import ConfigError
 from .tunnel import BACKENDS, DEFAULT_BACKEND
 
-__all__ = ["Registry", "Server", "default_registry_path", "python_words"]
+__all__ = ["TRANSPORTS", "Registry", "Server", "default_registry_path", "python_words"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,10 @@ _KEYS = {
     "trust_on_first_use",
     "run_dir",
     "tunnel",
+    "transport",
 }
+#: The data paths a server may name in ``"transport"``; the first is the default.
+TRANSPORTS = ("tunnel", "direct", "direct-only")
 
 
 def default_registry_path() -> Path:
@@ -106,6 +112,13 @@ class Server:
     run_dir: str | None = None
     #: The port-forward backend, a key of :data:`heron_remote.ssh.tunnel.BACKENDS`.
     tunnel: str = DEFAULT_BACKEND
+    #: The data path, one of :data:`TRANSPORTS`.
+    transport: str = TRANSPORTS[0]
+
+    @property
+    def direct(self) -> bool:
+        """Whether the data goes straight to the PC's address (CurveZMQ), not through SSH."""
+        return self.transport != "tunnel"
 
     @property
     def python_argv(self) -> list[str]:
@@ -154,6 +167,7 @@ class Server:
             trust_on_first_use=self.trust_on_first_use,
             run_dir=self.run_dir,
             tunnel=self.tunnel,
+            transport=self.transport,
         )
 
 
@@ -246,6 +260,15 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
         allowed = " or ".join(f'"{b}"' for b in BACKENDS)
         who = f"{sid!r} ({entry['Name']})" if entry.get("Name") else repr(sid)
         raise ConfigError(f'{where}: server {who} has "tunnel" {tunnel!r}; it must be {allowed}')
+    transport = entry.get("transport", TRANSPORTS[0])
+    if transport not in TRANSPORTS:
+        allowed = ", ".join(f'"{t}"' for t in TRANSPORTS)
+        who = f"{sid!r} ({entry['Name']})" if entry.get("Name") else repr(sid)
+        raise ConfigError(
+            f'{where}: server {who} has "transport" {transport!r}; it must be one of {allowed} '
+            '("tunnel": through SSH, the default; "direct": CurveZMQ to the PC\'s address, the tunnel when '
+            'that cannot be reached; "direct-only": CurveZMQ or an error)'
+        )
     return Server(
         id=sid,
         name=str(entry.get("Name") or sid),
@@ -259,4 +282,5 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
         trust_on_first_use=tofu,
         run_dir=_optional(entry.get("run_dir")),
         tunnel=tunnel,
+        transport=transport,
     )

@@ -31,7 +31,7 @@ from typing import Any
 from .._procs import stop_child
 from ._sshd import SSHD, sshd_config_text, wait_port
 
-__all__ = ["ControlClient", "ControlServer", "main"]
+__all__ = ["ControlClient", "ControlServer", "firewall_commands", "main"]
 
 _SSHD_NAMES = ("sshd", "sshd-session")
 
@@ -40,6 +40,22 @@ def _run(*cmd: str, stdin: str | None = None) -> None:
     out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()}")
+
+
+#: The chain of the host's firewall rules that tests add (and remove as one).
+_CHAIN = "HERON_TEST_BLOCK"
+
+
+def firewall_commands(*, block: bool, keep: int = 22) -> list[list[str]]:
+    """iptables commands that make the host drop inbound TCP on its links but to port ``keep`` (its
+    sshd), like a PC's firewall that lets SSH in and nothing else; or that remove those rules."""
+    if block:
+        return [
+            ["iptables", "-N", _CHAIN],
+            ["iptables", "-A", _CHAIN, "!", "-i", "lo", "-p", "tcp", "!", "--dport", str(keep), "-j", "DROP"],
+            ["iptables", "-I", "INPUT", "-j", _CHAIN],
+        ]
+    return [["iptables", "-D", "INPUT", "-j", _CHAIN], ["iptables", "-F", _CHAIN], ["iptables", "-X", _CHAIN]]
 
 
 def _cmdlines() -> dict[int, bytes]:
@@ -117,6 +133,12 @@ class ControlServer:
                 _run("ip", "link", "set", iface, "up" if up else "down")
 
     @staticmethod
+    def block_inbound(block: bool) -> None:
+        """Inbound TCP on the host's links dropped but to sshd (``block``), or let in again."""
+        for cmd in firewall_commands(block=block):
+            _run(*cmd)
+
+    @staticmethod
     def add_user(name: str, password: str) -> None:
         _run("useradd", "-M", "-s", "/bin/sh", name)
         _run("chpasswd", stdin=f"{name}:{password}\n")  # from stdin: never in an argv
@@ -153,6 +175,8 @@ class ControlServer:
                 result = self.kill_sshd()
             elif op == "link":
                 self.set_link(bool(request["up"]))
+            elif op == "block_inbound":
+                self.block_inbound(bool(request["block"]))
             elif op == "add_user":
                 self.add_user(str(request["name"]), str(request["password"]))
             elif op == "remove_user":

@@ -134,6 +134,9 @@ class FakeHost:
         self.processes.append(process)
         return process
 
+    def endpoints(self) -> tuple[str, str]:
+        return "127.0.0.1", "127.0.0.1"
+
     def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> FakeTunnel:
         self._check_link()
         tunnel = FakeTunnel(remote_port, remote_host)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .._procs import stop_child
 from ._sshd import SSHD, sshd_config_text, wait_port
-from .control import ControlClient
+from .control import ControlClient, firewall_commands
 
 __all__ = [
     "CONTROL_ENV_VAR",
@@ -235,6 +235,19 @@ class AcqHosts:
             raise RuntimeError("cutting a link needs network namespaces")
         _run("ip", "-n", host.netns, "link", "set", "eth0", "up" if up else "down")
 
+    def block_inbound(self, host: Host) -> None:
+        """The host's firewall drops inbound TCP but to its sshd, until :meth:`unblock_inbound`."""
+        if not host.netns:
+            raise RuntimeError("a host's firewall needs network namespaces")
+        for cmd in firewall_commands(block=True):
+            _run("ip", "netns", "exec", host.netns, *cmd)
+
+    def unblock_inbound(self, host: Host) -> None:
+        if not host.netns:
+            raise RuntimeError("a host's firewall needs network namespaces")
+        for cmd in firewall_commands(block=False):
+            _run("ip", "netns", "exec", host.netns, *cmd)
+
     def processes(self, host: Host) -> dict[int, bytes]:
         """The command line of each process in the host's namespace."""
         found = {}
@@ -351,6 +364,12 @@ class ExternalHosts:
 
     def kill_sshd(self, host: Host) -> int:
         return int(self._client(host).call("kill_sshd"))
+
+    def block_inbound(self, host: Host) -> None:
+        self._client(host).call("block_inbound", block=True)
+
+    def unblock_inbound(self, host: Host) -> None:
+        self._client(host).call("block_inbound", block=False)
 
     def processes(self, host: Host) -> dict[int, bytes]:
         return self._client(host).processes()

@@ -65,6 +65,18 @@ def run_worker(
         heartbeats_to_death=args.heartbeats_to_death,
     )
     worker.num_outputs = args.outputs
+    if (keys is not None and keys.mechanism == "curve") or args.bind:
+        # The direct transport: CurveZMQ on the PC's address, with a server key pair of this launch.
+        if keys is None or keys.mechanism != "curve" or not args.bind:
+            print(
+                "heron_remote worker: a bind address comes with its com's curve keys, and curve keys with a bind "
+                "address (the direct transport)",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(EXIT_BAD_START)
+        keys = keys.with_server_pair(link_timeout=args.link_timeout)
+        worker.bind_on(args.bind)
     if keys is not None:
         worker.use_keys(keys)  # before any socket binds: only its com gets in
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,7 +2,8 @@
 
 Every socket binds on this host's 127.0.0.1 and the com connects, so an SSH forward
 from the rig is all a remote worker needs. A worker its com started accepts only that com
-(:meth:`SourceWorker.use_keys`, :mod:`heron_remote._linkkeys`).
+(:meth:`SourceWorker.use_keys`, :mod:`heron_remote._linkkeys`). With the direct transport
+(:meth:`SourceWorker.bind_on`) they bind on the PC's LAN address instead, as CurveZMQ servers.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class SourceWorker:
         self._threads: dict[str, KeptThread] = {}
         self._reaped: tuple[int, ...] = ()
         self._relic: Relic | None = None
+        self._address = "127.0.0.1"
 
     # -- what tests and tools may read --------------------------------------------
     @property
@@ -155,6 +157,12 @@ class SourceWorker:
             closed=self._life.channel_closed,
         ).start()
 
+    def bind_on(self, address: str) -> None:
+        """Bind on ``address`` (the PC's, as its com reaches it) instead of 127.0.0.1: the direct
+        transport, whose curve keys :meth:`use_keys` then takes. Call before any socket binds."""
+        assert not self._ports, "bind_on() comes before the sockets bind"
+        self._address = address
+
     def use_keys(self, keys: LinkKeys) -> None:
         """Accept only the com that holds ``keys`` on every socket (call before any binds)."""
         assert not self._ports, "use_keys() comes before the sockets bind"
@@ -168,16 +176,24 @@ class SourceWorker:
         port = self.port + _CHANNEL_OFFSET[channel] if self.port else 0
         if self._gate is not None:
             self._gate.watch(sock, channel)
+        if ":" in self._address:
+            sock.ipv6 = True
+        host = f"[{self._address}]" if ":" in self._address else self._address
         try:
             if port:
-                sock.bind(f"tcp://127.0.0.1:{port}")
+                sock.bind(f"tcp://{host}:{port}")
                 bound = port
             else:
-                bound = sock.bind_to_random_port("tcp://127.0.0.1")
+                bound = sock.bind_to_random_port(f"tcp://{host}")
         except zmq.ZMQError as exc:
             self._die(
-                f"cannot bind the {channel} socket on 127.0.0.1:{port}: {exc.strerror}. "
-                "Another process holds the port: is an earlier worker of this node still running?",
+                f"cannot bind the {channel} socket on {host}:{port}: {exc.strerror}. "
+                + (
+                    "Another process holds the port: is an earlier worker of this node still running?"
+                    if self._address == "127.0.0.1"
+                    else "Is that address this PC's own (not one a NAT router forwards)? Use the tunnel transport "
+                    "if the rig reaches this PC through an address it does not have."
+                ),
                 EXIT_BAD_START,
             )
         with self._ports_lock:
@@ -190,6 +206,7 @@ class SourceWorker:
                 version=__version__,
                 python=platform.python_version(),
                 reaped=self._reaped,
+                server_key=self._gate.keys.server_public.decode() if self._gate is not None else "",
             )
             print(line.to_line(), flush=True)  # the ready line: the com reads it on our stdout
 
