@@ -95,6 +95,8 @@ class WorkerArgs:
     control: str = ""
     #: Seconds a "session" worker waits for an answer from its com once its stdin closed.
     session_grace: float = 0.75
+    #: How the worker packs its arrays (``Compression.to_arg()``), or "" for not at all.
+    compression: str = ""
 
     def to_argv(self) -> list[str]:
         # Heron's positional layout first, so Heron's own parser still reads it;
@@ -108,7 +110,7 @@ class WorkerArgs:
             f"{_OPTION_PREFIX}heartbeat-rate={self.heartbeat_rate!r}",
             f"{_OPTION_PREFIX}heartbeats-to-death={self.heartbeats_to_death}",
         ]
-        for key in ("token", "node_id", "run_dir", "outputs", "com", "control"):
+        for key in ("token", "node_id", "run_dir", "outputs", "com", "control", "compression"):
             value = getattr(self, key)
             if value:
                 argv.append(f"{_OPTION_PREFIX}{key.replace('_', '-')}={value}")
@@ -132,6 +134,7 @@ class WorkerArgs:
         outputs: int = 0,
         cpu: int | None = None,
         com: str = "",
+        compression: str = "",
     ) -> WorkerArgs:
         return cls(
             port=port,
@@ -146,6 +149,7 @@ class WorkerArgs:
             cpu=cpu,
             com=com,
             session_grace=settings.session_grace,
+            compression=compression,
         )
 
     @classmethod
@@ -181,6 +185,7 @@ class WorkerArgs:
                 com=options.get("com", ""),
                 control=_control(options.get("control", "")),
                 session_grace=float(options.get("session-grace", 0.75)),
+                compression=options.get("compression", ""),
             )
         except ValueError as exc:
             raise ConfigError(usage + repr(argv)) from exc
@@ -257,12 +262,23 @@ def parse_pulse(frames: list[bytes]) -> tuple[int, int | None]:
 
 
 def liveness(
-    pid: int, seq: int, echo_ns: int, error: str | None = None, rejected: int = 0, probe: int | None = None
+    pid: int,
+    seq: int,
+    echo_ns: int,
+    error: str | None = None,
+    rejected: int = 0,
+    probe: int | None = None,
+    *,
+    times: tuple[int, int] | None = None,
 ) -> list[bytes]:
     """A worker's beacon; ``error`` is what went wrong in it that its com should report,
     ``rejected`` how many messages it dropped as undecodable so far, ``probe`` asks the com to
-    answer at once (the worker's stdin closed: is the com still there?)."""
+    answer at once (the worker's stdin closed: is the com still there?), ``times`` the worker's
+    clock (ns) when the echoed pulse came and when this beacon left: with the pulse's own send
+    time and its arrival, the com has the four times of an NTP exchange."""
     body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns, "rejected": rejected}
+    if times is not None and times[0]:
+        body["rx_ns"], body["tx_ns"] = times
     if error is not None:
         body["error"] = error[:ERROR_MAX_CHARS]
     if probe is not None:

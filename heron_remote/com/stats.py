@@ -24,6 +24,11 @@ class ComStats:
     ``rejected`` counts messages the com dropped as undecodable on its parameters and liveness
     inputs, ``worker_rejected`` those its worker dropped on its pulse and parameters inputs (as
     the worker last said).
+    ``bytes_received`` counts payload bytes as they crossed the link from the worker; of them,
+    ``packed_bytes`` came packed and unpacked to ``unpacked_bytes`` (see :attr:`compression_ratio`
+    and :attr:`bytes_unpacked`). ``clock_offset_s`` is the worker's clock minus the com's, as the
+    heartbeat measures it (None until enough pulses were answered), ``clock_rtt_s`` the round
+    trip of the pulse it comes from.
     """
 
     received: int = 0
@@ -34,6 +39,10 @@ class ComStats:
     rejected: int = 0
     worker_rejected: int = 0
     bytes_received: int = 0
+    packed_bytes: int = 0
+    unpacked_bytes: int = 0
+    clock_offset_s: float | None = None
+    clock_rtt_s: float | None = None
     liveness_seen: int = 0
     heartbeat_rtt_s: float | None = None
     worker_pid: int | None = None
@@ -45,6 +54,16 @@ class ComStats:
     down_s: float = 0.0
     stalled_since: float | None = None
     stalls: int = 0
+
+    @property
+    def compression_ratio(self) -> float | None:
+        """Bytes unpacked per byte that came packed; None before anything came packed."""
+        return self.unpacked_bytes / self.packed_bytes if self.packed_bytes else None
+
+    @property
+    def bytes_unpacked(self) -> int:
+        """Payload bytes received, counted unpacked: what the com publishes per sending topic."""
+        return self.bytes_received - self.packed_bytes + self.unpacked_bytes
 
     @property
     def gaps(self) -> int:

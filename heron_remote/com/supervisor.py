@@ -15,6 +15,7 @@ from .._drops import Drops
 from .._logging import NodeLogger
 from .._protocol import WorkerArgs, parse_liveness
 from .._records import ComId
+from ..compression import Compression, blosc2_module
 from ..errors import (
     AuthenticationError,
     DecodeError,
@@ -57,6 +58,8 @@ class WorkerSpec:
     relic_dir: str
     #: The CPU the worker is pinned to (Heron's cpu_to_pin), or None.
     cpu: int | None = None
+    #: How the worker packs its arrays; None: as its server in the registry says; False: not at all.
+    compression: Compression | bool | None = None
 
 
 def make_launcher(spec: WorkerSpec, settings: Settings) -> WorkerLauncher:
@@ -153,12 +156,24 @@ class Supervisor:
             outputs=spec.outputs,
             cpu=spec.cpu,
             com=str(ComId.here()),
+            compression=self._compression(),
         )
+
+    def _compression(self) -> str:
+        """The worker's compression argument: the spec's, else its server's in the registry."""
+        chosen = self.spec.compression
+        if chosen is None:
+            chosen = getattr(getattr(self.launcher, "server", None), "compression", None)
+        if not isinstance(chosen, Compression):
+            return ""
+        blosc2_module()  # the com unpacks: the rig needs it as much as the PC
+        return chosen.to_arg()
 
     def _connect(self) -> None:
         assert self.launcher is not None and self.launcher.ready is not None
         assert self._sockets is not None and self._heartbeat is not None
-        self._heartbeat.aim(self._sockets.connect_worker(self.launcher))
+        sockets = self._sockets
+        self._heartbeat.aim(sockets.connect_worker(self.launcher), sockets.worker_endpoint(sockets.liveness))
         self.stats.worker_pid = self.launcher.ready.pid
 
     def _wait_first_liveness(self, deadline: float) -> None:

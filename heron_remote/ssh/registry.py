@@ -12,7 +12,9 @@ connecting) so that no secret sits in the file; ``"None"`` means not used. ``"IP
 may be a host alias of ``~/.ssh/config``, whose HostName, User, Port and
 IdentityFile then apply where the registry gives none. ``"tunnel"`` picks the port-forward
 backend: ``"sshtunnel"`` (default, paramiko in this process) or ``"openssh"`` (the ``ssh``
-binary, see :mod:`heron_remote.ssh.openssh`). ``"python"`` is the interpreter's path and its
+binary, see :mod:`heron_remote.ssh.openssh`). ``"compression"`` packs the worker's arrays for the link
+(:class:`~heron_remote.compression.Compression`: true, or ``{"codec": "zstd", "level": 1,
+"threads": 2, "shuffle": "bit"}``). ``"python"`` is the interpreter's path and its
 options (``"python3 -X dev"``), split into words like a shell's (quotes group, a backslash is
 literal, for Windows paths) and never run as shell code (:func:`python_words`).
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..compression import Compression
 from ..errors import ConfigError
 from .tunnel import BACKENDS, DEFAULT_BACKEND
 
@@ -47,6 +50,7 @@ _KEYS = {
     "trust_on_first_use",
     "run_dir",
     "tunnel",
+    "compression",
 }
 
 
@@ -106,6 +110,8 @@ class Server:
     run_dir: str | None = None
     #: The port-forward backend, a key of :data:`heron_remote.ssh.tunnel.BACKENDS`.
     tunnel: str = DEFAULT_BACKEND
+    #: How workers on this PC pack their arrays for the link, unless a source says otherwise.
+    compression: Compression | None = None
 
     @property
     def python_argv(self) -> list[str]:
@@ -154,6 +160,7 @@ class Server:
             trust_on_first_use=self.trust_on_first_use,
             run_dir=self.run_dir,
             tunnel=self.tunnel,
+            compression=self.compression,
         )
 
 
@@ -246,6 +253,8 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
         allowed = " or ".join(f'"{b}"' for b in BACKENDS)
         who = f"{sid!r} ({entry['Name']})" if entry.get("Name") else repr(sid)
         raise ConfigError(f'{where}: server {who} has "tunnel" {tunnel!r}; it must be {allowed}')
+    who = f"{sid!r} ({entry['Name']})" if entry.get("Name") else repr(sid)
+    compression = Compression.coerce(entry.get("compression"), f'{where}: server {who}\'s "compression"')
     return Server(
         id=sid,
         name=str(entry.get("Name") or sid),
@@ -259,4 +268,5 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
         trust_on_first_use=tofu,
         run_dir=_optional(entry.get("run_dir")),
         tunnel=tunnel,
+        compression=compression,
     )

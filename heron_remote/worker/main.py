@@ -12,7 +12,8 @@ from typing import Any, NoReturn
 
 from .._protocol import EXIT_BAD_START, EXIT_HELD, EXIT_WORK_FAILED, WorkerArgs
 from .._streams import guard_std_streams
-from ..errors import NodeHeldError, UnsafePathError
+from ..compression import Compression
+from ..errors import ConfigError, NodeHeldError, UnsafePathError
 from .runtime import SourceWorker
 
 __all__ = ["pin_to_cpu", "run_worker", "start_the_source_worker_process"]
@@ -63,6 +64,12 @@ def run_worker(
         heartbeats_to_death=args.heartbeats_to_death,
     )
     worker.num_outputs = args.outputs
+    if args.compression:
+        try:
+            worker.compression = Compression.from_arg(args.compression)
+        except ConfigError as exc:  # blosc2 missing on this PC, most likely: the com shows this line
+            print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
+            os._exit(EXIT_BAD_START)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, worker.on_kill)
     worker.start_control(args.control, args.session_grace)
