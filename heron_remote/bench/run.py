@@ -18,6 +18,7 @@ from typing import Any
 from . import paths, raw
 from .editor import editor_flow, format_editor_flow
 from .launch import format_launch, launch_latency
+from .linklimited import format_link_limited, link_limited
 from .links import LOCAL, LOOPBACK, NAMESPACE, Link, LinkUnavailable, open_links
 from .plot import RunKind, write_plot
 from .protocol import Plan, Result
@@ -105,6 +106,7 @@ STUDIES = [
     Study(f"editor-{NAMESPACE}", NAMESPACE, "editor", lambda link, quick: editor_flow(link, runs=2 if quick else 5)),
     Study("scale-openssh", NAMESPACE, "scale_openssh", lambda link, quick: scale(link, quick=quick, tunnel="openssh")),
     Study("takeover", LOCAL, "takeover", lambda link, quick: takeover(quick=quick)),
+    Study("link-limited", NAMESPACE, "link_limited", lambda link, quick: link_limited(link, quick=quick)),
 ]
 
 
@@ -199,6 +201,12 @@ def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[
     if gap is not None:
         found.append({"target": "takeover: longest gap a surviving script sees <= 1 s", "value": gap, "goal": 1.0})
         found[-1]["met"] = gap <= 1.0 and not studies["takeover"]["stalled"]
+    limited = [r for r in studies.get("link_limited", {}).get("rows", []) if "error" not in r]
+    packed = [r for r in limited if r["compression"] is not None]
+    if packed:
+        best = max(r["delivered"] for r in packed)
+        found.append({"target": "link-limited: >= 99% of frames delivered with compression", "value": best})
+        found[-1].update(goal=0.99, met=best >= 0.99)
     rows = [r for r in studies.get("scale", {}).get("rows", []) if "error" not in r]
     if rows:
         most = max(max(r["ssh_connections_per_host"].values(), default=0) for r in rows)
@@ -368,6 +376,9 @@ def _print_summary(
     if "takeover" in sections:
         print()
         print(format_takeover(sections["takeover"]))
+    if "link_limited" in sections:
+        print("\nlink-limited:")
+        print(format_link_limited(sections["link_limited"]))
     if targets:
         print("\ntargets (issue 5):")
         for t in targets:
@@ -376,7 +387,7 @@ def _print_summary(
 
 def _study_results(sections: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     found = list(sections.get("launch", {}).items()) + list(sections.get("editor", {}).items())
-    for key in ("scale", "scale_openssh", "takeover"):
+    for key in ("scale", "scale_openssh", "takeover", "link_limited"):
         if key in sections:
             found.append((key, sections[key]))
             found += [(key, row) for row in sections[key].get("rows", [])]

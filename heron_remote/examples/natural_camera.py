@@ -40,8 +40,8 @@ def scene(height: int, width: int) -> np.ndarray:
     import matplotlib.cbook
     import matplotlib.image
 
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-        rgb = matplotlib.image.imread(f, format="jpg").astype(np.float32)
+    photograph = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    rgb = matplotlib.image.imread(str(photograph)).astype(np.float32)
     grey = rgb[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
     wide = width + PAN
     # Bilinear: along each row first, then along each column.
