@@ -19,7 +19,7 @@ from heron_remote.examples.natural_camera import NATURAL_CAMERA, frame
 from heron_remote.ssh import Registry
 from heron_remote.wire import check_output, encode_output, parse_meta
 
-from .helpers import WORKERS, edit_registry, wait_until
+from .helpers import WORKERS, ComScript, edit_registry, wait_until
 
 SHAPE = (240, 320)
 CAMERA = {"shape": list(SHAPE), "fps": 200, "count": 150}
@@ -187,3 +187,37 @@ def test_a_server_s_compression_in_the_registry_packs_its_workers_frames(
     with Source(NATURAL_CAMERA, parameters=CAMERA, settings=settings, host="acq1", compression=False) as cam:
         assert sum(1 for _ in cam.frames(timeout=15)) == 150
         assert cam.stats.packed_bytes == 0
+
+
+@pytest.mark.multihost
+def test_a_heron_com_script_s_worker_on_a_pc_packs_as_the_registry_says(
+    remote_settings: Settings, acq: object, tmp_path: Path
+) -> None:
+    """Heron's way: a com script with SourceCom, its worker on acq1, whose registry entry asks for
+    compression; a plain pyzmq subscriber reads the frames as they were made, metadata plain."""
+    reg = edit_registry(acq, tmp_path, "acq1", compression=True)
+    settings = remote_settings.replace(ssh_info=reg)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.linger = 0
+    sub.subscribe(b"Counter##echo##1")
+    sub.connect(f"tcp://127.0.0.1:{settings.ports.data_publish}")
+    com = ComScript(settings, host="acq1", worker=str(WORKERS / "natural_pair_worker.py"))
+    try:
+        checked = 0
+        while checked < 30:
+            assert sub.poll(10_000), "no frame within 10 s"
+            _topic, index, _time, meta, payload = sub.recv_multipart()
+            md = json.loads(meta)
+            assert "packed" not in md and md["shape"] == [120, 160]
+            np.testing.assert_array_equal(
+                np.frombuffer(payload, md["dtype"]).reshape(md["shape"]), frame(int(index), (120, 160))
+            )
+            checked += 1
+        code, out, err = com.stop()
+        assert code == 0, err
+        # The worker was told to pack: its command line on the PC said so (never a secret).
+        assert "--heron-remote-compression=zstd:1:1:bit" in err
+    finally:
+        if com.proc.poll() is None:
+            com.stop()
+        sub.close()
