@@ -6,6 +6,7 @@ clock is 2.5 s ahead (its clock's test hook); the estimate must find it within 1
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import threading
 import time
@@ -47,7 +48,7 @@ def _check_frames(cam: Source) -> None:
         assert f.captured is not None
         # Captured before the com received it, in the com's clock: by the link's delay, not by 2.5 s.
         assert -0.001 < f.time - f.captured < 0.5, (f.time, f.captured)
-    assert all(b.captured > a.captured for a, b in zip(frames, frames[1:], strict=False))
+    assert all(b.captured > a.captured for a, b in itertools.pairwise(frames))
 
 
 def test_the_offset_of_a_local_worker_s_clock_is_found_and_capture_times_are_in_the_rig_s_clock(
@@ -98,7 +99,7 @@ def test_the_capture_time_is_published_as_a_metadata_key_that_heron_s_readers_pa
     finally:
         stop.set()
         reader.join(5)
-    _topic, index, time_us, meta, payload = seen[-1]
+    _topic, _index, time_us, meta, payload = seen[-1]
     # Heron's readers: ast.literal_eval of the metadata (its image decoders), and json; both take keys by name.
     for md in (ast.literal_eval(meta.decode()), json.loads(meta)):
         array = np.frombuffer(payload, dtype=md["dtype"]).reshape(md["shape"])

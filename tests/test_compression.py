@@ -19,7 +19,7 @@ from heron_remote.examples.natural_camera import NATURAL_CAMERA, frame
 from heron_remote.ssh import Registry
 from heron_remote.wire import check_output, encode_output, parse_meta
 
-from .helpers import WORKERS, ComScript, edit_registry, wait_until
+from .helpers import WORKERS, ComScript, edit_registry, readme_row, wait_until
 
 SHAPE = (240, 320)
 CAMERA = {"shape": list(SHAPE), "fps": 200, "count": 150}
@@ -96,7 +96,7 @@ def test_the_packed_payload_reader_refuses_what_is_not_the_array_its_metadata_sa
     assert bytes(unpack(packed, array.nbytes)) == array.tobytes()
     with pytest.raises(DecodeError, match="no blosc2 header"):
         unpack(b"\x00" * 8, array.nbytes)
-    with pytest.raises(DecodeError, match="cannot be unpacked|announces"):
+    with pytest.raises(DecodeError, match=r"cannot be unpacked|announces"):
         unpack(b"\x02\x01" + b"\xff" * 200, array.nbytes)
     with pytest.raises(DecodeError, match="needs 10 bytes"):
         unpack(packed, 10)  # the header announces another size: no allocation of what it says
@@ -161,8 +161,9 @@ def test_the_registry_sets_compression_per_server_and_names_a_bad_key(tmp_path: 
 
 def test_without_blosc2_on_the_rig_asking_for_compression_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "blosc2", None)  # import blosc2 raises ImportError, as when it is missing
-    with pytest.raises(ConfigError, match=r"pip install 'heron_remote\[compression\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'heron_remote\[compression\]'") as caught:
         Source(NATURAL_CAMERA, compression=True)
+    assert readme_row(caught.value), str(caught.value)
 
 
 def test_without_blosc2_on_the_pc_the_start_fails_naming_the_extra(settings: Settings) -> None:
@@ -170,6 +171,7 @@ def test_without_blosc2_on_the_pc_the_start_fails_naming_the_extra(settings: Set
     with pytest.raises(WorkerStartError) as caught:
         source.start()
     assert "heron_remote[compression]" in str(caught.value)
+    assert readme_row(caught.value), str(caught.value)
 
 
 @pytest.mark.multihost
@@ -213,7 +215,7 @@ def test_a_heron_com_script_s_worker_on_a_pc_packs_as_the_registry_says(
                 np.frombuffer(payload, md["dtype"]).reshape(md["shape"]), frame(int(index), (120, 160))
             )
             checked += 1
-        code, out, err = com.stop()
+        code, _out, err = com.stop()
         assert code == 0, err
         # The worker was told to pack: its command line on the PC said so (never a secret).
         assert "--heron-remote-compression=zstd:1:1:bit" in err
