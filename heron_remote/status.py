@@ -81,6 +81,10 @@ class SourceStatus:
     stalled_s: float | None = None
     down_s: float = 0.0
     silent_s: float | None = None
+    #: Bytes unpacked per byte that crossed the link packed (None: nothing came packed).
+    compression_ratio: float | None = None
+    #: The worker's clock minus the com's, in ms, as the heartbeat measures it (None: not yet).
+    clock_offset_ms: float | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -121,6 +125,8 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "stalled_s": (*_NUMBER, type(None)),
     "down_s": _NUMBER,
     "silent_s": (*_NUMBER, type(None)),
+    "compression_ratio": (*_NUMBER, type(None)),
+    "clock_offset_ms": (*_NUMBER, type(None)),
 }
 
 
@@ -288,6 +294,8 @@ def status_of(node_name: str, where: str, stats: ComStats, meter: RateMeter) -> 
         rejected=stats.rejected + stats.worker_rejected,
         stalled_s=None if stalled is None else round(stalled, 1),
         down_s=round(stats.down_s, 1),
+        compression_ratio=None if stats.compression_ratio is None else round(stats.compression_ratio, 3),
+        clock_offset_ms=None if stats.clock_offset_s is None else round(stats.clock_offset_s * 1000, 3),
     )
 
 

@@ -59,6 +59,7 @@ def test_the_offset_of_a_local_worker_s_clock_is_found_and_capture_times_are_in_
         print(f"local: offset found {offset:.6f} s (error {1e6 * (offset - OFFSET_S):+.0f} us), "
               f"round trip {1e3 * cam.stats.clock_rtt_s:.3f} ms")  # fmt: skip
         assert abs(offset - OFFSET_S) < 0.001
+        assert cam.status().clock_offset_ms == pytest.approx(1000 * OFFSET_S, abs=1.0)
         _check_frames(cam)
 
 

@@ -59,6 +59,7 @@ def test_packed_frames_are_published_as_the_camera_made_them(settings: Settings,
                 np.testing.assert_array_equal(f.arrays[0], frame(f.index, SHAPE))
                 got.append(f.index)
             stats = cam.stats
+            status = cam.status()
     finally:
         stop.set()
         reader.join(5)
@@ -67,6 +68,7 @@ def test_packed_frames_are_published_as_the_camera_made_them(settings: Settings,
     assert stats.packed_bytes == stats.bytes_received
     assert stats.unpacked_bytes == 150 * SHAPE[0] * SHAPE[1] == stats.bytes_unpacked
     assert stats.compression_ratio is not None and 1.1 < stats.compression_ratio < 3
+    assert status.compression_ratio == round(stats.compression_ratio, 3)  # what `heron-remote status --json` says
     # The wire format published is the plain one: nothing says packed.
     assert seen and all(m["data_type"] == "ndarray" and "packed" not in m for m in seen)
     assert all(m["shape"] == list(SHAPE) and m["dtype"] == "uint8" for m in seen)
