@@ -35,6 +35,7 @@ RATE = "1gbit"
 #: (label, compression) of each run.
 RUNS: tuple[tuple[str, Compression | None], ...] = (
     ("none", None),
+    ("zstd-1 bit 1 thread", Compression()),
     ("zstd-1 bit 2 threads", Compression(codec="zstd", level=1, threads=2)),
     ("lz4 bit 2 threads", Compression(codec="lz4", level=1, threads=2)),
 )
