@@ -79,6 +79,7 @@ class Relay:
         self.log = log
         self.sequence = PacketSequence(on_jump=self._jumped)
         self._frames = packet_length(outputs)
+        self._outputs = range(outputs)
         self._slots = payload_slots(outputs)
         self._verbose = verbose
         self._packet_log: PacketLog | None = None
@@ -142,21 +143,20 @@ class Relay:
         time_us = time.time_ns() // 1000
         index_b = b"%d" % index
         time_b = b"%d" % time_us
+        for k in self._outputs:
+            if publish_flags[k] and b'"packed"' in msg[1 + 2 * k]:
+                try:  # every output before any is published: a bad one drops the whole packet
+                    self._unpack(msg, k)
+                except DecodeError as exc:
+                    self._malformed(exc)
+                    return False
         offset = stats.clock_offset_s
         captured = None if offset is None else packet_captured(msg[0])
         offset_us = 0 if offset is None else round(offset * 1e6)
-        unpacked = 0
         pub = self._publish
         for topic, k in self.routes:
             if publish_flags[k]:
                 meta = msg[1 + 2 * k]
-                if b'"packed"' in meta and not unpacked >> k & 1:
-                    try:
-                        meta = self._unpack(msg, k)
-                    except DecodeError as exc:
-                        self._malformed(exc)
-                        return False
-                    unpacked |= 1 << k
                 if captured is not None and captured > offset_us:
                     meta = with_captured(meta, captured - offset_us)
                 publish(pub, topic, index_b, time_b, meta, msg[2 + 2 * k])
@@ -169,17 +169,16 @@ class Relay:
             self._packet_log.write(index)
         return True
 
-    def _unpack(self, msg: list[Any], k: int) -> bytes:
-        """Unpack output ``k`` of ``msg`` in place; its plain metadata. DecodeError when it is bad."""
+    def _unpack(self, msg: list[Any], k: int) -> None:
+        """Unpack output ``k`` of ``msg`` in place, its metadata made plain; DecodeError when it is bad."""
         meta = parse_meta(msg[1 + 2 * k])
         if not meta.packed:
-            return msg[1 + 2 * k]  # "packed" was part of a name, not the mark
+            return  # "packed" was part of a name, not the mark
         payload = msg[2 + 2 * k]
         out = unpack(payload, meta.nbytes, self.unpack_threads)
         self.stats.packed_bytes += memoryview(payload).nbytes
         self.stats.unpacked_bytes += meta.nbytes
         msg[1 + 2 * k], msg[2 + 2 * k] = meta.plain, zmq.Frame(out, copy=False)
-        return meta.plain
 
     def pump(self, until: float) -> int:
         """Relay packets until ``until`` (monotonic), or until none came for the data socket's RCVTIMEO."""
