@@ -11,11 +11,17 @@ a window that pans one pixel per frame back and forth, plus Gaussian noise of ``
 levels, like a camera's sensor; uint8. It is what compression meets on a real camera (a
 synthetic test pattern packs a hundred times better than any camera frame). ``count`` frames,
 then the worker ends (0: until stopped); ``fps`` 0: as fast as the path takes them.
+
+Like a camera's driver, it holds :data:`BUFFER` frames: a worker held back for a moment (the
+path blocks ``send_data_to_com`` while the com is behind) catches up with the frames the sensor
+made meanwhile; held back longer, the oldest are lost, and counted in the log, as a camera's
+buffer overflows. The frames it sends are numbered without gaps (frame n is the n-th sent).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any
 
@@ -23,9 +29,13 @@ import numpy as np
 
 from heron_remote.worker import SourceWorker, start_the_source_worker_process
 
-__all__ = ["NATURAL_CAMERA", "frame", "scene"]
+__all__ = ["BUFFER", "NATURAL_CAMERA", "frame", "scene"]
+
+logger = logging.getLogger(__name__)
 
 NATURAL_CAMERA = "python -m heron_remote.examples.natural_camera"
+#: Frames the camera holds for a worker that falls behind (a third of a second at 100 frames/s).
+BUFFER = 32
 #: Pixels the window pans before it turns back.
 PAN = 256
 #: Noise frames made in advance and used in turn (drawing 1.3 M normal numbers takes ~25 ms).
@@ -89,18 +99,24 @@ def work(worker: SourceWorker) -> None:
     shape, fps, count = config["shape"], config["fps"], config["count"]
     frame(1, shape, config["sigma"], config["seed"])  # the scene and the noise made before the clock starts
     interval = 1.0 / fps if fps > 0 else 0.0
-    next_t = time.perf_counter()
-    n = 0
-    while count == 0 or n < count:
-        n += 1
-        worker.send_data_to_com(frame(n, shape, config["sigma"], config["seed"]), copy=False)
+    start = time.perf_counter()
+    made = sent = lost = overflows = 0  # frames the sensor made, sent, lost to a full buffer; times it was full
+    while count == 0 or sent < count:
         if interval:
-            next_t += interval
-            delay = next_t - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_t = time.perf_counter()  # behind: the camera drops no frame, it just runs late
+            now = time.perf_counter()
+            due = start + made * interval
+            if now < due:
+                time.sleep(due - now)
+            elif now - due > BUFFER * interval:  # the buffer overflowed: the oldest frames are gone
+                behind = int((now - start) / interval) - BUFFER - made
+                made += behind
+                lost += behind
+                overflows += 1
+                if overflows <= 5 or overflows % 100 == 0:  # a camera the link holds back would flood the log
+                    logger.warning("camera buffer overflowed: %d frame(s) lost (%d in all)", behind, lost)
+        made += 1
+        sent += 1
+        worker.send_data_to_com(frame(sent, shape, config["sigma"], config["seed"]), copy=False)
 
 
 def main() -> None:
