@@ -18,7 +18,7 @@ import zmq
 from heron_remote import Settings, Source
 from heron_remote.com.clock import MIN_SAMPLES, WINDOW, ClockEstimate
 from heron_remote.subscriber import Frame
-from heron_remote.wire import parse_meta, split_captured, with_captured
+from heron_remote.wire import packet_captured, packet_number, parse_meta, split_captured, with_captured
 
 from .helpers import WORKERS, wait_until
 
@@ -134,3 +134,17 @@ def test_the_capture_time_key_leaves_the_parsed_metadata_cached_and_frames_unpac
     assert split_captured(meta[:-1] + b', "captured_us": -5}') == (meta[:-1] + b', "captured_us": -5}', None)
     index, when, (value,) = Frame(3, 1.5, ("x",), 1.25)
     assert (index, when, value) == (3, 1.5, "x") and Frame(3, 1.5, ("x",), 1.25).captured == 1.25
+
+
+def test_a_packet_s_capture_time_is_read_only_when_it_is_a_bounded_integer() -> None:
+    assert packet_number([b"7 1700000000000000"]) == 7 and packet_captured(b"7 1700000000000000") == 1700000000000000
+    assert packet_number([b"7"]) == 7 and packet_captured(b"7") is None  # a worker of an earlier version
+    for bad in (b"7 abc", b"7 -5", b"7 " + b"9" * 30, b"7 1 2", b"7 "):
+        assert packet_captured(bad) is None
+
+
+def test_a_capture_time_the_work_function_gives_is_the_one_published(settings: Settings) -> None:
+    with Source(str(WORKERS / "stamped_worker.py"), settings=settings) as cam:
+        wait_until(lambda: cam.stats.clock_offset_s is not None, 10, "an offset")
+        stamped = [f for f in itertools.islice(cam.frames(timeout=10), 200) if f.captured is not None][-20:]
+    assert stamped and all(0.25 <= f.time - f.captured < 0.35 for f in stamped)  # type: ignore[operator]

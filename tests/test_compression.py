@@ -12,6 +12,9 @@ import blosc2
 import numpy as np
 import pytest
 import zmq
+from hypothesis import given
+from hypothesis import settings as settings_hyp
+from hypothesis import strategies as st
 
 from heron_remote import Compression, ConfigError, DecodeError, Settings, Source, WorkerStartError
 from heron_remote.compression import PACKED_MAX_BYTES, Packer, unpack
@@ -225,3 +228,21 @@ def test_a_heron_com_script_s_worker_on_a_pc_packs_as_the_registry_says(
         if com.proc.poll() is None:
             com.stop()
         sub.close()
+
+
+@settings_hyp(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=600), nbytes=st.integers(0, 1 << 20))
+def test_any_bytes_as_a_packed_payload_unpack_to_the_size_asked_or_a_decode_error(data: bytes, nbytes: int) -> None:
+    try:
+        out = unpack(data, nbytes)
+    except DecodeError:
+        return
+    assert len(out) == nbytes
+
+
+def test_a_forged_blosc2_header_cannot_make_the_com_unpack_more_than_the_metadata_says() -> None:
+    good = blosc2.compress2(bytes(1 << 16), typesize=1)
+    forged = bytearray(good)
+    forged[4:8] = (1 << 30).to_bytes(4, "little")  # nbytes in the header: 1 GiB
+    with pytest.raises(DecodeError):
+        unpack(bytes(forged), 1 << 16)
