@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="heron-remote bench",
         description="Measure the source path against raw pyzmq and SSH forwards on this machine "
-        "(as root: it makes a network-namespace host and an sshd on loopback). A full run takes about 7 minutes.",
+        "(as root: it makes a network-namespace host and an sshd on loopback). A full run takes about 8 minutes.",
     )
     parser.add_argument(
         "--out",
