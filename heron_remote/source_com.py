@@ -239,6 +239,8 @@ class SourceCom:
             raise ConfigError("call connect_sockets() before start_worker_process()")
         if self._supervisor.launcher is None:
             self._supervisor.launch()
+            if self._supervisor.compression is not None:  # the registry's, for a server that asks for it
+                self._relay.unpack_threads = self._supervisor.compression.threads
 
     def start_ioloop(self) -> None:
         """Receive and publish worker data until :meth:`on_kill`; then close the sockets and return.

@@ -95,6 +95,8 @@ class Supervisor:
         self.launcher: WorkerLauncher | None = None
         #: Why the worker ended or was lost, while it is not running again.
         self.error: WorkerError | None = None
+        #: How the worker was told to pack its arrays (the spec's, or its server's), once launched.
+        self.compression: Compression | None = None
         self.log = NodeLogger(logger, node=spec.node_name, host="com")
         # Undecodable liveness messages; parameters count theirs in the same stats.rejected.
         self._drops = Drops(self.log, "an undecodable liveness message")
@@ -167,6 +169,7 @@ class Supervisor:
         if not isinstance(chosen, Compression):
             return ""
         blosc2_module()  # the com unpacks: the rig needs it as much as the PC
+        self.compression = chosen
         return chosen.to_arg()
 
     def _connect(self) -> None:
