@@ -1,7 +1,8 @@
 """The com <-> worker control protocol: the worker's argv, its ready line, pulses and liveness.
 
-A worker binds its four sockets on its own 127.0.0.1 (ports chosen as asked, or free
-ones) and then writes one line to stdout::
+A worker its com started reads the launch's keys first on its stdin (:mod:`._linkkeys`),
+binds its four sockets on its own 127.0.0.1 (ports chosen as asked, or free ones), each
+accepting only that com, and then writes one line to stdout::
 
     HERON_REMOTE_READY {"v": 1, "pid": ..., "ports": {"data": ..., ...}, ...}
 
@@ -268,15 +269,17 @@ def liveness(
     error: str | None = None,
     rejected: int = 0,
     probe: int | None = None,
+    refused: int = 0,
     *,
     times: tuple[int, int] | None = None,
 ) -> list[bytes]:
     """A worker's beacon; ``error`` is what went wrong in it that its com should report,
     ``rejected`` how many messages it dropped as undecodable so far, ``probe`` asks the com to
-    answer at once (the worker's stdin closed: is the com still there?), ``times`` the worker's
-    clock (ns) when the echoed pulse came and when this beacon left: with the pulse's own send
-    time and its arrival, the com has the four times of an NTP exchange."""
-    body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns, "rejected": rejected}
+    answer at once (the worker's stdin closed: is the com still there?), ``refused`` how many
+    connections it refused for not carrying its com's key, ``times`` the worker's clock (ns)
+    when the echoed pulse came and when this beacon left: with the pulse's own send time and
+    its arrival, the com has the four times of an NTP exchange."""
+    body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns, "rejected": rejected, "refused": refused}
     if times is not None and times[0]:
         body["rx_ns"], body["tx_ns"] = times
     if error is not None:

@@ -22,6 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import IO
 
+from ._linkkeys import LinkKeys
 from ._logging import NodeLogger
 from ._output import WorkerOutput
 from ._procs import group_members, write_stdin
@@ -56,6 +57,8 @@ class WorkerLauncher(ABC):
         self.log = NodeLogger(logger, node=node_name, host=self.where)
         self.output = WorkerOutput(self.log)
         self.ready: ReadyLine | None = None
+        #: This launch's keys: only a com that holds them gets through the worker's sockets.
+        self.keys = LinkKeys.make()
         self._spawned = False
         self._spawning = False
         self._stopped = False
@@ -144,6 +147,9 @@ class WorkerLauncher(ABC):
             if stopped_meanwhile:  # that stop() left the clean-up to this thread
                 self._release()
             raise
+        # The keys go first on the control channel, before the worker binds anything.
+        if not self._tell(self.keys.to_line()):
+            self.log.debug("the worker's stdin closed before its keys were written: it has ended")
         with self._stop_lock:
             self._spawning = False
             self._spawned = True

@@ -291,7 +291,7 @@ def status_of(node_name: str, where: str, stats: ComStats, meter: RateMeter) -> 
         heartbeat_rtt_ms=None if stats.heartbeat_rtt_s is None else round(stats.heartbeat_rtt_s * 1000, 3),
         last_error=stats.last_error,
         time=time.time(),
-        rejected=stats.rejected + stats.worker_rejected,
+        rejected=stats.rejected + stats.worker_rejected + stats.worker_refused,
         stalled_s=None if stalled is None else round(stalled, 1),
         down_s=round(stats.down_s, 1),
         compression_ratio=None if stats.compression_ratio is None else round(stats.compression_ratio, 3),

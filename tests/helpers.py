@@ -140,6 +140,8 @@ class ComScript:
             _, err = self.proc.communicate(timeout=10)
             raise AssertionError(f"com did not start: {line!r}\n{err}")
         self.worker_pid = int(line.split()[2])
+        #: The worker's ports on its host, by channel.
+        self.worker_ports: dict[str, int] = json.loads(line.split()[3])
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15) -> tuple[int, str, str]:
         """Signal the com and collect its exit status and output."""

@@ -180,3 +180,60 @@ def test_quick_takeover_study_and_shared_path_run(tmp_path: Path, capsys: pytest
     assert 0 < section["longest_gap_s"] == row["longest_gap_s"]
     assert report["targets"] == []  # judged on full runs only
     assert "takeover: 1 runs, 1 takeovers" in out
+
+
+@pytest.mark.timeout(150)
+def test_quick_heron_layout_runs_here_and_over_ssh(tmp_path: Path) -> None:
+    """Heron's layout: a com started as the editor starts it, `heron-remote forwarders` and a plain
+    pyzmq subscriber, each a process; the worker here and on a namespace host over SSH (a bench
+    process of its own: its namespace host's names carry its process id)."""
+    only = "zmq,heron-local,heron-ns"
+    done = subprocess.run(
+        [PYTHON, "-m", "heron_remote", "bench", "--quick", "--out", str(tmp_path), "--only", only, "--sizes", "65536"],
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+
+    results = {r["name"]: r for r in report["results"]}
+    assert set(results) == set(only.split(","))
+    for name in ("heron-local", "heron-ns"):
+        r = results[name]
+        assert r["ok"] and r["messages"] > 1, r
+        assert r["notes"]["layout"] == "com, forwarders and subscriber in three processes"
+        for key in ("forwarders_pid", "com_pid"):  # both stopped and reaped when the run ended
+            assert not Path(f"/proc/{r['notes'][key]}").exists(), (name, key)
+    ratios = {(r["name"], r["base"]) for r in report["ratios"]}
+    assert {("heron-local", "zmq"), ("heron-ns", "zmq")} <= ratios
+    assert "heron-local" in done.stdout and "heron-ns" in done.stdout
+
+
+def test_the_cost_of_authentication_is_judged_against_the_same_path_without_keys() -> None:
+    from heron_remote.bench.run import _targets
+
+    ratios = [
+        {"name": "path-local", "base": "path-local-noauth", "size": MIB, "ratio": 0.97},
+        {"name": "path-local", "base": "path-local-noauth", "size": 64, "ratio": 0.85},
+        {"name": "path-ns", "base": "path-ns-noauth", "size": MIB, "ratio": 0.94},
+    ]
+    judged = {t["target"]: t["met"] for t in _targets([], ratios, {})}
+    assert judged == {
+        "path-local >= 0.95 x path-local-noauth (1 MiB)": True,
+        "path-local >= 0.9 x path-local-noauth (64 B)": False,
+        "path-ns >= 0.95 x path-ns-noauth (1 MiB)": False,
+    }
+
+
+@pytest.mark.timeout(90)
+def test_the_bench_measures_the_path_without_the_links_key_beside_the_path_with_it(tmp_path: Path) -> None:
+    from heron_remote._linkkeys import LinkKeys
+
+    only = "path-local-noauth,path-local"
+    assert main(["--quick", "--out", str(tmp_path), "--only", only, "--sizes", "65536"]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    notes = {r["name"]: r["notes"] for r in report["results"]}
+    assert notes["path-local-noauth"]["auth"] == "none (bench only)" and "auth" not in notes["path-local"]
+    assert ("path-local", "path-local-noauth", 65536) in {(r["name"], r["base"], r["size"]) for r in report["ratios"]}
+    assert LinkKeys.make().mechanism == "plain"  # the switch ended with the measurement

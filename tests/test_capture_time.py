@@ -28,11 +28,15 @@ CAMERA = {"shape": [120, 160], "fps": 100}
 
 
 def _offset_found(cam: Source, settings: Settings) -> float:
-    """The estimate once the window is full of samples (so the best of WINDOW is chosen)."""
+    """The estimate once the window is full of samples (so the best of WINDOW is chosen), on an
+    authenticated link: the heartbeat thread's timing socket must present the launch's key too,
+    or the worker refuses it and no answer is ever timed."""
+    assert cam.launcher is not None and cam.launcher.keys.mechanism == "plain"
     wait_until(lambda: cam.stats.clock_offset_s is not None, 10 * settings.heartbeat_rate * MIN_SAMPLES, "an offset")
     time.sleep(settings.heartbeat_rate * (WINDOW + 1))
     offset = cam.stats.clock_offset_s
     assert offset is not None
+    assert cam.stats.worker_refused == 0  # none of the com's own sockets was refused
     return offset
 
 

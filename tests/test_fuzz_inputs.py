@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heron_remote import NoDataError, Settings, Source, StatusBoard
+from heron_remote._linkkeys import LinkKeys
 from heron_remote.status import STATUS_TOPIC, SourceStatus, render
 from heron_remote.wire import encode_output
 
@@ -108,10 +109,13 @@ def until(found: Callable[[], bool], timeout: float, what: str) -> None:
         assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
 
 
-def _connected(kind: int, port: int) -> zmq.Socket:
+def _connected(kind: int, port: int, keys: LinkKeys | None = None) -> zmq.Socket:
+    """A socket connected to this machine's ``port``; with ``keys`` (a launch's) for a worker's port."""
     sock = zmq.Context.instance().socket(kind)
     sock.linger = 0
     sock.sndtimeo = 1000
+    if keys is not None:
+        keys.apply_client(sock)
     sock.connect(f"tcp://127.0.0.1:{port}")
     return sock
 
@@ -220,7 +224,8 @@ def test_a_worker_passes_good_parameters_on_after_any_input(settings: Settings) 
     with Source(ECHO_WORKER, outputs=("Counter", "Echo"), settings=settings) as src:
         assert src.launcher is not None and src.launcher.ready is not None
         ports, pid = src.launcher.ready.ports, src.stats.worker_pid
-        sockets = {name: _connected(zmq.PUSH, ports[name]) for name in ("heartbeat", "parameters")}
+        # With the launch's keys: what the fuzz tests is the worker's decoders, behind its key check.
+        sockets = {name: _connected(zmq.PUSH, ports[name], src.launcher.keys) for name in ("heartbeat", "parameters")}
         numbers = iter(range(1, 1 << 30))
 
         def good_parameters_arrive() -> None:

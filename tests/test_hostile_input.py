@@ -156,20 +156,33 @@ def test_parameters_from_the_com_reach_the_worker(settings: Settings) -> None:
         assert src.stats.worker_rejected == 0
 
 
-def test_pulses_and_parameters_built_to_crash_the_worker_are_refused_and_it_runs_on(
-    settings: Settings, other_user: str
-) -> None:
-    """F6, the worker's side: its ports are on the PC's loopback, open to every account there."""
+def _send_with_keys(src: Source, port: int, messages: list[list[bytes]]) -> None:
+    """``messages`` to the worker's ``port`` from a socket that holds the launch's keys (the com's own:
+    another account's connections are refused before any message, see tests/test_link_auth.py)."""
+    assert src.launcher is not None
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.linger = 2000
+    src.launcher.keys.apply_client(push)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        for message in messages:
+            push.send_multipart(message)
+    finally:
+        push.close()
+
+
+def test_pulses_and_parameters_built_to_crash_the_worker_are_refused_and_it_runs_on(settings: Settings) -> None:
+    """F6, the worker's side: whatever gets through its key check, its decoders drop what is not a message."""
     with Source(ECHO_WORKER, outputs=("Counter", "Echo"), settings=settings) as src:
         assert src.launcher is not None and src.launcher.ready is not None
         ports, pid = src.launcher.ready.ports, src.stats.worker_pid
         pulses = [[b"PULSE", b"9" * 20], [b"PULSE", b"-1"], [b"PULSE"], [b"LIVE", b"{}"], [b"PULSE", b"1", b"2", b"3"]]
-        send_as(other_user, ports["heartbeat"], "PUSH", pulses)
-        send_as(other_user, ports["parameters"], "PUSH", [[DEEP_JSON], [b"{}", b"{}"], [b"\xff\xfe"]])
+        _send_with_keys(src, ports["heartbeat"], pulses)
+        _send_with_keys(src, ports["parameters"], [[DEEP_JSON], [b"{}", b"{}"], [b"\xff\xfe"]])
         wait_until(lambda: src.stats.worker_rejected >= 8, 5, "the worker to report what it dropped")
         # Frames over the ports' caps (a 5000-digit pulse): ZeroMQ cuts the sender off, with all it sent.
-        send_as(other_user, ports["heartbeat"], "PUSH", [[b"PULSE", b"1" * 5000]])
-        send_as(other_user, ports["parameters"], "PUSH", [[b"x" * 300_000]])
+        _send_with_keys(src, ports["heartbeat"], [[b"PULSE", b"1" * 5000]])
+        _send_with_keys(src, ports["parameters"], [[b"x" * 300_000]])
         time.sleep(settings.death_window)  # a worker that lost its heartbeat thread would end by now
         assert pid_alive(pid) and src.stats.state == "running" and src.stats.restarts == 0
         assert _echo_of(src, {"ok": True, "k": 2})["initialised"] is True

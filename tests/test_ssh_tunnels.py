@@ -100,12 +100,13 @@ def test_the_sshtunnel_backend_pumps_both_ways_until_either_side_closes() -> Non
     try:
         assert listening_address(tunnel.local_port) == "127.0.0.1"
         with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=5) as client:
+            payload = bytes(range(256)) * 8192  # 2 MiB: more than one read each way
+            # The client speaks first, as a ZeroMQ peer does: a channel is opened once it has.
+            sender = threading.Thread(target=client.sendall, args=(payload,))
+            sender.start()
             dest, far = host.far_ends.get(timeout=5)
             far.settimeout(5)
             assert dest == ("127.0.0.1", 5555)
-            payload = bytes(range(256)) * 8192  # 2 MiB: more than one read each way
-            sender = threading.Thread(target=client.sendall, args=(payload,))
-            sender.start()
             assert _recv_exactly(far, len(payload)) == payload
             sender.join(5)
             far.sendall(b"reply")
@@ -125,11 +126,12 @@ def test_a_client_of_a_tunnel_whose_connection_is_down_is_closed_and_the_tunnel_
     with SSHTunnel(host, 5556) as tunnel:
         host.down = True
         with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=5) as client:
+            client.sendall(b"\xff")  # a ZeroMQ greeting starts so
             assert client.recv(1) == b""  # ZeroMQ would connect again
         host.down = False
         with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=5) as client:
-            _, far = host.far_ends.get(timeout=5)
             client.sendall(b"back")
+            _, far = host.far_ends.get(timeout=5)
             far.settimeout(5)
             assert _recv_exactly(far, 4) == b"back"
             far.close()

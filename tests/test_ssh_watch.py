@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from heron_remote._threads import KeptThread
 from heron_remote.errors import AuthenticationError, HostUnreachableError, SSHError
 from heron_remote.ssh.transport import WatchedSocket
 from heron_remote.ssh.watch import LinkWatch
@@ -132,3 +133,47 @@ def test_a_watch_that_fails_says_so_at_once_and_its_waiters_get_the_error(
         watch.wait_transport(10)
     assert time.monotonic() - started < 5
     assert "watch thread of the connection to pc (lab@pc:22) failed" in caplog.text
+
+
+class _Counted:
+    """A socket whose receive calls are counted: the calls that reach the kernel."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.calls = 0
+
+    def recv(self, n: int) -> bytes:
+        self.calls += 1
+        return self.sock.recv(n)
+
+
+def test_the_transport_socket_reads_ahead_and_hands_out_every_byte_in_order() -> None:
+    """paramiko's small reads (a packet's first block, then the rest) are served from one read ahead;
+    what it asks for comes back in order, never more than asked, and a closed peer still reads as EOF."""
+    ours, peer = socket.socketpair()
+    sent = bytes(range(256)) * 4096  # 1 MiB: several reads ahead
+    with ours, peer:
+        kernel = _Counted(ours)
+        sock = WatchedSocket(kernel)  # type: ignore[arg-type]
+        before = sock.last_received
+
+        def write() -> None:
+            peer.sendall(sent)
+            peer.shutdown(socket.SHUT_WR)
+
+        writer = KeptThread.start_new(write, name="peer")
+        got = bytearray()
+        calls = 0
+        while True:
+            want = (16, 4000, 1, 33000)[calls % 4]
+            data = sock.recv(want)
+            calls += 1
+            if not data:
+                break
+            assert 0 < len(data) <= want
+            got += data
+        writer.join(10)
+        writer.check()
+    assert bytes(got) == sent
+    assert sock.last_received > before
+    assert kernel.calls * 4 < calls, (kernel.calls, calls)  # most reads were served from memory

@@ -53,11 +53,16 @@ class Link:
 
     def with_tunnel(self, backend: str) -> Link:
         """This link with every server's ``"tunnel"`` set to ``backend``, in a registry of its own."""
+        return self.with_entries(backend, tunnel=backend)
+
+    def with_entries(self, label: str, **values: object) -> Link:
+        """This link with ``values`` set in every server's registry entry, in a registry of its own
+        (named after ``label``)."""
         assert self.registry is not None
         raw = json.loads(self.registry.read_text())
         for entry in raw.values():
-            entry["tunnel"] = backend
-        path = self.registry.with_name(f"{self.registry.stem}-{backend}.json")
+            entry.update(values)
+        path = self.registry.with_name(f"{self.registry.stem}-{label}.json")
         path.write_text(json.dumps(raw, indent=2))
         return dataclasses.replace(self, registry=path)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NamedTuple
 
+from .._linkkeys import unauthenticated_launches
 from ..settings import ForwarderPorts, Settings
 from ..source import Source
 from .links import Link
@@ -26,6 +27,7 @@ __all__ = [
     "measure_stream",
     "source_stream",
     "whole_path",
+    "whole_path_noauth",
     "whole_path_openssh",
 ]
 
@@ -135,4 +137,16 @@ def whole_path_openssh(name: str, link: Link, plan: Plan) -> Result:
     """The whole source path with the worker on ``link``'s host, its forwards made by OpenSSH."""
     result = whole_path(name, link.with_tunnel("openssh"), plan)
     result.notes["tunnel"] = "openssh"
+    return result
+
+
+def whole_path_noauth(name: str, link: Link, plan: Plan) -> Result:
+    """The whole source path with no key on the com <-> worker link: what authentication costs.
+
+    The switch is the bench's own (a private context manager, not a setting): a user cannot
+    turn the link's authentication off.
+    """
+    with unauthenticated_launches():
+        result = whole_path(name, link, plan)
+    result.notes["auth"] = "none (bench only)"
     return result

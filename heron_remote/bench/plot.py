@@ -17,10 +17,12 @@ from .protocol import Result
 
 __all__ = ["CAPTION", "RunKind", "figure", "is_ours", "path_label", "write_plot"]
 
-OURS = "path"
+OURS = ("path", "heron")
 #: What the names in the figure mean; printed under it.
 CAPTION = (
     "★ hatched = heron_remote, the whole source path (worker → com → data forwarder → subscriber); "
+    "heron = the same in Heron's layout (com, forwarders and subscriber each a process: "
+    "a com file started as Heron's editor starts it, heron-remote forwarders, a pyzmq SUB); "
     "the others are raw transports, for comparison.\n"
     "Suffixes: -ns = to a network-namespace host over a veth link (MTU 1500, like a LAN); -lo = to an sshd on "
     "loopback; no suffix = on this machine. -openssh = heron_remote with its OpenSSH tunnel backend "
@@ -46,7 +48,7 @@ class RunKind:
 
 
 def is_ours(name: str) -> bool:
-    return name == OURS or name.startswith(OURS + "-")
+    return any(name == ours or name.startswith(ours + "-") for ours in OURS)
 
 
 def path_label(name: str) -> str:

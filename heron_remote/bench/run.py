@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import paths, raw
+from . import heron_layout, paths, raw
 from .editor import editor_flow, format_editor_flow
 from .launch import format_launch, launch_latency
 from .linklimited import format_link_limited, link_limited
@@ -64,16 +64,28 @@ def _measurements() -> list[Measurement]:
             Measurement(f"openssh-gcm-{link}", link, raw.openssh_gcm_forward, ("zmq",)),
             Measurement(f"zmq-paramiko-{link}", link, raw.zmq_paramiko, ("zmq",)),
         ]
-    found.append(Measurement("path-local", LOCAL, paths.whole_path, ("zmq",)))
+    # Each path next to the same path without the link's key (what authentication costs), run just before it.
+    found.append(Measurement("path-local-noauth", LOCAL, paths.whole_path_noauth, ("zmq",)))
+    found.append(Measurement("path-local", LOCAL, paths.whole_path, ("zmq", "path-local-noauth")))
     # A script whose forwarders another script runs (over TCP): what every script would get from a
     # forwarders process of its own, and what every script but the first gets from the shared ones.
     found.append(Measurement("path-local-shared", LOCAL, shared_path, ("path-local", "zmq")))
+    found.append(
+        Measurement(f"path-{NAMESPACE}-noauth", NAMESPACE, paths.whole_path_noauth, (f"sshtunnel-{NAMESPACE}",))
+    )
     for link in (NAMESPACE, LOOPBACK):
-        bases = (f"sshtunnel-{link}", f"zmq-paramiko-{link}", f"openssh-{link}")
+        bases: tuple[str, ...] = (f"sshtunnel-{link}", f"zmq-paramiko-{link}", f"openssh-{link}")
+        if link == NAMESPACE:
+            bases += (f"path-{link}-noauth",)
         found.append(Measurement(f"path-{link}", link, paths.whole_path, bases))
     for link in (NAMESPACE, LOOPBACK):
         bases = (f"openssh-{link}", f"openssh-gcm-{link}", f"path-{link}")
         found.append(Measurement(f"path-{link}-openssh", link, paths.whole_path_openssh, bases))
+    # Heron's layout: the com, the forwarders and the subscriber each a process (heron_layout.py).
+    found.append(Measurement("heron-local", LOCAL, heron_layout.heron_layout, ("zmq", "path-local")))
+    for suffix in heron_layout.VARIANTS:
+        name = f"heron-{NAMESPACE}" + (f"-{suffix}" if suffix else "")
+        found.append(Measurement(name, NAMESPACE, heron_layout.heron_layout, (f"path-{NAMESPACE}", "zmq")))
     return found
 
 
@@ -173,6 +185,16 @@ def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[
         ("path-local >= 0.5 x zmq (1 MiB)", ratio.get(("path-local", "zmq", MIB)), 0.5),
         ("path-local >= 50000 msg/s (64 B)", rate.get(("path-local", 64)), 50_000),
     ]
+    wanted.append(("heron-local >= 0.5 x zmq (1 MiB)", ratio.get(("heron-local", "zmq", MIB)), 0.5))
+    for suffix in heron_layout.VARIANTS:
+        name = f"heron-{NAMESPACE}" + (f"-{suffix}" if suffix else "")
+        wanted.append((f"{name} >= 0.8 x path-{NAMESPACE} (1 MiB)", ratio.get((name, f"path-{NAMESPACE}", MIB)), 0.8))
+    # Issue 14: authentication costs at most 5 % at 1 MiB and 10 % at 64 B, here and tunnelled.
+    for path in ("path-local", f"path-{NAMESPACE}"):
+        wanted += [
+            (f"{path} >= 0.95 x {path}-noauth (1 MiB)", ratio.get((path, f"{path}-noauth", MIB)), 0.95),
+            (f"{path} >= 0.9 x {path}-noauth (64 B)", ratio.get((path, f"{path}-noauth", 64)), 0.9),
+        ]
     for link in (NAMESPACE, LOOPBACK):
         wanted += [
             (
@@ -380,7 +402,7 @@ def _print_summary(
         print("\nlink-limited:")
         print(format_link_limited(sections["link_limited"]))
     if targets:
-        print("\ntargets (issue 5):")
+        print("\ntargets (issues 5 and 14):")
         for t in targets:
             print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.2f}")
 

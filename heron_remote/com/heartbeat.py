@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import NamedTuple
 
 import zmq
 
+from .._linkkeys import LinkKeys
 from .._protocol import parse_liveness, pulse
 from .._threads import KeptThread
 from ..errors import DecodeError, HeronRemoteError
@@ -26,6 +28,15 @@ _STOP_CHECK_S = 0.05
 #: Seconds the thread waits for the worker's answer to a pulse, at most, and in slices of.
 _ANSWER_WAIT_S = 0.5
 _ANSWER_SLICE_MS = 10
+
+
+class _Target(NamedTuple):
+    """Where the heartbeat thread points: the worker's heartbeat port, its liveness port (to time
+    the answers; None: no timing) and the launch's keys, which every socket there must present."""
+
+    endpoint: str
+    liveness: str | None
+    keys: LinkKeys
 
 
 def back_off(sock: zmq.Socket) -> None:
@@ -58,8 +69,7 @@ class Heartbeat:
         self._stats = stats
         #: The worker's clock offset, from the answers to the pulses.
         self.clock = ClockEstimate()
-        self._target: str | None = None
-        self._timing: str | None = None
+        self._target: _Target | None = None
         self._thread: KeptThread | None = None
         self._answer: int | None = None
         self._wake = threading.Event()
@@ -72,10 +82,10 @@ class Heartbeat:
         """Pulse from the calling thread until the com stops (Heron's ``heartbeat_loop``)."""
         self._loop()
 
-    def aim(self, endpoint: str, liveness: str | None = None) -> None:
-        """Pulse the worker at ``endpoint`` from now on; time its answers on ``liveness``."""
-        self._timing = liveness
-        self._target = endpoint
+    def aim(self, endpoint: str, keys: LinkKeys, *, liveness: str | None = None) -> None:
+        """Pulse the worker at ``endpoint`` from now on and time its answers on ``liveness``;
+        every socket this thread points at the worker presents ``keys``."""
+        self._target = _Target(endpoint, liveness, keys)  # one assignment: the thread sees all or nothing
 
     def answer(self, probe: int) -> None:
         """Pulse at once, echoing the worker's ``probe``: it asked whether this com still lives."""
@@ -115,7 +125,7 @@ class Heartbeat:
     def _loop(self) -> None:
         sock: zmq.Socket | None = None
         timing: zmq.Socket | None = None
-        target: str | None = None
+        target: _Target | None = None
         try:
             while not self._stopping.is_set():
                 wanted = self._target
@@ -128,8 +138,9 @@ class Heartbeat:
                     sock.linger = 0
                     sock.sndhwm = 1
                     back_off(sock)
-                    sock.connect(target)
-                    timing = self._timing_socket()
+                    target.keys.apply_client(sock)
+                    sock.connect(target.endpoint)
+                    timing = self._timing_socket(target)
                 started = time.monotonic()
                 if sock is not None:
                     answer, self._answer = self._answer, None
@@ -151,18 +162,20 @@ class Heartbeat:
                 if old is not None:
                     old.close()
 
-    def _timing_socket(self) -> zmq.Socket | None:
-        """A socket of this thread's own on the worker's liveness port; the estimate starts anew."""
+    def _timing_socket(self, target: _Target) -> zmq.Socket | None:
+        """A socket of this thread's own on the worker's liveness port, with the launch's keys (the
+        worker refuses it without them); the estimate starts anew."""
         self.clock.reset()
         if self._stats is not None:
             self._stats.clock_offset_s = self._stats.clock_rtt_s = None
-        if self._timing is None:
+        if target.liveness is None:
             return None
         timing = self._context.socket(zmq.SUB)
         timing.linger = 0
         timing.subscribe(b"")
         back_off(timing)
-        timing.connect(self._timing)
+        target.keys.apply_client(timing)
+        timing.connect(target.liveness)
         return timing
 
     def _time_answer(self, timing: zmq.Socket, sent_ns: int, until: float) -> None:

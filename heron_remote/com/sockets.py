@@ -59,11 +59,12 @@ class ComSockets:
         return sock
 
     def connect_worker(self, launcher: WorkerLauncher) -> str:
-        """Connect to the worker's ports; returns the endpoint of its heartbeat port."""
+        """Connect to the worker's ports with the launch's keys; returns the endpoint of its heartbeat port."""
         assert launcher.ready is not None
         ports = launcher.ready.ports
         for name, channel in _WORKER_CHANNELS:
             sock = getattr(self, name)
+            launcher.keys.apply_client(sock)  # a new connection takes the options set before it
             endpoint = launcher.address(ports[channel])
             sock.connect(endpoint)
             self._worker_endpoints.append((sock, endpoint))

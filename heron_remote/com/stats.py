@@ -23,7 +23,8 @@ class ComStats:
     while the stream is stalled (see :data:`~heron_remote.com.supervisor.STALL_BEATS`), else None.
     ``rejected`` counts messages the com dropped as undecodable on its parameters and liveness
     inputs, ``worker_rejected`` those its worker dropped on its pulse and parameters inputs (as
-    the worker last said).
+    the worker last said), ``worker_refused`` the connections its workers (all launches) refused
+    for not carrying the com's per-launch key.
     ``bytes_received`` counts payload bytes as they crossed the link from the worker; of them,
     ``packed_bytes`` came packed and unpacked to ``unpacked_bytes`` (see :attr:`compression_ratio`
     and :attr:`bytes_unpacked`). ``clock_offset_s`` is the worker's clock minus the com's, as the
@@ -38,6 +39,7 @@ class ComStats:
     malformed: int = 0
     rejected: int = 0
     worker_rejected: int = 0
+    worker_refused: int = 0
     bytes_received: int = 0
     packed_bytes: int = 0
     unpacked_bytes: int = 0

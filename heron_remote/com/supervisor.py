@@ -36,6 +36,8 @@ __all__ = ["STALL_BEATS", "Supervisor", "WorkerSpec", "make_launcher"]
 
 logger = logging.getLogger("heron_remote.source_com")
 
+#: Seconds between two warnings that the worker refused connections (the count is kept all along).
+REFUSED_LOG_S = 60.0
 #: Heartbeats without anything from the worker (data or its answers to pulses) after which the
 #: stream counts as stalled: logged, and shown in the status, until something comes again.
 STALL_BEATS = 3
@@ -105,6 +107,9 @@ class Supervisor:
         self._sockets: ComSockets | None = None
         self._heartbeat: Heartbeat | None = None
         self._last_heard = 0.0
+        #: Connections the current worker said it refused (a new worker counts from 0), and when we said so.
+        self._refused = 0
+        self._refused_said = -REFUSED_LOG_S
         #: When the worker that failed was last heard from, until the next one's first packet.
         self._hole_since: float | None = None
         self.stopping = threading.Event()
@@ -130,6 +135,7 @@ class Supervisor:
                 launcher.stop(grace=1.0)
                 raise WorkerStartError(f"node {self.spec.node_name!r} was stopped before its worker started")
             self.launcher = launcher
+            self._refused = 0
         self.log = NodeLogger(logger, node=self.spec.node_name, host=launcher.where)
         started = time.monotonic()
         try:
@@ -176,7 +182,11 @@ class Supervisor:
         assert self.launcher is not None and self.launcher.ready is not None
         assert self._sockets is not None and self._heartbeat is not None
         sockets = self._sockets
-        self._heartbeat.aim(sockets.connect_worker(self.launcher), sockets.worker_endpoint(sockets.liveness))
+        self._heartbeat.aim(
+            sockets.connect_worker(self.launcher),
+            self.launcher.keys,
+            liveness=sockets.worker_endpoint(sockets.liveness),
+        )
         self.stats.worker_pid = self.launcher.ready.pid
 
     def _wait_first_liveness(self, deadline: float) -> None:
@@ -270,6 +280,9 @@ class Supervisor:
         rejected = body.get("rejected")
         if type(rejected) is int and 0 <= rejected < NUMBER_LIMIT:
             self.stats.worker_rejected = rejected
+        refused = body.get("refused")
+        if type(refused) is int and 0 <= refused < NUMBER_LIMIT and refused != self._refused:
+            self._refused_more(refused)
         error = body.get("error")
         if isinstance(error, str):
             error = error[:ERROR_MAX_CHARS]
@@ -278,6 +291,24 @@ class Supervisor:
         assert self._sockets is not None
         self._sockets.proof_of_life_sent()
         return True
+
+    def _refused_more(self, refused: int) -> None:
+        """The worker refused more connections that lacked this launch's key: say so, and count them."""
+        more = refused - self._refused
+        self._refused = refused
+        if more <= 0:
+            return
+        self.stats.worker_refused += more
+        now = time.monotonic()
+        if now < self._refused_said + REFUSED_LOG_S:
+            return  # an attack goes on: said once a minute, counted all the time
+        self._refused_said = now
+        self.log.warning(
+            "the worker on %s refused connection(s) to its ports that did not carry its com's key (%d in all): "
+            "another program on that PC tried them",
+            self.where,
+            self.stats.worker_refused,
+        )
 
     @property
     def lost_after(self) -> float:
@@ -293,6 +324,7 @@ class Supervisor:
         if code is not None:
             launcher.refuse_connections()  # what it sent is in; reconnecting to it would only be refused
             drain()
+            self._forget_worker()
             if code == 0:
                 self.log.info("worker finished (status 0) after %d packets", self.stats.received)
             else:
@@ -306,8 +338,15 @@ class Supervisor:
         self._watch_stall(now)
         return False
 
+    def _forget_worker(self) -> None:
+        """Stop connecting to a gone worker's ports: another program may bind them once they are free,
+        and it must get no connection from the com (the gone launch's key is all it would learn)."""
+        if self._sockets is not None:
+            self._sockets.disconnect_worker()
+
     def _lost(self, launcher: WorkerLauncher) -> None:
         self.stats.state, self.stats.stalled_since = "lost", None
+        self._forget_worker()
         launcher.abandon()
         silent_for = self.lost_after
         self._report(

@@ -5,18 +5,29 @@ connection gets a ``direct-tcpip`` channel of the host's live transport, also af
 reconnect (a client that connects while the link is down waits for the new transport), and
 two threads copy the bytes. The private sshtunnel names used here are pinned by
 ``tests/test_ssh_sshtunnel_pins.py``.
+
+The port is open to every account of the rig, and threads are what a connection costs here.
+Where the system names the owner of a connecting socket (Linux), a connection from another
+account is closed at once, before a thread is made for it (counted in ``refused``, logged at
+DEBUG); a connection that sends nothing within :data:`GREETING_S` (every ZeroMQ peer sends its
+greeting at once) is closed before a channel is opened for it. Elsewhere the worker's own key
+check (:mod:`heron_remote._linkkeys`) turns foreign connections away.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import socketserver
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import paramiko
 import sshtunnel
 
+from .._peeruid import is_ours
 from .._threads import KeptThread
 from ..errors import SSHError, TunnelError
 from .translate import LINK_ERRORS, translated
@@ -31,6 +42,8 @@ logger = logging.getLogger(__name__)
 READ_CHUNK = 1024 * 1024
 #: Seconds a client of a tunnel waits for the connection to come back before it is closed.
 TUNNEL_WAIT_S = 20.0
+#: Seconds a client has to send its first bytes (ZeroMQ's greeting) before it is closed.
+GREETING_S = 2.0
 #: Seconds to open a channel on a live transport.
 CHANNEL_TIMEOUT_S = 10.0
 #: Why a client's channel may not open: the link, or the connection down for longer than TUNNEL_WAIT_S.
@@ -84,6 +97,9 @@ def _handler(
         def handle(self) -> None:
             if refusing():
                 return  # the worker is being stopped: the server would refuse, and paramiko log it as an ERROR
+            if not _greets(self.request):
+                log.debug("a connection to the forward to %s:%d sent nothing for %g s: closed", *remote, GREETING_S)
+                return
             try:
                 chan = host.wait_transport(TUNNEL_WAIT_S).open_channel(
                     "direct-tcpip", dest_addr=remote, src_addr=self.request.getpeername(), timeout=CHANNEL_TIMEOUT_S
@@ -104,13 +120,45 @@ def _handler(
     return Handler
 
 
+def _greets(sock: socket.socket) -> bool:
+    """Whether ``sock`` has sent something (a ZeroMQ peer's greeting) within GREETING_S."""
+    try:
+        readable, _, _ = select.select([sock], [], [], GREETING_S)
+        return bool(readable) and bool(sock.recv(1, socket.MSG_PEEK))
+    except (OSError, ValueError):
+        return False
+
+
+class _OwnAccountServer(sshtunnel._ThreadingForwardServer):
+    """sshtunnel's threading forward server that serves only connections of this account."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused = 0
+        self._count = threading.Lock()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        # Runs in the serving thread, before the mixin starts a thread for the connection.
+        if is_ours(request):
+            return True
+        with self._count:
+            self.refused += 1
+        logger.debug(
+            "refused a connection from %s to forward port %d: another account's (%d so far)",
+            client_address,
+            self.server_address[1],
+            self.refused,
+        )
+        return False
+
+
 class SSHTunnel(BaseTunnel):
     """A local forward ``127.0.0.1:local_port`` -> ``remote_host:remote_port`` on ``host``'s server."""
 
     def __init__(self, host: TunnelHost, remote_port: int, remote_host: str = "127.0.0.1") -> None:
         remote = (remote_host, remote_port)
         with translated(TunnelError, f"cannot open a local port to forward to {host.server.name}", (OSError,)):
-            self._server = sshtunnel._ThreadingForwardServer(
+            self._server = _OwnAccountServer(
                 ("127.0.0.1", 0), _handler(host, remote, logger, lambda: self.refusing), logger=logger
             )
         self._server.daemon_threads = True
@@ -118,6 +166,11 @@ class SSHTunnel(BaseTunnel):
         self._thread = KeptThread.start_new(
             self._server.serve_forever, args=(0.1,), name=f"heron-tunnel-{self.local_port}"
         )
+
+    @property
+    def refused(self) -> int:
+        """Connections from other accounts closed at once."""
+        return self._server.refused
 
     def _close(self) -> None:
         self._server.shutdown()

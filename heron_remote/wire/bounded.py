@@ -41,8 +41,9 @@ _NUMBER_DIGITS = len(str(NUMBER_LIMIT - 1))
 PARAMETERS_MAX_BYTES = 256 * 1024
 #: The largest frame of a liveness or status message (an error text included, cut to ERROR_MAX_CHARS).
 CONTROL_MAX_BYTES = 64 * 1024
-#: The largest frame of a pulse: b"PULSE" and a time in nanoseconds.
-PULSE_MAX_BYTES = 64
+#: The largest frame of a pulse: b"PULSE" and a time in nanoseconds. ZeroMQ applies it to the
+#: handshake's commands too: a PLAIN HELLO with the link's key is 84 bytes, a CurveZMQ INITIATE ~250.
+PULSE_MAX_BYTES = 512
 #: Error texts that travel in control messages are cut to this many characters.
 ERROR_MAX_CHARS = 4000
 

@@ -49,6 +49,8 @@ class WorkerHeartbeat:
         self._die = die
         self._error: str | None = None
         self._now = threading.Event()
+        #: Connections the worker refused for want of its com's key, for the beacons.
+        self.refused: Callable[[], int] = lambda: 0
         #: Called on every pulse (the start record's live file takes its time).
         self.on_pulse: Callable[[], object] = lambda: None
         self._probe: tuple[int, float, Callable[[], object]] | None = None
@@ -119,7 +121,7 @@ class WorkerHeartbeat:
                 asking = probe[0] if probe is not None else None
                 try:
                     times = (received, clock.now_ns())
-                    message = liveness(pid, seq, echo, error, self._drops.count, asking, times=times)
+                    message = liveness(pid, seq, echo, error, self._drops.count, asking, self.refused(), times=times)
                     beacon.send_multipart(message, zmq.NOBLOCK)
                 except zmq.Again:
                     self._error = self._error or error  # goes with the next beacon

@@ -10,10 +10,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from .._linkkeys import MAX_LINE, LinkKeys
 from .._protocol import EXIT_BAD_START, EXIT_HELD, EXIT_WORK_FAILED, WorkerArgs
 from .._streams import guard_std_streams
 from ..compression import Compression
-from ..errors import ConfigError, NodeHeldError, UnsafePathError
+from ..errors import ConfigError, DecodeError, NodeHeldError, UnsafePathError
 from .runtime import SourceWorker
 
 __all__ = ["pin_to_cpu", "run_worker", "start_the_source_worker_process"]
@@ -47,6 +48,7 @@ def run_worker(
     except ValueError as exc:
         print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
         os._exit(EXIT_BAD_START)
+    keys = _read_keys() if args.control else None
     node = args.parameters_topic.split("##")[-2] if "##" in args.parameters_topic else "worker"
     guard_std_streams(node)  # before logging takes hold of sys.stderr
     if not logging.getLogger().handlers:
@@ -70,6 +72,8 @@ def run_worker(
         except ConfigError as exc:  # blosc2 missing on this PC, most likely: the com shows this line
             print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
             os._exit(EXIT_BAD_START)
+    if keys is not None:
+        worker.use_keys(keys)  # before any socket binds: only its com gets in
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, worker.on_kill)
     worker.start_control(args.control, args.session_grace)
@@ -90,6 +94,15 @@ def run_worker(
     except Exception:
         worker._die(f"the work function raised:\n{traceback.format_exc()}", EXIT_WORK_FAILED)
     worker.finish()
+
+
+def _read_keys() -> LinkKeys:
+    """The link's keys: the first line its com writes on the control channel (stdin)."""
+    try:
+        return LinkKeys.from_line(sys.stdin.buffer.readline(MAX_LINE + 1))
+    except (DecodeError, OSError, ValueError) as exc:
+        print(f"heron_remote worker: cannot read the key line from its com: {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_BAD_START)
 
 
 def pin_to_cpu(cpu: int) -> bool:

@@ -1,7 +1,8 @@
 """SourceWorker: what a work function holds. Sends data to the com, receives parameters.
 
 Every socket binds on this host's 127.0.0.1 and the com connects, so an SSH forward
-from the rig is all a remote worker needs.
+from the rig is all a remote worker needs. A worker its com started accepts only that com
+(:meth:`SourceWorker.use_keys`, :mod:`heron_remote._linkkeys`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import zmq
 
 from .._drops import Drops
+from .._linkkeys import Gate, LinkKeys
 from .._protocol import DATA_HWM_RANGE, EXIT_BAD_START, EXIT_WORK_FAILED, ReadyLine
 from .._threads import KeptThread
 from .._verbosity import NO_RELIC
@@ -88,8 +90,10 @@ class SourceWorker:
         self._heartbeat = WorkerHeartbeat(
             self.heartbeat_rate, self.heartbeats_to_death, self._bind, self._die, self._drops
         )
+        self._heartbeat.refused = lambda: self.refused
         self._context = zmq.Context()
         self._data_context: zmq.Context | None = None
+        self._gate: Gate | None = None
         self._data: zmq.Socket | None = None
         self._send_lock = threading.Lock()
         self._ports: dict[str, int] = {}
@@ -120,6 +124,12 @@ class SourceWorker:
         """Messages on the pulse and parameters ports dropped as undecodable (anyone on the PC can
         write there); each beacon tells the com (``stats.worker_rejected``)."""
         return self._drops.count
+
+    @property
+    def refused(self) -> int:
+        """Connections to the worker's ports refused for not carrying its com's key (another program
+        on the PC tried them); each beacon tells the com (``stats.worker_refused``)."""
+        return self._gate.refused if self._gate is not None else 0
 
     @property
     def data_socket(self) -> zmq.Socket | None:
@@ -158,9 +168,19 @@ class SourceWorker:
             closed=self._life.channel_closed,
         ).start()
 
+    def use_keys(self, keys: LinkKeys) -> None:
+        """Accept only the com that holds ``keys`` on every socket (call before any binds)."""
+        assert not self._ports, "use_keys() comes before the sockets bind"
+        if self._data_context is None:
+            self._data_context = zmq.Context()
+        self._gate = Gate(keys)
+        self._gate.start({self._context: ("heartbeat", "parameters", "liveness"), self._data_context: ("data",)})
+
     # -- sockets ---------------------------------------------------------------
     def _bind(self, sock: zmq.Socket, channel: str) -> None:
         port = self.port + _CHANNEL_OFFSET[channel] if self.port else 0
+        if self._gate is not None:
+            self._gate.watch(sock, channel)
         try:
             if port:
                 sock.bind(f"tcp://127.0.0.1:{port}")
@@ -190,7 +210,8 @@ class SourceWorker:
         """Bind the data socket (this thread sends on it)."""
         # A context of its own, so that at a normal end it can be terminated with
         # its linger while the service threads' sockets are still open.
-        self._data_context = zmq.Context()
+        if self._data_context is None:
+            self._data_context = zmq.Context()
         self._data = self._data_context.socket(zmq.PUSH)
         # Shallow on purpose: a worker that runs far ahead of its com only takes the CPU the com needs.
         self._data.sndhwm = DATA_HWM_RANGE[0]

@@ -1,9 +1,11 @@
 """A com script written the Heron way; settings come from HERON_REMOTE_* variables.
 
 argv: worker_exec [verbose_string [ssh_remote_server_id]]
-Prints "COM READY <worker pid>" once the worker runs and "COM EXIT" after start_ioloop returns.
+Prints "COM READY <worker pid> <the worker's ports, JSON>" once the worker runs and "COM EXIT" after
+start_ioloop returns.
 """
 
+import json
 import logging
 import signal
 import sys
@@ -26,6 +28,7 @@ com.start_heartbeat_thread()
 com.start_worker_process()
 signal.signal(signal.SIGTERM, com.on_kill)
 signal.signal(signal.SIGINT, com.on_kill)
-print(f"COM READY {com.stats.worker_pid}", flush=True)
+ports = json.dumps(com.launcher.ready.ports if com.launcher and com.launcher.ready else {}, separators=(",", ":"))
+print(f"COM READY {com.stats.worker_pid} {ports}", flush=True)
 com.start_ioloop()
 print("COM EXIT", flush=True)

@@ -15,22 +15,27 @@ import time
 
 import zmq
 
+from heron_remote._linkkeys import Gate, LinkKeys
 from heron_remote._protocol import ReadyLine, WorkerArgs, liveness, parse_pulse
 from heron_remote.wire import encode_output
 
 args = WorkerArgs.parse(sys.argv[1:])
 signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 context = zmq.Context()
+# Its com's keys come first on stdin: like a real worker, it lets only that com in.
+gate = Gate(LinkKeys.from_line(sys.stdin.buffer.readline()))
+gate.start({context: ("data", "heartbeat", "parameters", "liveness")})
 
 
-def bound(kind: int) -> tuple[zmq.Socket, int]:
+def bound(kind: int, channel: str) -> tuple[zmq.Socket, int]:
     sock = context.socket(kind)
     sock.linger = 0
+    gate.watch(sock, channel)
     return sock, sock.bind_to_random_port("tcp://127.0.0.1")
 
 
-(data, data_port), (pulses, pulse_port) = bound(zmq.PUSH), bound(zmq.PULL)
-(parameters, parameters_port), (beacon, beacon_port) = bound(zmq.PULL), bound(zmq.PUB)
+(data, data_port), (pulses, pulse_port) = bound(zmq.PUSH, "data"), bound(zmq.PULL, "heartbeat")
+(parameters, parameters_port), (beacon, beacon_port) = bound(zmq.PULL, "parameters"), bound(zmq.PUB, "liveness")
 orders = context.socket(zmq.PULL)
 orders.connect(os.environ["HERON_TEST_PUPPET"])
 ports = {"data": data_port, "heartbeat": pulse_port, "parameters": parameters_port, "liveness": beacon_port}
