@@ -87,6 +87,12 @@ class Heartbeat:
         every socket this thread points at the worker presents ``keys``."""
         self._target = _Target(endpoint, liveness, keys)  # one assignment: the thread sees all or nothing
 
+    def forget(self) -> None:
+        """Point at no worker: a gone worker's ports may soon be another program's, which must get
+        no connection from this thread (nor the gone launch's key, nor a say in the clock estimate)."""
+        self._target = None
+        self._wake.set()
+
     def answer(self, probe: int) -> None:
         """Pulse at once, echoing the worker's ``probe``: it asked whether this com still lives."""
         self._answer = probe
@@ -129,11 +135,13 @@ class Heartbeat:
         try:
             while not self._stopping.is_set():
                 wanted = self._target
-                if wanted is not None and wanted != target:
+                if wanted != target:
                     for old in (sock, timing):
                         if old is not None:
                             old.close()
+                    sock = timing = None
                     target = wanted
+                if target is not None and sock is None:
                     sock = self._context.socket(zmq.PUSH)
                     sock.linger = 0
                     sock.sndhwm = 1

@@ -343,6 +343,8 @@ class Supervisor:
         and it must get no connection from the com (the gone launch's key is all it would learn)."""
         if self._sockets is not None:
             self._sockets.disconnect_worker()
+        if self._heartbeat is not None:
+            self._heartbeat.forget()
 
     def _lost(self, launcher: WorkerLauncher) -> None:
         self.stats.state, self.stats.stalled_since = "lost", None
