@@ -7,6 +7,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+from .compression import Compression
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -73,6 +74,7 @@ __all__ = [
     "IGNORE",
     "AuthenticationError",
     "ComStats",
+    "Compression",
     "ConfigError",
     "DecodeError",
     "DirectUnreachableError",

@@ -106,6 +106,8 @@ class WorkerArgs:
     bind: str = ""
     #: Seconds after which a direct worker drops a silent connection (Settings.link_timeout).
     link_timeout: float = 3.0
+    #: How the worker packs its arrays (``Compression.to_arg()``), or "" for not at all.
+    compression: str = ""
 
     def to_argv(self) -> list[str]:
         # Heron's positional layout first, so Heron's own parser still reads it;
@@ -119,7 +121,7 @@ class WorkerArgs:
             f"{_OPTION_PREFIX}heartbeat-rate={self.heartbeat_rate!r}",
             f"{_OPTION_PREFIX}heartbeats-to-death={self.heartbeats_to_death}",
         ]
-        for key in ("token", "node_id", "run_dir", "outputs", "com", "control", "bind"):
+        for key in ("token", "node_id", "run_dir", "outputs", "com", "control", "bind", "compression"):
             value = getattr(self, key)
             if value:
                 argv.append(f"{_OPTION_PREFIX}{key.replace('_', '-')}={value}")
@@ -145,6 +147,7 @@ class WorkerArgs:
         outputs: int = 0,
         cpu: int | None = None,
         com: str = "",
+        compression: str = "",
     ) -> WorkerArgs:
         return cls(
             port=port,
@@ -160,6 +163,7 @@ class WorkerArgs:
             com=com,
             session_grace=settings.session_grace,
             link_timeout=settings.link_timeout,
+            compression=compression,
         )
 
     @classmethod
@@ -197,6 +201,7 @@ class WorkerArgs:
                 session_grace=float(options.get("session-grace", 0.75)),
                 bind=_address(options.get("bind", "")),
                 link_timeout=float(options.get("link-timeout", 3.0)),
+                compression=options.get("compression", ""),
             )
         except ValueError as exc:
             raise ConfigError(usage + repr(argv)) from exc
@@ -292,12 +297,18 @@ def liveness(
     rejected: int = 0,
     probe: int | None = None,
     refused: int = 0,
+    *,
+    times: tuple[int, int] | None = None,
 ) -> list[bytes]:
     """A worker's beacon; ``error`` is what went wrong in it that its com should report,
     ``rejected`` how many messages it dropped as undecodable so far, ``probe`` asks the com to
     answer at once (the worker's stdin closed: is the com still there?), ``refused`` how many
-    connections it refused for not carrying its com's key."""
+    connections it refused for not carrying its com's key, ``times`` the worker's clock (ns)
+    when the echoed pulse came and when this beacon left: with the pulse's own send time and
+    its arrival, the com has the four times of an NTP exchange."""
     body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns, "rejected": rejected, "refused": refused}
+    if times is not None and times[0]:
+        body["rx_ns"], body["tx_ns"] = times
     if error is not None:
         body["error"] = error[:ERROR_MAX_CHARS]
     if probe is not None:

@@ -25,6 +25,7 @@ import zmq
 from ._threads import KeptThread
 from .com.parameters import encode_parameters
 from .com.stats import RateMeter
+from .compression import Compression, chosen_compression
 from .errors import ConfigError, ForwarderError, NoDataError, WorkerError, WorkerStartError
 from .forwarders import endpoint as forwarder_endpoint
 from .forwarders import facing
@@ -62,6 +63,7 @@ class Source:
         settings: Settings | None = None,
         host: str | None = None,
         on_worker_error: Callable[[WorkerError], None] | None = None,
+        compression: Compression | bool | None = None,
     ) -> None:
         if not outputs or any(not isinstance(o, str) or not o or "##" in o for o in outputs):
             raise ConfigError(f"outputs must be a non-empty tuple of output names without '##', got {outputs!r}")
@@ -82,6 +84,7 @@ class Source:
         self._port = port
         self._relic_dir = relic_dir
         self._on_worker_error = on_worker_error
+        self.compression = chosen_compression(compression)  # refused now, not at start, when it cannot be
         if parameters is not None:
             encode_parameters(parameters)  # refused now, not at start, if JSON cannot encode them
         self._parameters = parameters
@@ -146,6 +149,7 @@ class Source:
             # host is its name, so that a rerun ends a worker its crashed predecessor left there.
             node_id=f"Source##{self.name}",
             on_worker_error=self._on_worker_error,
+            compression=self.compression,
         )
         if self._parameters is not None:
             com.send_parameters(self._parameters)

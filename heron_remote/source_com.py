@@ -36,6 +36,7 @@ from .com.relay import Relay, route_topics
 from .com.sockets import ComSockets
 from .com.stats import ComStats
 from .com.supervisor import Supervisor, WorkerSpec
+from .compression import Compression, chosen_compression
 from .errors import ConfigError, WorkerError
 from .launcher import WorkerLauncher
 from .settings import Settings
@@ -108,8 +109,11 @@ class SourceCom:
         settings: Settings | None = None,
         node_id: str | None = None,
         on_worker_error: Callable[[WorkerError], None] | None = None,
+        compression: Compression | bool | None = None,
     ) -> None:
         self.port = _checked(sending_topics, parameters_topic, port)
+        #: How the worker packs its arrays: None as its server in the registry says, False not at all.
+        self.compression = chosen_compression(compression)
         self.sending_topics = list(sending_topics)
         self.parameters_topic = parameters_topic
         self.worker_exec = worker_exec
@@ -126,6 +130,8 @@ class SourceCom:
         self.log = NodeLogger(logger, node=self.node_name, host="com")
         routes = route_topics(self.sending_topics, self.outputs)
         self._relay = Relay(routes, len(self.outputs), self.stats, self.log, verbose=self.verbose)
+        if isinstance(self.compression, Compression):
+            self._relay.unpack_threads = self.compression.threads
         self._parameters = ParametersRelay(self.log, self.stats)
         self._supervisor = Supervisor(self._worker_spec(), self.settings, self.stats, on_error=on_worker_error)
         self._status = StatusPublisher(self.node_name, self.stats, lambda: self._supervisor.where)
@@ -152,6 +158,7 @@ class SourceCom:
             outputs=len(self.outputs),
             relic_dir=self.relic,
             cpu=cpu_of(self.cpu_to_pin),
+            compression=self.compression,
         )
 
     def define_verbosity_and_relic(self, verbosity_string: str) -> tuple[int | str, str]:
@@ -196,7 +203,9 @@ class SourceCom:
         self._sockets = sockets = ComSockets(self.settings, self.parameters_topic)
         self._relay.attach(sockets.data, sockets.publish)
         self._parameters.attach(sockets.parameters_in, sockets.parameters_out)
-        self._heartbeat = Heartbeat(sockets.context, self.settings.heartbeat_rate, self._supervisor.stopping, self.log)
+        self._heartbeat = Heartbeat(
+            sockets.context, self.settings.heartbeat_rate, self._supervisor.stopping, self.log, stats=self.stats
+        )
         self._supervisor.attach(sockets, self._heartbeat)
         self._loop = ComLoop(sockets, self._relay, self._parameters, self._supervisor, self._heartbeat, self._status)
 
@@ -230,6 +239,8 @@ class SourceCom:
             raise ConfigError("call connect_sockets() before start_worker_process()")
         if self._supervisor.launcher is None:
             self._supervisor.launch()
+            if self._supervisor.compression is not None:  # the registry's, for a server that asks for it
+                self._relay.unpack_threads = self._supervisor.compression.threads
 
     def start_ioloop(self) -> None:
         """Receive and publish worker data until :meth:`on_kill`; then close the sockets and return.

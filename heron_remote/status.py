@@ -84,6 +84,10 @@ class SourceStatus:
     #: How the data comes: "local", "tunnel", "direct", or "tunnel (direct unreachable)" (a direct
     #: server's fall-back); "" from a com older than the field.
     transport: str = ""
+    #: Bytes unpacked per byte that crossed the link packed (None: nothing came packed).
+    compression_ratio: float | None = None
+    #: The worker's clock minus the com's, in ms, as the heartbeat measures it (None: not yet).
+    clock_offset_ms: float | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -125,6 +129,8 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "down_s": _NUMBER,
     "silent_s": (*_NUMBER, type(None)),
     "transport": (str,),
+    "compression_ratio": (*_NUMBER, type(None)),
+    "clock_offset_ms": (*_NUMBER, type(None)),
 }
 
 
@@ -300,6 +306,8 @@ def status_of(node_name: str, where: str, stats: ComStats, meter: RateMeter) -> 
         stalled_s=None if stalled is None else round(stalled, 1),
         down_s=round(stats.down_s, 1),
         transport=stats.transport,
+        compression_ratio=None if stats.compression_ratio is None else round(stats.compression_ratio, 3),
+        clock_offset_ms=None if stats.clock_offset_s is None else round(stats.clock_offset_s * 1000, 3),
     )
 
 

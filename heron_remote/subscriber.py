@@ -11,7 +11,7 @@ import zmq
 
 from ._drops import Drops
 from .errors import DecodeError, NoDataError
-from .wire import read_published, resync
+from .wire import read_published_captured, resync
 
 __all__ = ["IDLE_MS", "Frame", "Subscriber"]
 
@@ -21,12 +21,26 @@ logger = logging.getLogger("heron_remote.source")
 IDLE_MS = 100
 
 
-class Frame(NamedTuple):
-    """One packet of a source: its index (from 1), the com's time stamp and one value per output."""
-
+class _Frame(NamedTuple):
     index: int  # type: ignore[assignment]  # the wire's name; tuple.index stays reachable as tuple.index
     time: float
     arrays: tuple[Any, ...]
+
+
+class Frame(_Frame):
+    """One packet of a source: its index (from 1), the com's time stamp and one value per output.
+
+    ``captured`` (an attribute, not unpacked with the three) is when the worker captured it, in
+    seconds of the rig's clock (the com's ``time.time()``), or None until the com knows the
+    worker's clock offset (a few heartbeats after the start).
+    """
+
+    captured: float | None
+
+    def __new__(cls, index: int, time: float, arrays: tuple[Any, ...], captured: float | None = None) -> Frame:
+        self = super().__new__(cls, index, time, arrays)
+        self.captured = captured
+        return self
 
 
 class _Assembler:
@@ -37,11 +51,14 @@ class _Assembler:
         self._values: list[Any] = [None] * outputs
         self.index: int | None = None
         self._time = 0.0
+        self._captured: float | None = None
 
-    def add(self, output: int, index: int, stamp: float, value: Any) -> tuple[Frame | None, Frame | None]:
+    def add(
+        self, output: int, index: int, stamp: float, value: Any, captured: float | None = None
+    ) -> tuple[Frame | None, Frame | None]:
         """(a frame the new index completes by ending it, the frame ``value`` completes)."""
         ended = self.flush() if self.index is not None and index != self.index else None
-        self.index, self._time = index, stamp
+        self.index, self._time, self._captured = index, stamp, captured
         self._values[output] = value
         done = self.flush() if all(v is not None for v in self._values) else None
         return ended, done
@@ -50,7 +67,7 @@ class _Assembler:
         """The frame being assembled, the outputs not yet seen as None (they were ignored)."""
         if self.index is None:
             return None
-        frame = Frame(self.index, self._time, tuple(self._values))
+        frame = Frame(self.index, self._time, tuple(self._values), self._captured)
         self._values, self.index = [None] * self._n, None
         return frame
 
@@ -109,7 +126,7 @@ class Subscriber:
                 continue
             try:
                 output = topic_output[topic]
-                index, stamp, value = read_published(recv)
+                index, stamp, captured, value = read_published_captured(recv)
             except KeyError:  # another node whose topic starts like ours
                 resync(sub)
                 continue
@@ -120,12 +137,12 @@ class Subscriber:
             last_frame = time.monotonic()
             if single:
                 self._count(index)
-                yield Frame(index, stamp, (value,))
+                yield Frame(index, stamp, (value,), captured)
                 yielded += 1
                 continue
             if index != assembler.index:
                 self._count(index)
-            for frame in assembler.add(output, index, stamp, value):
+            for frame in assembler.add(output, index, stamp, value, captured):
                 if frame is not None and (limit is None or yielded < limit):
                     yield frame
                     yielded += 1

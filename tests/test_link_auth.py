@@ -11,7 +11,9 @@ that the test would see it succeed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import pwd
 import subprocess
@@ -23,10 +25,12 @@ from typing import Any
 
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from heron_remote import DecodeError, RestartPolicy, Settings, Source, WorkerStartError
 from heron_remote._linkkeys import KEYS_PREFIX, MAX_LINE, LinkKeys, unauthenticated_launches
 from heron_remote._protocol import EXIT_BAD_START, WorkerArgs
+from heron_remote.com.heartbeat import Heartbeat
 from heron_remote.ssh import HostConnection, Registry
 from heron_remote.testing import AcqHosts, ExternalHosts
 
@@ -272,6 +276,81 @@ def test_a_wrong_key_or_an_earlier_launchs_key_is_refused(settings: Settings) ->
         for _ in range(20):
             next(frames)
         assert cam.stats.lost == 0
+
+
+def _saw(monitor: zmq.Socket, event: int, timeout: float) -> bool:
+    """Whether the socket ``monitor`` watches sees ``event`` within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if monitor.poll(int(left * 1000) + 1) and recv_monitor_message(monitor)["event"] == event:
+            return True
+    return False
+
+
+def _bind_at(made: list[zmq.Socket], context: zmq.Context, kind: int, endpoint: str = "") -> tuple[str, zmq.Socket]:
+    """A socket bound on a fresh loopback port or on ``endpoint``, and a monitor of its connections
+    made before it binds (so none is missed); both kept in ``made``, to close."""
+    sock = context.socket(kind)
+    sock.linger = 0
+    monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+    made += [monitor, sock]
+    if not endpoint:
+        return f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}", monitor
+    deadline = time.monotonic() + 5
+    while True:  # a socket closed just now lets go of its port a moment later (in ZeroMQ's I/O thread)
+        try:
+            sock.bind(endpoint)
+            return endpoint, monitor
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def test_the_heartbeat_thread_forgets_a_gone_worker_s_ports() -> None:
+    """Both of the com heartbeat thread's sockets (its pulses, and the liveness socket on which it
+    times the answers for the clock offset) leave a gone worker's ports when the com forgets it: a
+    program that binds them next gets no connection, so neither the gone launch's key nor a say in
+    the clock estimate. Without the forget, it would get both connections (shown first)."""
+    context = zmq.Context()
+    stopping = threading.Event()
+    heartbeat = Heartbeat(context, 0.05, stopping, logging.LoggerAdapter(logging.getLogger(__name__), {}))
+    keys = LinkKeys("none")  # NULL on both ends: handshakes succeed, so a connection ends only when closed
+    heartbeat.start()
+    made: list[zmq.Socket] = []
+
+    def bind_both(pulses_at: str = "", beacons_at: str = "") -> tuple[str, str, list[zmq.Socket]]:
+        pulses_at, pulses = _bind_at(made, context, zmq.PULL, pulses_at)
+        beacons_at, beacons = _bind_at(made, context, zmq.PUB, beacons_at)
+        return pulses_at, beacons_at, [pulses, beacons]
+
+    def close_all() -> None:
+        for sock in made:
+            if sock.type != zmq.PAIR:
+                sock.disable_monitor()
+            sock.close()
+        made.clear()
+
+    try:
+        pulses_at, beacons_at, monitors = bind_both()
+        heartbeat.aim(pulses_at, keys, liveness=beacons_at)
+        assert [_saw(m, zmq.EVENT_ACCEPTED, 5) for m in monitors] == [True, True]
+        close_all()
+        # A program binds the gone worker's ports while the com still points at them: both reconnect.
+        monitors = bind_both(pulses_at, beacons_at)[2]
+        assert [_saw(m, zmq.EVENT_ACCEPTED, 5) for m in monitors] == [True, True]
+        heartbeat.forget()
+        assert [_saw(m, zmq.EVENT_DISCONNECTED, 5) for m in monitors] == [True, True]
+        close_all()
+        # Another program binds them once forgotten: nothing comes, within more than the longest back-off.
+        monitors = bind_both(pulses_at, beacons_at)[2]
+        assert [_saw(m, zmq.EVENT_ACCEPTED, 3) for m in monitors] == [False, False]
+        assert heartbeat.alive and heartbeat.error is None
+    finally:
+        stopping.set()
+        heartbeat.join(5)
+        close_all()
+        context.term()
 
 
 # -- on the rig: the tunnel ports ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 from . import heron_layout, paths, raw
 from .editor import editor_flow, format_editor_flow
 from .launch import format_launch, launch_latency
+from .linklimited import format_link_limited, link_limited
 from .links import LOCAL, LOOPBACK, NAMESPACE, Link, LinkUnavailable, open_links
 from .plot import RunKind, write_plot
 from .protocol import Plan, Result
@@ -127,6 +128,7 @@ STUDIES = [
     ),
     Study("scale-openssh", NAMESPACE, "scale_openssh", lambda link, quick: scale(link, quick=quick, tunnel="openssh")),
     Study("takeover", LOCAL, "takeover", lambda link, quick: takeover(quick=quick)),
+    Study("link-limited", NAMESPACE, "link_limited", lambda link, quick: link_limited(link, quick=quick)),
 ]
 
 
@@ -239,6 +241,12 @@ def _targets(results: list[Result], ratios: list[dict[str, Any]], studies: dict[
     if gap is not None:
         found.append({"target": "takeover: longest gap a surviving script sees <= 1 s", "value": gap, "goal": 1.0})
         found[-1]["met"] = gap <= 1.0 and not studies["takeover"]["stalled"]
+    limited = [r for r in studies.get("link_limited", {}).get("rows", []) if "error" not in r]
+    packed = [r for r in limited if r["compression"] is not None]
+    if packed:
+        best = max(r["delivered"] for r in packed)
+        found.append({"target": "link-limited: >= 99% of frames delivered with compression", "value": best})
+        found[-1].update(goal=0.99, met=best >= 0.99)
     rows = [r for r in studies.get("scale", {}).get("rows", []) if "error" not in r]
     if rows:
         most = max(max(r["ssh_connections_per_host"].values(), default=0) for r in rows)
@@ -298,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="heron-remote bench",
         description="Measure the source path against raw pyzmq and SSH forwards on this machine "
-        "(as root: it makes a network-namespace host and an sshd on loopback). A full run takes about 7 minutes.",
+        "(as root: it makes a network-namespace host and an sshd on loopback). A full run takes about 8 minutes.",
     )
     parser.add_argument(
         "--out",
@@ -418,6 +426,9 @@ def _print_summary(
     if "takeover" in sections:
         print()
         print(format_takeover(sections["takeover"]))
+    if "link_limited" in sections:
+        print("\nlink-limited:")
+        print(format_link_limited(sections["link_limited"]))
     if targets:
         print("\ntargets:")
         for t in targets:
@@ -426,7 +437,7 @@ def _print_summary(
 
 def _study_results(sections: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     found = list(sections.get("launch", {}).items()) + list(sections.get("editor", {}).items())
-    for key in ("scale", "scale_openssh", "scale_direct", "takeover"):
+    for key in ("scale", "scale_openssh", "scale_direct", "takeover", "link_limited"):
         if key in sections:
             found.append((key, sections[key]))
             found += [(key, row) for row in sections[key].get("rows", [])]

@@ -1,4 +1,4 @@
-"""The com's data path: worker packets checked, numbered, stamped and published on their topics."""
+"""The com's data path: worker packets checked, numbered, unpacked, stamped and published on their topics."""
 
 from __future__ import annotations
 
@@ -11,8 +11,20 @@ import zmq
 
 from .._protocol import DATA_HWM_RANGE, data_hwm
 from .._verbosity import PacketLog, PacketTimer
+from ..compression import unpack
 from ..errors import ConfigError, DecodeError
-from ..wire import PacketError, packet_length, parse_packet, payload_slots, publish, recv_message, resync
+from ..wire import (
+    PacketError,
+    packet_captured,
+    packet_length,
+    parse_meta,
+    parse_packet,
+    payload_slots,
+    publish,
+    recv_message,
+    resync,
+    with_captured,
+)
 from .sequence import PacketSequence
 from .stats import ComStats
 
@@ -44,9 +56,10 @@ class Relay:
     """Relays a worker's packets to the data forwarder, in the thread that owns the sockets.
 
     Each packet is checked against the wire format, numbered (:class:`PacketSequence`),
-    stamped with the com's time and published once per sending topic of its output.
-    A malformed packet is dropped and counted; the com's queue from the worker is sized
-    by the packets' bytes.
+    its packed outputs unpacked (:mod:`heron_remote.compression`), stamped with the com's time
+    (and, once the worker's clock offset is known, its capture time in the com's clock) and
+    published once per sending topic of its output. A malformed packet is dropped and counted;
+    the com's queue from the worker is sized by the packets' bytes.
     """
 
     #: Where packets are published; set by attach(), before the first packet.
@@ -66,6 +79,7 @@ class Relay:
         self.log = log
         self.sequence = PacketSequence(on_jump=self._jumped)
         self._frames = packet_length(outputs)
+        self._outputs = range(outputs)
         self._slots = payload_slots(outputs)
         self._verbose = verbose
         self._packet_log: PacketLog | None = None
@@ -74,6 +88,8 @@ class Relay:
         self._size_class = -1
         self._hwm = DATA_HWM_RANGE[1]
         self._warned_malformed = 0
+        #: Threads blosc2 unpacks with (the compression's, when the com knows it).
+        self.unpack_threads = 1
 
     @property
     def index(self) -> int:
@@ -127,10 +143,23 @@ class Relay:
         time_us = time.time_ns() // 1000
         index_b = b"%d" % index
         time_b = b"%d" % time_us
+        for k in self._outputs:
+            if publish_flags[k] and b'"packed"' in msg[1 + 2 * k]:
+                try:  # every output before any is published: a bad one drops the whole packet
+                    self._unpack(msg, k)
+                except DecodeError as exc:
+                    self._malformed(exc)
+                    return False
+        offset = stats.clock_offset_s
+        captured = None if offset is None else packet_captured(msg[0])
+        offset_us = 0 if offset is None else round(offset * 1e6)
         pub = self._publish
         for topic, k in self.routes:
             if publish_flags[k]:
-                publish(pub, topic, index_b, time_b, msg[1 + 2 * k], msg[2 + 2 * k])
+                meta = msg[1 + 2 * k]
+                if captured is not None and captured > offset_us:
+                    meta = with_captured(meta, captured - offset_us)
+                publish(pub, topic, index_b, time_b, meta, msg[2 + 2 * k])
                 stats.published += 1
                 if self._packet_timer is not None:
                     self._packet_timer.packet(topic.decode(), index, time_us)
@@ -139,6 +168,17 @@ class Relay:
         if self._packet_log is not None:
             self._packet_log.write(index)
         return True
+
+    def _unpack(self, msg: list[Any], k: int) -> None:
+        """Unpack output ``k`` of ``msg`` in place, its metadata made plain; DecodeError when it is bad."""
+        meta = parse_meta(msg[1 + 2 * k])
+        if not meta.packed:
+            return  # "packed" was part of a name, not the mark
+        payload = msg[2 + 2 * k]
+        out = unpack(payload, meta.nbytes, self.unpack_threads)
+        self.stats.packed_bytes += memoryview(payload).nbytes
+        self.stats.unpacked_bytes += meta.nbytes
+        msg[1 + 2 * k], msg[2 + 2 * k] = meta.plain, zmq.Frame(out, copy=False)
 
     def pump(self, until: float) -> int:
         """Relay packets until ``until`` (monotonic), or until none came for the data socket's RCVTIMEO."""

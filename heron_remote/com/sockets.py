@@ -70,6 +70,11 @@ class ComSockets:
             self._worker_endpoints.append((sock, endpoint))
         return launcher.address(ports["heartbeat"])
 
+    def worker_endpoint(self, sock: zmq.Socket) -> str | None:
+        """The worker endpoint ``sock`` was last connected to, or None."""
+        found = [endpoint for s, endpoint in self._worker_endpoints if s is sock]
+        return found[-1] if found else None
+
     def disconnect_worker(self) -> None:
         """Forget a gone worker's endpoints: a freed tunnel port may soon lead to another worker."""
         for sock, endpoint in self._worker_endpoints:

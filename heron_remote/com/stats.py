@@ -25,6 +25,11 @@ class ComStats:
     inputs, ``worker_rejected`` those its worker dropped on its pulse and parameters inputs (as
     the worker last said), ``worker_refused`` the connections its workers (all launches) refused
     for not carrying the com's per-launch key.
+    ``bytes_received`` counts payload bytes as they crossed the link from the worker; of them,
+    ``packed_bytes`` came packed and unpacked to ``unpacked_bytes`` (see :attr:`compression_ratio`
+    and :attr:`bytes_unpacked`). ``clock_offset_s`` is the worker's clock minus the com's, as the
+    heartbeat measures it (None until enough pulses were answered), ``clock_rtt_s`` the round
+    trip of the pulse it comes from.
     """
 
     received: int = 0
@@ -36,6 +41,10 @@ class ComStats:
     worker_rejected: int = 0
     worker_refused: int = 0
     bytes_received: int = 0
+    packed_bytes: int = 0
+    unpacked_bytes: int = 0
+    clock_offset_s: float | None = None
+    clock_rtt_s: float | None = None
     liveness_seen: int = 0
     heartbeat_rtt_s: float | None = None
     worker_pid: int | None = None
@@ -49,6 +58,16 @@ class ComStats:
     stalls: int = 0
     #: How the com reaches its worker (WorkerLauncher.transport): "local", "tunnel", "direct", ...
     transport: str = "local"
+
+    @property
+    def compression_ratio(self) -> float | None:
+        """Bytes unpacked per byte that came packed; None before anything came packed."""
+        return self.unpacked_bytes / self.packed_bytes if self.packed_bytes else None
+
+    @property
+    def bytes_unpacked(self) -> int:
+        """Payload bytes received, counted unpacked: what the com publishes per sending topic."""
+        return self.bytes_received - self.packed_bytes + self.unpacked_bytes
 
     @property
     def gaps(self) -> int:

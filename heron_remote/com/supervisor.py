@@ -15,6 +15,7 @@ from .._drops import Drops
 from .._logging import NodeLogger
 from .._protocol import WorkerArgs, parse_liveness
 from .._records import ComId
+from ..compression import Compression, blosc2_module
 from ..errors import (
     AuthenticationError,
     DecodeError,
@@ -59,6 +60,8 @@ class WorkerSpec:
     relic_dir: str
     #: The CPU the worker is pinned to (Heron's cpu_to_pin), or None.
     cpu: int | None = None
+    #: How the worker packs its arrays; None: as its server in the registry says; False: not at all.
+    compression: Compression | bool | None = None
 
 
 def make_launcher(spec: WorkerSpec, settings: Settings) -> WorkerLauncher:
@@ -94,6 +97,8 @@ class Supervisor:
         self.launcher: WorkerLauncher | None = None
         #: Why the worker ended or was lost, while it is not running again.
         self.error: WorkerError | None = None
+        #: How the worker was told to pack its arrays (the spec's, or its server's), once launched.
+        self.compression: Compression | None = None
         self.log = NodeLogger(logger, node=spec.node_name, host="com")
         # Undecodable liveness messages; parameters count theirs in the same stats.rejected.
         self._drops = Drops(self.log, "an undecodable liveness message")
@@ -159,12 +164,29 @@ class Supervisor:
             outputs=spec.outputs,
             cpu=spec.cpu,
             com=str(ComId.here()),
+            compression=self._compression(),
         )
+
+    def _compression(self) -> str:
+        """The worker's compression argument: the spec's, else its server's in the registry."""
+        chosen = self.spec.compression
+        if chosen is None:
+            chosen = getattr(getattr(self.launcher, "server", None), "compression", None)
+        if not isinstance(chosen, Compression):
+            return ""
+        blosc2_module()  # the com unpacks: the rig needs it as much as the PC
+        self.compression = chosen
+        return chosen.to_arg()
 
     def _connect(self) -> None:
         assert self.launcher is not None and self.launcher.ready is not None
         assert self._sockets is not None and self._heartbeat is not None
-        self._heartbeat.aim(self._sockets.connect_worker(self.launcher), self.launcher.keys)
+        sockets = self._sockets
+        self._heartbeat.aim(
+            sockets.connect_worker(self.launcher),
+            self.launcher.keys,
+            liveness=sockets.worker_endpoint(sockets.liveness),
+        )
         self.stats.worker_pid = self.launcher.ready.pid
         self.stats.transport = self.launcher.transport
 
@@ -322,6 +344,8 @@ class Supervisor:
         and it must get no connection from the com (the gone launch's key is all it would learn)."""
         if self._sockets is not None:
             self._sockets.disconnect_worker()
+        if self._heartbeat is not None:
+            self._heartbeat.forget()
 
     def _lost(self, launcher: WorkerLauncher) -> None:
         self.stats.state, self.stats.stalled_since = "lost", None

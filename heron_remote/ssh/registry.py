@@ -15,7 +15,9 @@ backend: ``"sshtunnel"`` (default, paramiko in this process) or ``"openssh"`` (t
 binary, see :mod:`heron_remote.ssh.openssh`). ``"transport"`` is how the data travels:
 ``"tunnel"`` (default: through SSH port forwards), ``"direct"`` (CurveZMQ straight to the PC's
 address, the tunnel when that port cannot be reached) or ``"direct-only"`` (CurveZMQ, or a
-clear error). ``"python"`` is the interpreter's path and its
+clear error). ``"compression"`` packs the worker's arrays for the link
+(:class:`~heron_remote.compression.Compression`: true, or ``{"codec": "zstd", "level": 1,
+"threads": 2, "shuffle": "bit"}``). ``"python"`` is the interpreter's path and its
 options (``"python3 -X dev"``), split into words like a shell's (quotes group, a backslash is
 literal, for Windows paths) and never run as shell code (:func:`python_words`).
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..compression import Compression
 from ..errors import ConfigError
 from .tunnel import BACKENDS, DEFAULT_BACKEND
 
@@ -51,6 +54,7 @@ _KEYS = {
     "run_dir",
     "tunnel",
     "transport",
+    "compression",
 }
 #: The data paths a server may name in ``"transport"``; the first is the default.
 TRANSPORTS = ("tunnel", "direct", "direct-only")
@@ -114,6 +118,8 @@ class Server:
     tunnel: str = DEFAULT_BACKEND
     #: The data path, one of :data:`TRANSPORTS`.
     transport: str = TRANSPORTS[0]
+    #: How workers on this PC pack their arrays for the link, unless a source says otherwise.
+    compression: Compression | None = None
 
     @property
     def direct(self) -> bool:
@@ -168,6 +174,7 @@ class Server:
             run_dir=self.run_dir,
             tunnel=self.tunnel,
             transport=self.transport,
+            compression=self.compression,
         )
 
 
@@ -269,6 +276,8 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
             '("tunnel": through SSH, the default; "direct": CurveZMQ to the PC\'s address, the tunnel when '
             'that cannot be reached; "direct-only": CurveZMQ or an error)'
         )
+    who = f"{sid!r} ({entry['Name']})" if entry.get("Name") else repr(sid)
+    compression = Compression.coerce(entry.get("compression"), f'{where}: server {who}\'s "compression"')
     return Server(
         id=sid,
         name=str(entry.get("Name") or sid),
@@ -283,4 +292,5 @@ def _parse_server(sid: str, entry: Any, where: str, path: Path | None) -> Server
         run_dir=_optional(entry.get("run_dir")),
         tunnel=tunnel,
         transport=transport,
+        compression=compression,
     )

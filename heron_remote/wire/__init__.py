@@ -11,12 +11,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .codec import IGNORE, ZERO_COPY_MIN, Meta, check_output, decode_output, encode_output, parse_meta
+    from .codec import (
+        CAPTURED_KEY,
+        IGNORE,
+        ZERO_COPY_MIN,
+        Meta,
+        check_output,
+        decode_output,
+        encode_output,
+        parse_meta,
+        split_captured,
+        with_captured,
+    )
     from .frames import (
         Packet,
         PacketError,
         check_packet,
         decode_published,
+        packet_captured,
         packet_length,
         packet_number,
         parse_packet,
@@ -24,12 +36,24 @@ if TYPE_CHECKING:
         payload_slots,
         publish,
         read_published,
+        read_published_captured,
         recv_message,
         resync,
         send_packet,
     )
 
-_CODEC = ("IGNORE", "ZERO_COPY_MIN", "Meta", "check_output", "decode_output", "encode_output", "parse_meta")
+_CODEC = (
+    "CAPTURED_KEY",
+    "IGNORE",
+    "ZERO_COPY_MIN",
+    "Meta",
+    "check_output",
+    "decode_output",
+    "encode_output",
+    "parse_meta",
+    "split_captured",
+    "with_captured",
+)
 #: Where each name lives: :mod:`.codec` for these, :mod:`.frames` for the rest of ``__all__``.
 _CODEC_NAMES = frozenset(_CODEC)
 
@@ -44,6 +68,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CAPTURED_KEY",
     "IGNORE",
     "ZERO_COPY_MIN",
     "Meta",
@@ -54,6 +79,7 @@ __all__ = [
     "decode_output",
     "decode_published",
     "encode_output",
+    "packet_captured",
     "packet_length",
     "packet_number",
     "parse_meta",
@@ -62,7 +88,10 @@ __all__ = [
     "payload_slots",
     "publish",
     "read_published",
+    "read_published_captured",
     "recv_message",
     "resync",
     "send_packet",
+    "split_captured",
+    "with_captured",
 ]

@@ -3,6 +3,10 @@
 ``metadata`` is ``{"data_type": "ndarray", "dtype": "uint8", "shape": [h, w]}`` with the
 array's raw C-order bytes as payload, ``{"data_type": "dict"}`` with a JSON payload,
 or ``{"data_type": "ignore"}`` (empty payload) for an output the com must not publish.
+Worker -> com only, an ndarray's metadata may say ``"packed": "blosc2"``: its payload is packed
+(:mod:`heron_remote.compression`) and the com unpacks it before publishing. Published metadata
+may end with ``"captured_us": <int>``, the capture time in the rig's clock: readers ignore what
+they do not know, and the cache below is keyed without it.
 Parsed metadata is cached by its bytes: a camera sends the same few over and over. Metadata
 is small (at most :data:`~.bounded.META_MAX_BYTES`) and the cache bounded.
 """
@@ -22,6 +26,7 @@ from ..errors import DecodeError
 from .bounded import META_MAX_BYTES, NUMBER_LIMIT, read_json, undecodable
 
 __all__ = [
+    "CAPTURED_KEY",
     "IGNORE",
     "ZERO_COPY_MIN",
     "Meta",
@@ -30,6 +35,8 @@ __all__ = [
     "dtype_name",
     "encode_output",
     "parse_meta",
+    "split_captured",
+    "with_captured",
 ]
 
 #: The value a worker sends for an output that must not be published (Heron's convention).
@@ -38,6 +45,11 @@ IGNORE = "Ignore"
 ZERO_COPY_MIN = 64 * 1024
 
 _IGNORE_META = b'{"data_type": "ignore"}'
+#: The published metadata's key for the capture time (integer microseconds, rig clock).
+CAPTURED_KEY = "captured_us"
+_CAPTURED_TAIL = b', "captured_us": '
+#: Bytes a packed payload may have beyond the array's (blosc2's header, for data it cannot shrink).
+_PACKED_OVERHEAD = 32
 _DICT_META = b'{"data_type": "dict"}'
 
 
@@ -107,7 +119,7 @@ def dtype_name(dtype: np.dtype) -> str:
 class Meta:
     """Parsed, validated metadata; cached by its bytes because they repeat per packet."""
 
-    __slots__ = ("data_type", "dtype", "flat", "nbytes", "shape")
+    __slots__ = ("data_type", "dtype", "flat", "nbytes", "packed", "plain", "shape")
 
     def __init__(self, raw: bytes) -> None:
         meta = read_json(raw, "metadata", META_MAX_BYTES)
@@ -118,6 +130,13 @@ class Meta:
         self.shape: tuple[int, ...] = ()
         self.nbytes = -1
         self.flat = False
+        #: Whether the payload is packed (worker -> com only), and then the metadata without the mark.
+        self.packed = "packed" in meta
+        self.plain = raw
+        if self.packed:
+            if meta["packed"] != "blosc2" or self.data_type != "ndarray":
+                raise DecodeError(f"only ndarray payloads are packed, with blosc2: {bytes(raw[:120])!r}")
+            self.plain = json.dumps({k: v for k, v in meta.items() if k != "packed"}).encode()
         if self.data_type == "ndarray":
             self.dtype, self.shape = _array_spec(meta, raw)
             self.nbytes = self.dtype.itemsize * math.prod(self.shape)
@@ -127,6 +146,8 @@ class Meta:
 
     def decode(self, payload: Any) -> Any:
         """The ndarray or dict this metadata describes in ``payload``. Arrays are read-only views."""
+        if self.packed:
+            raise DecodeError("a packed payload: the com unpacks those, the published stream carries none")
         try:
             if self.data_type == "ndarray":
                 size = len(payload) if type(payload) in _BYTES_LIKE else memoryview(payload).nbytes
@@ -173,7 +194,26 @@ def parse_meta(raw: bytes) -> Meta:
         raw = _as_bytes(raw)
     if len(raw) > META_MAX_BYTES:
         raise DecodeError(f"metadata of {len(raw)} bytes is over the {META_MAX_BYTES}-byte limit")
-    return _parsed(raw)
+    return _parsed(split_captured(raw)[0])
+
+
+def with_captured(meta: bytes, captured_us: int) -> bytes:
+    """Published metadata ``meta`` with the capture time (microseconds, rig clock) as its last key."""
+    return b"%s%s%d}" % (meta[:-1], _CAPTURED_TAIL, captured_us)
+
+
+def split_captured(raw: bytes) -> tuple[bytes, int | None]:
+    """(metadata without a trailing capture time, that time in microseconds or None).
+
+    The time changes with every packet; the rest is what the cache of parsed metadata is keyed by.
+    """
+    at = raw.rfind(_CAPTURED_TAIL)
+    if at < 0:
+        return raw, None
+    digits = raw[at + len(_CAPTURED_TAIL) : -1]
+    if raw[-1:] != b"}" or not digits.isdigit() or len(digits) > 19 or int(digits) >= NUMBER_LIMIT:
+        return raw, None  # not ours: the JSON reader says what is wrong with it, if anything
+    return raw[:at] + b"}", int(digits)
 
 
 @functools.lru_cache(maxsize=_CACHED)
@@ -189,10 +229,20 @@ def _as_bytes(raw: Any) -> bytes:
 
 
 def check_output(raw_meta: bytes, payload_len: int) -> bool:
-    """Validate one output's frames; True when it is to be published, False for Ignore."""
+    """Validate one output's frames; True when it is to be published, False for Ignore.
+
+    A packed payload's size is checked here against what packing may make of the array; its
+    header is checked when it is unpacked."""
     meta = parse_meta(raw_meta)
     if meta.data_type == "ignore":
         return False
+    if meta.packed:
+        if not 16 <= payload_len <= meta.nbytes + _PACKED_OVERHEAD:
+            raise DecodeError(
+                f"a packed payload of {payload_len} bytes cannot hold dtype {meta.dtype.str} and shape "
+                f"{list(meta.shape)} ({meta.nbytes} bytes)"
+            )
+        return True
     if meta.data_type == "ndarray" and payload_len != meta.nbytes:
         raise DecodeError(
             f"payload has {payload_len} bytes but dtype {meta.dtype.str} and shape {list(meta.shape)} "

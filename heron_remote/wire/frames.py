@@ -2,7 +2,8 @@
 
 Worker -> com, one multipart message per packet: its number, then two frames per output::
 
-    [packet number (ascii int, from 1)] + [metadata, payload] * n_outputs
+    [packet number (ascii int, from 1)[ capture time (ascii int, us, the worker's clock)]]
+        + [metadata, payload] * n_outputs
 
 Com -> data forwarder -> subscribers, one multipart message per published output::
 
@@ -31,13 +32,14 @@ import zmq
 
 from ..errors import DecodeError
 from .bounded import NUMBER_LIMIT, read_int, undecodable
-from .codec import ZERO_COPY_MIN, check_output, decode_output, parse_meta
+from .codec import ZERO_COPY_MIN, check_output, decode_output, parse_meta, split_captured
 
 __all__ = [
     "Packet",
     "PacketError",
     "check_packet",
     "decode_published",
+    "packet_captured",
     "packet_length",
     "packet_number",
     "parse_packet",
@@ -45,6 +47,7 @@ __all__ = [
     "payload_slots",
     "publish",
     "read_published",
+    "read_published_captured",
     "recv_message",
     "resync",
     "send_packet",
@@ -75,13 +78,17 @@ def payload_slots(outputs: int) -> frozenset[int]:
     return frozenset(range(2, packet_length(outputs), 2))
 
 
-def send_packet(sock: zmq.Socket, number: int, frames: Sequence[Any], *, copy: bool = True) -> None:
-    """Send packet ``number`` (from 1): ``frames`` are the outputs' [metadata, payload] pairs.
+def send_packet(
+    sock: zmq.Socket, number: int, frames: Sequence[Any], *, copy: bool = True, captured_us: int | None = None
+) -> None:
+    """Send packet ``number`` (from 1): ``frames`` are the outputs' [metadata, payload] pairs;
+    ``captured_us``: when it was captured, in the worker's clock.
 
     Small payloads are bytes already; a large one is sent as it is unless ``copy``.
     """
     last = len(frames) - 1
-    _send(sock, b"%d" % number, _MORE if frames else 0)
+    head = b"%d" % number if captured_us is None else b"%d %d" % (number, captured_us)
+    _send(sock, head, _MORE if frames else 0)
     for i, frame in enumerate(frames):
         flags = _MORE if i < last else 0
         if copy or type(frame) is bytes:
@@ -96,6 +103,8 @@ def packet_number(msg: list[Any]) -> int:
     first = msg[0] if msg else b""
     if type(first) is not bytes:
         first = _bytes(first)
+    if b" " in first:
+        first = first.partition(b" ")[0]
     if not first.isdigit() or len(first) > _NUMBER_DIGITS:
         raise DecodeError(
             f"the first frame must be the packet number (an ascii integer of at most {_NUMBER_DIGITS} digits)"
@@ -104,6 +113,21 @@ def packet_number(msg: list[Any]) -> int:
     if number >= NUMBER_LIMIT:
         raise DecodeError(f"the packet number must be below 2**63, got {number}")
     return number
+
+
+def packet_captured(first: Any) -> int | None:
+    """The capture time (us, the worker's clock) in a packet's first frame, or None when it has none
+    or it is no bounded integer (a packet's number is read, and checked, by packet_number)."""
+    if type(first) is not bytes:
+        try:
+            first = _bytes(first)
+        except Exception:
+            return None
+    stamp = first.partition(b" ")[2]
+    if not stamp.isdigit() or len(stamp) > _NUMBER_DIGITS:
+        return None
+    value = int(stamp)
+    return value if value < NUMBER_LIMIT else None
 
 
 class PacketError(DecodeError):
@@ -218,13 +242,22 @@ def read_published(recv: Callable[..., Any]) -> tuple[int, float, Any]:
     (ZeroMQ delivers a message whole), so it is read without blocking. Raises zmq.Again
     when the message ended early, DecodeError when a frame is wrong.
     """
+    index, stamp, _captured, value = read_published_captured(recv)
+    return index, stamp, value
+
+
+def read_published_captured(recv: Callable[..., Any]) -> tuple[int, float, float | None, Any]:
+    """:func:`read_published` with the capture time in seconds, rig clock (None when the message has none)."""
     try:
         raw = recv(_NOBLOCK)
         # Fewer digits than 2**63 has are below it: the usual case, without a call.
         index = int(raw) if len(raw) < _NUMBER_DIGITS and raw.isdigit() else read_int(raw, "the index frame")
         stamp = parse_time(recv(_NOBLOCK))
-        meta = parse_meta(recv(_NOBLOCK))
-        return index, stamp, meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
+        raw_meta = recv(_NOBLOCK)
+        meta = parse_meta(raw_meta)
+        captured = split_captured(raw_meta)[1]
+        value = meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
+        return index, stamp, None if captured is None else captured / 1e6, value
     except (zmq.Again, DecodeError):
         raise
     except Exception as exc:

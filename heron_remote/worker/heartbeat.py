@@ -13,6 +13,7 @@ from .._drops import Drops
 from .._protocol import EXIT_NO_HEARTBEAT, liveness, parse_pulse
 from ..errors import DecodeError
 from ..wire.bounded import PULSE_MAX_BYTES
+from . import clock
 
 __all__ = ["WorkerHeartbeat"]
 
@@ -87,7 +88,7 @@ class WorkerHeartbeat:
         self._bind(pulses, "heartbeat")
         self._bind(beacon, "liveness")
         window = self._rate * self._beats_to_death
-        pid, seq, echo = os.getpid(), 0, 0
+        pid, seq, echo, received = os.getpid(), 0, 0, 0
         self._last_pulse = time.monotonic()
         next_beacon = self._last_pulse
         connected = False
@@ -98,9 +99,11 @@ class WorkerHeartbeat:
                 self._now.clear()
                 next_beacon, wait = time.monotonic(), 0
             if pulses.poll(max(0, int(wait * 1000) + 1)):
-                sent = self._pulse_in(pulses.recv_multipart(), probe)
+                frames = pulses.recv_multipart()
+                at = clock.now_ns()  # when it came, for the com's estimate of this clock's offset
+                sent = self._pulse_in(frames, probe)
                 if sent is not None:
-                    echo, connected = sent, True
+                    echo, received, connected = sent, at, True
                     next_beacon = self._last_pulse  # answer at once: the com measures the round trip
             now = time.monotonic()
             if now - self._last_pulse > window:
@@ -117,9 +120,9 @@ class WorkerHeartbeat:
                 error, self._error = self._error, None
                 asking = probe[0] if probe is not None else None
                 try:
-                    beacon.send_multipart(
-                        liveness(pid, seq, echo, error, self._drops.count, asking, self.refused()), zmq.NOBLOCK
-                    )
+                    times = (received, clock.now_ns())
+                    message = liveness(pid, seq, echo, error, self._drops.count, asking, self.refused(), times=times)
+                    beacon.send_multipart(message, zmq.NOBLOCK)
                 except zmq.Again:
                     self._error = self._error or error  # goes with the next beacon
                 every = self._rate if connected else min(0.1, self._rate)

@@ -13,7 +13,8 @@ from typing import Any, NoReturn
 from .._linkkeys import MAX_LINE, LinkKeys
 from .._protocol import EXIT_BAD_START, EXIT_HELD, EXIT_WORK_FAILED, WorkerArgs
 from .._streams import guard_std_streams
-from ..errors import DecodeError, NodeHeldError, UnsafePathError
+from ..compression import Compression
+from ..errors import ConfigError, DecodeError, NodeHeldError, UnsafePathError
 from .runtime import SourceWorker
 
 __all__ = ["pin_to_cpu", "run_worker", "start_the_source_worker_process"]
@@ -77,6 +78,12 @@ def run_worker(
             os._exit(EXIT_BAD_START)
         keys = keys.with_server_pair(link_timeout=args.link_timeout)
         worker.bind_on(args.bind)
+    if args.compression:
+        try:
+            worker.compression = Compression.from_arg(args.compression)
+        except ConfigError as exc:  # blosc2 missing on this PC, most likely: the com shows this line
+            print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
+            os._exit(EXIT_BAD_START)
     if keys is not None:
         worker.use_keys(keys)  # before any socket binds: only its com gets in
     for sig in (signal.SIGTERM, signal.SIGINT):

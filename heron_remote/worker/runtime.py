@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import numpy as np
 import zmq
 
 from .._drops import Drops
@@ -25,10 +26,12 @@ from .._protocol import DATA_HWM_RANGE, EXIT_BAD_START, EXIT_WORK_FAILED, ReadyL
 from .._threads import KeptThread
 from .._verbosity import NO_RELIC
 from .._version import __version__
+from ..compression import Compression, Packer
 from ..errors import DecodeError
 from ..relic import Relic
 from ..wire import encode_output, send_packet
 from ..wire.bounded import PARAMETERS_MAX_BYTES, read_json
+from . import clock
 from .control import ComControl
 from .heartbeat import WorkerHeartbeat
 from .life import WorkerLife
@@ -100,6 +103,16 @@ class SourceWorker:
         self._reaped: tuple[int, ...] = ()
         self._relic: Relic | None = None
         self._address = "127.0.0.1"
+        self._packer: Packer | None = None
+
+    @property
+    def compression(self) -> Compression | None:
+        """How arrays are packed for the link to the com (its com says), or None."""
+        return self._packer.compression if self._packer is not None else None
+
+    @compression.setter
+    def compression(self, value: Compression | None) -> None:
+        self._packer = Packer(value) if value is not None else None
 
     # -- what tests and tools may read --------------------------------------------
     @property
@@ -222,29 +235,39 @@ class SourceWorker:
         self._data.linger = 0
         self._bind(self._data, "data")
 
-    def send_data_to_com(self, data: Any, *, copy: bool = True) -> None:
+    def send_data_to_com(self, data: Any, *, copy: bool = True, captured: float | None = None) -> None:
         """Send one packet: an ndarray, a dict, ``"Ignore"``, or a list of them (one per output).
 
         With ``copy=False`` large arrays go without a copy; the array must then not
         be changed afterwards (a camera that reuses its buffer needs the default).
         Blocks while the com is behind, so nothing is dropped between worker and com.
+        ``captured``: when the data was captured, in seconds of this PC's ``time.time()``
+        (a camera's own time stamp); by default, now. The com publishes it in the rig's clock.
         """
+        captured_us = clock.now_ns() // 1000 if captured is None else round(captured * 1e6)
         if isinstance(data, (list, tuple)):
             if len(data) != self.num_outputs and self.num_outputs:
                 raise ValueError(self._outputs_error(len(data)))
             frames: list[Any] = []
             for value in data:
-                frames += encode_output(value)
+                frames += self._encode(value)
         else:
             if self.num_outputs > 1:
                 raise ValueError(self._outputs_error(1))
-            frames = list(encode_output(data))
+            frames = self._encode(data)
         with self._send_lock:
             sock = self._data
             assert sock is not None, "call connect_socket() first"
             # The packet number lets the com count packets lost on the way (a broken tunnel).
-            send_packet(sock, self.index + 1, frames, copy=copy)
+            send_packet(sock, self.index + 1, frames, copy=copy, captured_us=captured_us)
             self.index += 1
+
+    def _encode(self, value: Any) -> list[Any]:
+        """One output's [metadata, payload], its array packed when the com asked for compression."""
+        meta, payload = encode_output(value)
+        if self._packer is not None and isinstance(value, np.ndarray):
+            return list(self._packer.pack(meta, payload, value.dtype.itemsize))
+        return [meta, payload]
 
     def _outputs_error(self, sent: int) -> str:
         return (
