@@ -323,3 +323,32 @@ def test_a_curve_key_line_carries_only_the_public_key_and_a_bad_one_is_refused(c
         LinkKeys.from_line(bad)
     with pytest.raises(DecodeError, match="the worker's server key must be"):
         keys.with_server("")  # a worker too old to serve CurveZMQ reports none
+
+
+def test_over_direct_arrays_come_packed_and_the_pcs_clock_offset_is_found(
+    acq: Hosts, remote_settings: Settings, tmp_path: Path
+) -> None:
+    """Compression and capture times ride the direct transport as they ride the tunnel: the
+    heartbeat thread's timing socket presents the launch's curve key, and packed frames unpack."""
+    from heron_remote import Compression
+    from heron_remote.com.clock import MIN_SAMPLES, WINDOW
+    from heron_remote.examples.natural_camera import NATURAL_CAMERA, frame
+
+    from .test_capture_time import OFFSET_S, OFFSET_WORKER
+
+    direct = _direct(acq, remote_settings, tmp_path)
+    settings = direct["settings"]
+    with Source(OFFSET_WORKER, parameters={"shape": [120, 160], "fps": 100}, **direct) as cam:
+        assert cam.launcher.transport == "direct" and cam.launcher.keys.mechanism == "curve"
+        wait_until(lambda: cam.stats.clock_offset_s is not None, 10 * settings.heartbeat_rate * MIN_SAMPLES, "offset")
+        time.sleep(settings.heartbeat_rate * (WINDOW + 1))
+        assert abs(cam.stats.clock_offset_s - OFFSET_S) < 0.001 and cam.stats.worker_refused == 0
+    packing = Compression(codec="zstd", level=1, threads=2)
+    shape = (240, 320)
+    camera = {"shape": list(shape), "fps": 200, "count": 150}
+    with Source(NATURAL_CAMERA, parameters=camera, compression=packing, **direct) as cam:
+        assert cam.launcher.transport == "direct"
+        got = [f.index for f in cam.frames(timeout=15) if np.array_equal(f.arrays[0], frame(f.index, shape))]
+        stats = cam.stats
+    assert got == list(range(1, 151))
+    assert stats.packed_bytes == stats.bytes_received and stats.compression_ratio and stats.compression_ratio > 1.1
