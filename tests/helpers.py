@@ -275,3 +275,17 @@ def _sftp(acq: object, name: str) -> Iterator[paramiko.SFTPClient]:
             sftp.close()
     finally:
         conn.release()
+
+
+@contextlib.contextmanager
+def local_account(prefix: str) -> Iterator[str]:
+    """A second account on this machine, as another lab member has on a shared PC or rig: made
+    with no home and no login shell, its processes killed and the account removed afterwards."""
+    assert os.geteuid() == 0, "these tests add a local user: run them as root (CI does)"
+    name = f"{prefix}{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True, timeout=30)
+    try:
+        yield name
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, timeout=30)
+        subprocess.run(["userdel", name], check=True, capture_output=True, timeout=30)

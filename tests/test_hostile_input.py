@@ -26,7 +26,7 @@ from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 from heron_remote.status import STATUS_TOPIC
 from heron_remote.wire import encode_output
 
-from .helpers import CAMERA, ECHO_WORKER, PYTHON, WORKERS, ComScript, pid_alive, wait_until
+from .helpers import CAMERA, ECHO_WORKER, PYTHON, WORKERS, ComScript, local_account, pid_alive, wait_until
 
 ZMTP_SEND = str(Path(__file__).parent / "zmtp_send.py")
 PARAMETERS_TOPIC = b"Parameters##echo##1"
@@ -37,14 +37,8 @@ DEEP_TUPLE_KEY_PICKLE = b"\x80\x04}" + b")" + b"\x85" * 200_000 + b"Ns."
 @pytest.fixture(scope="module")
 def other_user() -> Iterator[str]:
     """A second local account, as on a shared lab PC (removed afterwards)."""
-    assert os.geteuid() == 0, "these tests add a local user: run them as root (CI does)"
-    name = f"hrin{os.getpid() % 100000}"
-    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
-    try:
+    with local_account("hrin") as name:
         yield name
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-        subprocess.run(["userdel", name], check=True, capture_output=True)
 
 
 def send_as(user: str, port: int, kind: str, messages: list[list[bytes]]) -> None:

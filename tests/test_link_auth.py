@@ -42,6 +42,7 @@ from .helpers import (
     ComScript,
     edit_registry,
     error_table,
+    local_account,
     pid_alive,
     remote_alive,
     wait_until,
@@ -129,14 +130,8 @@ def test_a_worker_that_gets_no_key_fails_its_start_as_the_readme_says(
 @pytest.fixture(scope="module")
 def other() -> Iterator[str]:
     """A second local account, as another lab member has on a shared PC or rig."""
-    assert os.geteuid() == 0, "these tests add a local user: run them as root (CI does)"
-    name = f"hrau{os.getpid() % 100000}"
-    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
-    try:
+    with local_account("hrau") as name:
         yield name
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-        subprocess.run(["userdel", name], check=True, capture_output=True)
 
 
 def attack(user: str | None, port: int, mode: str, *args: object) -> dict[str, Any]:

@@ -16,23 +16,20 @@ default backend is ``""``.
 from __future__ import annotations
 
 import os
-import select
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import zmq
 
-from .._procs import stop_child
 from ..heron.editor import HeronEditor
 from ..settings import ForwarderPorts, Settings
 from ..wire import ZERO_COPY_MIN
 from . import heron_com
+from .child import BenchChild
 from .links import Link
 from .paths import WORKER, Stream, StreamOpener, measure_stream, path_plan
 from .protocol import Plan, Result
@@ -53,57 +50,23 @@ VARIANTS: dict[str, Callable[[Link], Link]] = {
 }
 
 
-class ForwardersProcess:
+class ForwardersProcess(BenchChild):
     """``heron-remote forwarders`` on ``ports`` in a process of its own; ended on close, whatever happened."""
 
     def __init__(self, ports: ForwarderPorts, env: dict[str, str] | None = None) -> None:
-        self.ports = ports
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-        p = ports
+        self.ports = p = ports
         argv = [sys.executable, "-m", "heron_remote", "forwarders"]
         argv += ["--data", str(p.data_submit), str(p.data_publish)]
         argv += ["--parameters", str(p.parameters_submit), str(p.parameters_publish)]
         argv += ["--proof-of-life", str(p.proof_of_life_submit), str(p.proof_of_life_publish)]
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, env=env
-        )
+        super().__init__(argv, env=env)
         try:
-            self._wait_ready()
+            line = self.first_line("heron-remote forwarders did not start")
+            if not line.startswith(b"forwarders on"):
+                raise RuntimeError(f"heron-remote forwarders said {line!r}: {self.stderr_tail()}")
         except BaseException:
             self.close()
             raise
-
-    def _wait_ready(self) -> None:
-        """Until it says it runs (its first line), or raise with its stderr."""
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        line = b""
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                raise RuntimeError(f"heron-remote forwarders did not start: {self.stderr_tail()}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 0.2))
-            if ready:
-                line += os.read(self.proc.stdout.fileno(), 512)
-        if not line.startswith(b"forwarders on"):
-            raise RuntimeError(f"heron-remote forwarders said {line!r}: {self.stderr_tail()}")
-
-    def stderr_tail(self, lines: int = 5) -> str:
-        self._stderr.seek(0)
-        text = self._stderr.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:]) or "(nothing on stderr)"
-
-    def close(self) -> None:
-        stop_child(self.proc)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
-
-    def __enter__(self) -> ForwardersProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def heron_stream(link: Link, notes: dict[str, Any], *, pids: dict[str, int] | None = None) -> StreamOpener:

@@ -13,25 +13,22 @@ import dataclasses
 import json
 import logging
 import os
-import select
 import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._procs import stop_child
 from ..testing import AcqHosts, Host
+from .child import BenchChild
 from .protocol import Plan
 
 logger = logging.getLogger(__name__)
 
 LOCAL, NAMESPACE, LOOPBACK = "local", "ns", "lo"
-_START_TIMEOUT_S = 20.0
 
 
 class LinkUnavailable(RuntimeError):
@@ -82,17 +79,14 @@ class Link:
         return argv
 
 
-class Sender:
+class Sender(BenchChild):
     """A raw sender process on a link; a context manager that always ends it."""
 
     def __init__(self, link: Link, plan: Plan, hwm: int, *extra: str) -> None:
         """``extra``: the sender's ADDRESS and ``curve`` (see :mod:`.sender`)."""
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        super().__init__(link.sender_argv(plan, hwm, *extra))
         #: The sender's CurveZMQ public key, when it serves CurveZMQ.
         self.key = b""
-        self.proc = subprocess.Popen(
-            link.sender_argv(plan, hwm, *extra), stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL
-        )
         try:
             self.port = self._read_port()
         except BaseException:
@@ -100,42 +94,13 @@ class Sender:
             raise
 
     def _read_port(self) -> int:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        line = b""
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                raise RuntimeError(f"the bench sender did not report its port: {self.stderr_tail()}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 0.2))
-            if ready:
-                chunk = os.read(self.proc.stdout.fileno(), 256)
-                if not chunk:
-                    continue
-                line += chunk
+        line = self.first_line("the bench sender did not report its port")
         words = line.split()
         if words[:1] != [b"PORT"] or len(words) not in (2, 4):
             raise RuntimeError(f"the bench sender said {line!r}, not its port")
         if len(words) == 4:
             self.key = words[3]
         return int(words[1])
-
-    def stderr_tail(self, lines: int = 5) -> str:
-        self._stderr.seek(0)
-        text = self._stderr.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:]) or "(nothing on stderr)"
-
-    def close(self) -> None:
-        stop_child(self.proc)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
-
-    def __enter__(self) -> Sender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _make_hosts(mode: str, stack: ExitStack) -> Link:
