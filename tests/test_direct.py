@@ -352,3 +352,40 @@ def test_over_direct_arrays_come_packed_and_the_pcs_clock_offset_is_found(
         stats = cam.stats
     assert got == list(range(1, 151))
     assert stats.packed_bytes == stats.bytes_received and stats.compression_ratio and stats.compression_ratio > 1.1
+
+
+def test_check_tells_whether_this_rig_reaches_the_pc_for_the_direct_transport(acq: Hosts, tmp_path: Path) -> None:
+    """``heron-remote check`` on a direct server opens a port on the PC's address as a worker does
+    and connects to it: ok when it can, and behind a firewall the rule to add (a FAIL only for
+    "direct-only", since "direct" falls back to the tunnel)."""
+    from heron_remote.ssh.check import check_server
+
+    if not acq.can_control:
+        pytest.skip(NO_CONTROL)
+    address = _pc_address(acq)
+    direct = edit_registry(acq, tmp_path, "acq1", transport="direct")
+    report = check_server("acq1", ssh_info=direct)
+    assert report.ok, report
+    reached = rf"ok   direct transport: this rig reaches {re.escape(address)} port \d+"
+    assert any(re.match(reached, s) for s in report.lines), report
+    host = _host(acq)
+    acq.block_inbound(host)
+    try:
+        fallback = check_server("acq1", ssh_info=direct)
+        only = check_server("acq1", ssh_info=edit_registry(acq, tmp_path, "acq1", transport="direct-only"))
+    finally:
+        acq.unblock_inbound(host)
+    print(fallback)
+    assert fallback.ok, fallback
+    line = next(s for s in fallback.lines if "direct transport" in s)
+    assert (
+        line.startswith("WARN ")
+        and f"cannot reach {address} port" in line
+        and "fall back to the SSH tunnel" in line
+        and "accept TCP" in line
+    )
+    assert not only.ok
+    assert any(s.startswith("FAIL direct transport") and "launches will fail" in s for s in only.lines), only
+    # The probe ended on the PC either way: nothing of it listens any more.
+    _, out, _ = on_host(acq, "acq1", "ps -eo args")
+    assert "base64.b64decode" not in out

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .._version import __version__
 from ..errors import HeronRemoteError
+from .check_direct import check_direct
 from .connection import HostConnection
 from .hostkeys import HostKeys, fingerprint
 from .registry import Registry
@@ -54,9 +55,10 @@ class CheckReport:
     ok: bool = True
     lines: list[str] = field(default_factory=list)
 
-    def add(self, ok: bool, text: str) -> None:
+    def add(self, ok: bool, text: str, warn: bool = False) -> None:
+        """One line: ok, FAIL (not ready), or WARN (ready, but not as asked)."""
         self.ok = self.ok and ok
-        self.lines.append(f"{'ok  ' if ok else 'FAIL'} {text}")
+        self.lines.append(f"{('WARN' if warn else 'ok  ') if ok else 'FAIL'} {text}")
 
     def __str__(self) -> str:
         verdict = "ready" if self.ok else "NOT ready"
@@ -133,6 +135,8 @@ def check_server(ref: str, *, ssh_info: str | None = None, port: int = 0, timeou
         for p, state in probe["ports"].items():
             label = f"port {p}" if int(p) else "a free loopback port"
             report.add(state == "free", f"{label} on the PC's 127.0.0.1: {state}")
+        if server.direct:
+            report.add(*check_direct(conn, timeout=min(timeout, 3.0)))
     except HeronRemoteError as exc:
         report.add(False, str(exc))
     finally:
