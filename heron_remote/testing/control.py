@@ -24,6 +24,7 @@ import socketserver
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,24 @@ def _run(*cmd: str, stdin: str | None = None) -> None:
     out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()}")
+
+
+#: Seconds an account's last processes (an SSH session still closing) have to end before it is removed.
+_ACCOUNT_GONE_S = 15.0
+
+
+def remove_account(name: str) -> None:
+    """Remove account ``name``: its processes killed first, userdel retried while one still ends
+    (it refuses an account with a process); RuntimeError when the account outlives the wait."""
+    deadline = time.monotonic() + _ACCOUNT_GONE_S
+    while True:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, timeout=30)
+        out = subprocess.run(["userdel", name], capture_output=True, text=True, timeout=30)
+        if out.returncode in (0, 6):  # 6: no such account (already gone)
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"userdel {name} failed ({out.returncode}): {out.stderr.strip()}")
+        time.sleep(0.2)
 
 
 #: The chain of the host's firewall rules that tests add (and remove as one).
@@ -145,7 +164,7 @@ class ControlServer:
 
     @staticmethod
     def remove_user(name: str) -> None:
-        _run("userdel", name)
+        remove_account(name)
 
     # -- serving
 

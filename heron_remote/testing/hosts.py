@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .._procs import stop_child
 from ._sshd import SSHD, sshd_config_text, wait_port
-from .control import ControlClient, firewall_commands
+from .control import ControlClient, firewall_commands, remove_account
 
 __all__ = [
     "CONTROL_ENV_VAR",
@@ -263,7 +263,7 @@ class AcqHosts:
         subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True, capture_output=True)
 
     def remove_user(self, host: Host, name: str) -> None:
-        subprocess.run(["userdel", name], capture_output=True, timeout=30)
+        remove_account(name)
 
     @contextlib.contextmanager
     def hold_port(self, host: Host, port: int) -> Iterator[None]:
