@@ -45,6 +45,9 @@ def _run(*cmd: str, stdin: str | None = None) -> None:
 
 #: Seconds an account's last processes (an SSH session still closing) have to end before it is removed.
 _ACCOUNT_GONE_S = 15.0
+#: userdel's status for a name that is no account (any other failure is retried: a process still
+#: ending, or another test's useradd holding the account files' lock).
+_USERDEL_NO_SUCH_USER = 6
 
 
 def remove_account(name: str) -> None:
@@ -54,9 +57,9 @@ def remove_account(name: str) -> None:
     while True:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, timeout=30)
         out = subprocess.run(["userdel", name], capture_output=True, text=True, timeout=30)
-        if out.returncode in (0, 6):  # 6: no such account (already gone)
+        if out.returncode == 0:
             return
-        if time.monotonic() > deadline:
+        if out.returncode == _USERDEL_NO_SUCH_USER or time.monotonic() > deadline:
             raise RuntimeError(f"userdel {name} failed ({out.returncode}): {out.stderr.strip()}")
         time.sleep(0.2)
 
