@@ -139,6 +139,35 @@ class LinkKeys:
         public, secret = zmq.curve_keypair()
         return replace(self, server_public=public, server_secret=secret, link_timeout=link_timeout)
 
+    def client_state(self) -> dict[str, object]:
+        """The com's side, secrets included, for the relay that takes its place in the forwarders'
+        process (:mod:`heron_remote.relay_host`): sent only over this account's private socket."""
+        return {
+            "mechanism": self.mechanism,
+            "secret": self.secret,
+            "client_public": self.client_public.decode(),
+            "client_secret": self.client_secret.decode(),
+            "server_public": self.server_public.decode(),
+            "link_timeout": self.link_timeout,
+        }
+
+    @classmethod
+    def from_client_state(cls, state: object) -> LinkKeys:
+        """:meth:`client_state` read back; DecodeError when it is not one."""
+        if not isinstance(state, dict) or state.get("mechanism") not in ("plain", "curve", "none"):
+            raise DecodeError("not a com's link keys")
+        try:
+            return cls(
+                str(state["mechanism"]),
+                str(state["secret"]),
+                client_public=str(state["client_public"]).encode("ascii"),
+                client_secret=str(state["client_secret"]).encode("ascii"),
+                server_public=str(state["server_public"]).encode("ascii"),
+                link_timeout=float(state["link_timeout"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"a com's link keys lack {exc}") from exc
+
     @classmethod
     def from_line(cls, line: bytes | str) -> LinkKeys:
         """The keys a key line carries; DecodeError saying what is wrong with it."""

@@ -7,7 +7,8 @@ Each proxy runs in a thread of its own, which creates, binds and closes its sock
 a TERMINATE on its control socket stops it. They bind 127.0.0.1 unless another
 interface is asked for. Once bound they say who they are to whoever asks
 (:mod:`.forwarders_hello`), so that scripts of this account can share them and take them
-over (:mod:`.forwarders_share`).
+over (:mod:`.forwarders_share`), and relay for coms of this account in other processes
+(:mod:`.relay_host`).
 
 Each port is also bound in-process (``inproc://``) on the process's shared ZeroMQ
 context: a com or a subscriber in the same process (a :class:`~heron_remote.Source`)
@@ -31,6 +32,7 @@ from . import forwarders_hello
 from ._threads import KeptThread
 from ._version import __version__
 from .errors import ForwarderError
+from .relay_host import RelayHost
 from .settings import ForwarderPorts
 
 __all__ = ["Forwarders", "endpoint", "facing"]
@@ -124,6 +126,7 @@ class Forwarders:
         self._lock = threading.Lock()
         self._closed = False
         self._hello: forwarders_hello.HelloServer | None = None
+        self._relays: RelayHost | None = None
         self.ports: ForwarderPorts = self._requested
 
     def start(self) -> Forwarders:
@@ -158,6 +161,10 @@ class Forwarders:
             if forwarders_hello.AVAILABLE:
                 hello = forwarders_hello.Hello(pid=os.getpid(), version=__version__, bind=self.host, ports=self.ports)
                 self._hello = forwarders_hello.HelloServer(hello)
+                if self.host in _LOOPBACK:  # coms of this account in other processes relay here
+                    self._relays = RelayHost(
+                        self.ports.data_submit, f"inproc://heron-remote-forwarder-{self.ports.data_submit}"
+                    )
         except BaseException:
             self.close()
             raise
@@ -239,7 +246,7 @@ class Forwarders:
             error = proxy.error or (proxy.thread.error if proxy.thread is not None else None)
             if error is not None:
                 return error
-        return None
+        return self._relays.error if self._relays is not None else None
 
     def close(self) -> None:
         """Stop the proxies and release their ports. Safe to call twice."""
@@ -247,6 +254,8 @@ class Forwarders:
             if self._closed:
                 return
             self._closed = True
+        if self._relays is not None:  # first: their publishers connect to the data forwarder
+            self._relays.close()
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         for proxy in self._proxies:
             if proxy.control and proxy.thread is not None and proxy.thread.is_alive():

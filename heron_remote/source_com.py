@@ -30,9 +30,10 @@ import zmq
 from ._logging import NodeLogger
 from ._verbosity import parse_verbosity
 from .com.heartbeat import Heartbeat
+from .com.hosted import HostedRelay, make_relay
 from .com.loop import ComLoop
 from .com.parameters import ParametersRelay
-from .com.relay import Relay, route_topics
+from .com.relay import route_topics
 from .com.sockets import ComSockets
 from .com.stats import ComStats
 from .com.supervisor import Supervisor, WorkerSpec
@@ -129,7 +130,7 @@ class SourceCom:
         self.stats = ComStats()
         self.log = NodeLogger(logger, node=self.node_name, host="com")
         routes = route_topics(self.sending_topics, self.outputs)
-        self._relay = Relay(routes, len(self.outputs), self.stats, self.log, verbose=self.verbose)
+        self._relay = make_relay(routes, len(self.outputs), self.stats, self.log, verbose=self.verbose)
         if isinstance(self.compression, Compression):
             self._relay.unpack_threads = self.compression.threads
         self._parameters = ParametersRelay(self.log, self.stats)
@@ -201,7 +202,10 @@ class SourceCom:
             return
         self._owner_thread = threading.get_ident()
         self._sockets = sockets = ComSockets(self.settings, self.parameters_topic)
-        self._relay.attach(sockets.data, sockets.publish)
+        if isinstance(self._relay, HostedRelay):
+            self._relay.serve(sockets, self.settings)
+        else:
+            self._relay.attach(sockets.data, sockets.publish)
         self._parameters.attach(sockets.parameters_in, sockets.parameters_out)
         self._heartbeat = Heartbeat(
             sockets.context, self.settings.heartbeat_rate, self._supervisor.stopping, self.log, stats=self.stats

@@ -30,6 +30,8 @@ from .stats import ComStats
 
 __all__ = ["Relay", "route_topics"]
 
+#: Packets a com's publisher queues for the data forwarder.
+PUBLISH_SNDHWM = 200
 #: Malformed packets logged one by one before only every 1000th is.
 _MALFORMED_LOGGED = 5
 

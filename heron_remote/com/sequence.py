@@ -61,6 +61,16 @@ class PacketSequence:
             self.on_jump(missed)
         return self.index
 
+    def state(self) -> list[int]:
+        """Everything it knows, as plain numbers (another process relays on from here: :meth:`restore`)."""
+        return [self.index, self.lost, self.renumbered, self.skipped, self._base, self._last]
+
+    def restore(self, state: list[int]) -> None:
+        """Go on from :meth:`state`; DecodeError when it is not one."""
+        if not (isinstance(state, list) and len(state) == 6 and all(type(x) is int and x >= 0 for x in state)):
+            raise DecodeError(f"not a packet sequence's state: {state!r:.80}")
+        self.index, self.lost, self.renumbered, self.skipped, self._base, self._last = state
+
     def new_worker(self) -> None:
         """The next packet comes from a new worker, numbered from 1: the index goes on, one skipped."""
         self._base, self._last = self.index + 1, 0

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import zmq
 
+from .._linkkeys import LinkKeys
 from ..forwarders import endpoint as forwarder_endpoint
 from ..forwarders import facing
 from ..launcher import WorkerLauncher
 from ..settings import Settings
 from .heartbeat import back_off
+from .relay import PUBLISH_SNDHWM
+
+if TYPE_CHECKING:
+    from .hosted import HostedRelay
 
 __all__ = ["CHORES_S", "ComSockets"]
 
 #: How often the com looks at everything but data (and so how long a data read waits).
 CHORES_S = 0.02
-_PUB_SNDHWM = 200
 #: The com's sockets that face the worker, by the worker's channel they connect to.
 _WORKER_CHANNELS = (("data", "data"), ("liveness", "liveness"), ("parameters_out", "parameters"))
 
@@ -35,7 +41,7 @@ class ComSockets:
         target, shared = forwarder_endpoint(host, s.ports.data_submit)
         self.publish = facing(self._make(zmq.PUB, shared or self.context))
         self.publish.linger = 1000  # what the worker sent last still reaches the forwarder
-        self.publish.sndhwm = _PUB_SNDHWM
+        self.publish.sndhwm = PUBLISH_SNDHWM
         self.publish.connect(target)
         # No ZMQ_MAXMSGSIZE on sockets that connect: one larger message would cut them off for good.
         self.parameters_in = facing(self._make(zmq.SUB))
@@ -50,6 +56,9 @@ class ComSockets:
         self.parameters_out = self._make(zmq.PUSH)
         for sock in (self.data, self.liveness, self.parameters_out):
             back_off(sock)
+        #: The relay the forwarders' process does for this com, when it does: the data socket
+        #: connects to the worker only when the com relays itself.
+        self.hosted_data: HostedRelay | None = None
         self.closed = False
 
     def _make(self, kind: int, context: zmq.Context | None = None) -> zmq.Socket:
@@ -64,11 +73,26 @@ class ComSockets:
         ports = launcher.ready.ports
         for name, channel in _WORKER_CHANNELS:
             sock = getattr(self, name)
-            launcher.keys.apply_client(sock)  # a new connection takes the options set before it
             endpoint = launcher.address(ports[channel])
-            sock.connect(endpoint)
-            self._worker_endpoints.append((sock, endpoint))
+            if sock is self.data and self.hosted_data is not None and self.hosted_data.point(endpoint, launcher.keys):
+                continue
+            self._connect(sock, endpoint, launcher.keys)
         return launcher.address(ports["heartbeat"])
+
+    def connect_data(self, endpoint: str, keys: LinkKeys) -> None:
+        """Connect the data socket to the worker: the com relays in its own process."""
+        self._connect(self.data, endpoint, keys)
+
+    def _connect(self, sock: zmq.Socket, endpoint: str, keys: LinkKeys) -> None:
+        keys.apply_client(sock)  # a new connection takes the options set before it
+        sock.connect(endpoint)
+        self._worker_endpoints.append((sock, endpoint))
+
+    def data_waiting(self, timeout_ms: int) -> bool:
+        """Whether the worker's packets arrive within ``timeout_ms``, wherever they are relayed."""
+        if self.hosted_data is not None and self.hosted_data.hosted:
+            return self.hosted_data.received_soon(timeout_ms)
+        return bool(self.data.poll(timeout_ms))
 
     def worker_endpoint(self, sock: zmq.Socket) -> str | None:
         """The worker endpoint ``sock`` was last connected to, or None."""
@@ -83,6 +107,8 @@ class ComSockets:
             except zmq.ZMQError:
                 pass  # already gone
         self._worker_endpoints.clear()
+        if self.hosted_data is not None:
+            self.hosted_data.unpoint()
 
     def proof_of_life_sent(self) -> None:
         """Heron's node editor waits for this before it sends parameters."""

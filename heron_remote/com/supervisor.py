@@ -205,7 +205,7 @@ class Supervisor:
                 return  # a worker quick enough to send before its first beacon got through
             code = self.launcher.returncode()
             if code is not None:
-                if data.poll(200):
+                if self._sockets.data_waiting(200):
                     return  # it sent its data and ended: the loop publishes it
                 raise self.launcher.exit_error(code, starting=True)
             if time.monotonic() > deadline:

@@ -1,0 +1,287 @@
+"""A com's relay done in the forwarders' process while they offer it (:mod:`heron_remote.relay_host`).
+
+In Heron's layout (a com per process, the forwarders in another) a frame would cross a loopback
+TCP hop more than in a :class:`~heron_remote.Source`. :class:`HostedRelay` hands the worker's
+data endpoint and keys to the forwarders' relay host instead of connecting its own data socket,
+and takes the host's reports into its counters, sequence and log. When the host does not answer
+an attach within ATTACH_TIMEOUT_S, or stops reporting for LOST_AFTER_S (its forwarders were
+stopped or taken over), the com relays in its own process from the host's last sequence on,
+as a com always did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from .._linkkeys import LinkKeys
+from ..errors import DecodeError, ForwarderError
+from ..forwarders import endpoint as forwarder_endpoint
+from ..forwarders_hello import AVAILABLE
+from ..relay_host import COUNTED, relay_path
+from ..settings import Settings
+from .relay import Relay
+from .stats import ComStats
+
+if TYPE_CHECKING:
+    from .sockets import ComSockets
+
+__all__ = ["HostedRelay", "make_relay", "offered"]
+
+#: How long the forwarders' host has to take a com's relay before the com relays itself.
+ATTACH_TIMEOUT_S = 1.0
+#: Reports are due every 0.2 s at least: this long without one, the host is gone.
+LOST_AFTER_S = 1.5
+_PING_S = 1.0
+_DRAIN_TIMEOUT_S = 5.0
+
+
+def make_relay(
+    routes: list[tuple[bytes, int]],
+    outputs: int,
+    stats: ComStats,
+    log: logging.LoggerAdapter,
+    *,
+    verbose: int | str = 0,
+) -> Relay:
+    """A :class:`HostedRelay` where the platform allows one, else a :class:`Relay` (also for a
+    verbose com: its per-packet log is written where it runs)."""
+    if verbose or not AVAILABLE:
+        return Relay(routes, outputs, stats, log, verbose=verbose)
+    return HostedRelay(routes, outputs, stats, log)
+
+
+def offered(settings: Settings) -> Path | None:
+    """Where forwarders of this account in another process take relays, if they do."""
+    target, _ = forwarder_endpoint(settings.forwarder_host, settings.ports.data_submit)
+    if not target.startswith("tcp://") or settings.forwarder_host not in ("127.0.0.1", "localhost"):
+        return None  # in this process (no hop to save), or not on this machine
+    try:
+        path = relay_path(settings.ports.data_submit)
+    except ForwarderError:
+        return None
+    return path if path.exists() else None
+
+
+class HostedRelay(Relay):
+    """A :class:`Relay` whose packets the forwarders' process relays while it can."""
+
+    def __init__(
+        self,
+        routes: list[tuple[bytes, int]],
+        outputs: int,
+        stats: ComStats,
+        log: logging.LoggerAdapter,
+    ) -> None:
+        self._link: zmq.Socket | None = None
+        self._hosted = False
+        self._given_up = False
+        self._sockets: ComSockets | None = None
+        self._pointed: tuple[str, LinkKeys] | None = None
+        self._monitor: zmq.Socket | None = None
+        self._threads = 1
+        super().__init__(routes, outputs, stats, log)
+        self._host_hwm = self.data_hwm
+        self._host_error: str | None = None
+        self._last_report = 0.0
+        self._last_sent = 0.0
+        self._sent_offset: float | None = None
+
+    # -- what the com asks -----------------------------------------------------------
+    @property
+    def hosted(self) -> bool:
+        """Whether the forwarders' process relays this com's packets now."""
+        return self._hosted
+
+    @property
+    def data_hwm(self) -> int:
+        return self._host_hwm if self._hosted else super().data_hwm
+
+    @property
+    def unpack_threads(self) -> int:
+        return self._threads
+
+    @unpack_threads.setter
+    def unpack_threads(self, threads: int) -> None:
+        self._threads = threads
+        if self._hosted:
+            self._send(b"threads", {"threads": threads})
+
+    def serve(self, sockets: ComSockets, settings: Settings) -> None:
+        """Relay for the com of ``sockets``: its data socket connects only when this relays itself."""
+        self.attach(sockets.data, sockets.publish)
+        path = offered(settings)
+        if path is None:
+            return
+        self._sockets = sockets
+        sockets.hosted_data = self
+        link = self._link = sockets.context.socket(zmq.DEALER)
+        link.linger = 100  # a detach still leaves when the com closes
+        # The host's process ending closes the connection at once: no need to wait for LOST_AFTER_S.
+        self._monitor = link.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        link.connect(f"ipc://{path}")
+
+    def point(self, endpoint: str, keys: LinkKeys) -> bool:
+        """Have the host relay from the worker at ``endpoint``; False when this com must connect itself."""
+        self._pointed = (endpoint, keys)
+        if self._link is None or self._given_up:
+            return False
+        stats = self.stats
+        self._send(
+            b"attach",
+            {
+                "endpoint": endpoint,
+                "keys": keys.client_state(),
+                "routes": [[topic.decode("ascii"), k] for topic, k in self.routes],
+                "outputs": len(self._outputs),
+                "threads": self._threads,
+                "sequence": self.sequence.state(),
+                "counters": {name: getattr(stats, name) for name in COUNTED},
+                "offset": stats.clock_offset_s,
+            },
+        )
+        self._sent_offset = stats.clock_offset_s
+        deadline = time.monotonic() + ATTACH_TIMEOUT_S
+        while (left := deadline - time.monotonic()) > 0 and self._link is not None:
+            if self._link.poll(int(left * 1000) + 1) and self._take() is not None and self._hosted:
+                self.log.info("the forwarders' process relays this com's packets (they run in another process)")
+                return True
+        if self._given_up:
+            return False
+        self._give_up(f"they did not answer within {ATTACH_TIMEOUT_S:g} s", connect=False)
+        return False
+
+    def unpoint(self) -> None:
+        """The worker is gone: forget its endpoint (a freed tunnel port may soon lead elsewhere)."""
+        self._pointed = None
+        if self._hosted:
+            self._send(b"unpoint", {})
+
+    def restarted(self) -> None:
+        super().restarted()
+        if self._hosted:
+            self._send(b"restarted", {})
+
+    def pump(self, until: float) -> int:
+        if not self._hosted:
+            return super().pump(until)
+        link = self._link
+        assert link is not None
+        self._keep_up()
+        n = 0
+        while True:
+            left = until - time.monotonic()
+            if link.poll(max(0, int(left * 1000))):
+                while self._hosted and link.poll(0):
+                    n += self._take() or 0
+            if n or time.monotonic() >= until or not self._hosted:
+                break
+        if self._hosted and self._monitor is not None and self._monitor.poll(0):
+            self._give_up("their process closed the connection", connect=True)
+        elif self._hosted and time.monotonic() - self._last_report > LOST_AFTER_S:
+            self._give_up(f"they sent no report for {LOST_AFTER_S:g} s", connect=True)
+        return n
+
+    def drain(self, chores_s: float) -> None:
+        if self._hosted:
+            assert self._link is not None
+            self._send(b"drain", {})
+            deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+            while (left := deadline - time.monotonic()) > 0 and self._hosted and self._link is not None:
+                if self._link.poll(int(left * 1000) + 1) and self._take(wanted=b"drained") == -1:
+                    return
+            if self._hosted:
+                self._give_up(f"they did not drain within {_DRAIN_TIMEOUT_S:g} s", connect=True)
+        super().drain(chores_s)
+
+    def received_soon(self, timeout_ms: int) -> bool:
+        """Whether the worker's packets arrive within ``timeout_ms`` (a worker that sent and ended)."""
+        if not self._hosted:
+            assert self._data is not None
+            return bool(self._data.poll(timeout_ms))
+        before = self.stats.received
+        self.drain(timeout_ms / 1000)
+        return self.stats.received > before
+
+    def close(self) -> None:
+        if self._link is not None and self._hosted:
+            self._send(b"detach", {})
+        self._hosted = False
+        self._close_link()
+        super().close()
+
+    def _close_link(self) -> None:
+        if self._link is not None:
+            if self._monitor is not None:
+                self._link.disable_monitor()
+                self._monitor.close()
+                self._monitor = None
+            self._link.close()
+            self._link = None
+
+    # -- the host's side of it -------------------------------------------------------
+    def _send(self, verb: bytes, body: dict[str, Any]) -> None:
+        assert self._link is not None
+        self._link.send_multipart((verb, json.dumps(body, separators=(",", ":")).encode()))
+        self._last_sent = time.monotonic()
+
+    def _keep_up(self) -> None:
+        """The clock offset when it changed, and a ping now and then: the host knows this com lives."""
+        offset = self.stats.clock_offset_s
+        if offset != self._sent_offset:
+            self._sent_offset = offset
+            self._send(b"offset", {"offset": offset})
+        elif time.monotonic() - self._last_sent > _PING_S:
+            self._send(b"ping", {})
+
+    def _take(self, wanted: bytes = b"") -> int | None:
+        """Read one message from the host: packets it relayed (-1 for ``wanted``), None if not a report."""
+        assert self._link is not None
+        verb, *rest = self._link.recv_multipart()
+        if verb == b"unknown" and self._pointed is not None:  # it dropped this com: attach again
+            self.log.info("the forwarders' process forgot this com's relay: attaching again")
+            self._hosted = False
+            if not self.point(*self._pointed) and self._sockets is not None:
+                self._sockets.connect_data(*self._pointed)
+            return 0
+        if verb not in (b"report", b"drained"):
+            return None
+        try:
+            n = self._apply(json.loads(rest[0]))
+        except (IndexError, ValueError, TypeError, KeyError, DecodeError) as exc:
+            self._give_up(f"their report could not be read ({exc})", connect=True)
+            return None
+        self._hosted = True
+        return -1 if wanted and verb == wanted else n
+
+    def _apply(self, body: dict[str, Any]) -> int:
+        stats = self.stats
+        counters = body["counters"]
+        for name in COUNTED:
+            setattr(stats, name, int(counters[name]))
+        error = body["last_error"]
+        if error != self._host_error:
+            self._host_error = stats.last_error = error
+        self.sequence.restore(body["sequence"])
+        self._host_hwm = int(body["hwm"])
+        for level, text in body["logs"]:
+            self.log.log(int(level), "%s", text)
+        self._last_report = time.monotonic()
+        return int(body["n"])
+
+    def _give_up(self, why: str, *, connect: bool) -> None:
+        """Relay in this process from now on (connecting the data socket to the worker, if any)."""
+        was = self._hosted
+        self._hosted = False
+        self._given_up = True
+        self._close_link()  # for good: a host that comes back later is another process's
+        (self.log.warning if was else self.log.info)(
+            "the forwarders' process does not relay for this com: %s; the com relays in its own process", why
+        )
+        if connect and self._pointed is not None and self._sockets is not None:
+            self._sockets.connect_data(*self._pointed)

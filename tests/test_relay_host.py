@@ -1,0 +1,172 @@
+"""Heron's layout (a com per process, the forwarders in another): the forwarders' process relays the
+com's packets, so a frame crosses two loopback hops as in a Source, not three.
+
+Real processes: ``heron-remote forwarders`` in a process of its own, the com (a Source's) in this
+one, real workers; a real second account for the relay socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import pwd
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from heron_remote import Compression, RestartPolicy, Settings, Source, WorkerError
+from heron_remote.bench.takeover import free_fixed_ports
+from heron_remote.com.hosted import HostedRelay
+from heron_remote.examples.natural_camera import NATURAL_CAMERA, frame
+from heron_remote.relay_host import relay_path
+
+from .helpers import CAMERA, WORKERS, wait_until
+from .test_capture_time import OFFSET_S, OFFSET_WORKER, _offset_found
+from .test_forwarders_shared import _as, _first_line, _forwarders_command, other_account  # noqa: F401
+
+_FAST = {"heartbeat_rate": 0.2, "heartbeats_to_death": 5, "start_timeout": 15, "stop_grace": 2}
+
+
+@pytest.fixture
+def outside() -> Iterator[tuple[Settings, subprocess.Popen[str]]]:
+    """Forwarders run by ``heron-remote forwarders`` in a process of their own, as Heron's editor runs them."""
+    ports = free_fixed_ports()
+    command = _forwarders_command(ports)
+    try:
+        assert "forwarders on 127.0.0.1" in _first_line(command)
+        wait_until(lambda: relay_path(ports.data_submit).exists(), 5, "the relay socket")
+        yield Settings(ports=ports, **_FAST), command
+    finally:
+        command.kill()
+        command.communicate(timeout=10)
+
+
+def _hosted(src: Source) -> HostedRelay:
+    relay = src._com._relay if src._com is not None else None
+    assert isinstance(relay, HostedRelay)
+    return relay
+
+
+def _data_connected(src: Source) -> bool:
+    assert src._com is not None and src._com._sockets is not None
+    sockets = src._com._sockets
+    return sockets.worker_endpoint(sockets.data) is not None
+
+
+def test_the_forwarders_process_relays_for_a_com_of_another(
+    outside: tuple[Settings, subprocess.Popen[str]],
+) -> None:
+    settings, _ = outside
+    with Source(CAMERA, parameters={"shape": [64, 64], "fps": 200}, settings=settings) as cam:
+        frames = list(cam.frames(timeout=10, limit=100))
+        relay = _hosted(cam)
+        assert relay.hosted and not _data_connected(cam)  # the com never pulls a packet itself
+        wait_until(lambda: cam.stats.published >= frames[-1].index, 2, "the host's report")
+        stats, status = cam.stats, cam.status()
+    indices = [f.index for f in frames]
+    assert indices == list(range(indices[0], indices[0] + 100))
+    assert all(f.arrays[0].shape == (64, 64) for f in frames)
+    assert stats.lost == stats.malformed == 0 and stats.received >= indices[-1]
+    assert stats.bytes_received >= 100 * 64 * 64
+    assert status.received >= indices[-1]  # what `heron-remote status` shows comes from the host's reports
+
+
+def test_malformed_packets_relayed_there_are_counted_and_logged_by_the_com(
+    outside: tuple[Settings, subprocess.Popen[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings, _ = outside
+    with caplog.at_level(logging.WARNING), Source(str(WORKERS / "malformed_worker.py"), settings=settings) as src:
+        frames = list(src.frames(limit=20, timeout=5))
+        assert _hosted(src).hosted
+        wait_until(lambda: src.stats.malformed >= 3 * (len(frames) - 1), 2, "the host's counts")
+        stats = src.stats
+    assert all(f.arrays[0].shape == (4, 4) and f.index % 4 == 1 for f in frames)
+    assert stats.malformed + stats.lost >= 3 * (len(frames) - 1)
+    for reason in ("expected 3 frames", "metadata is not JSON", "need 25"):
+        assert reason in caplog.text  # the host's log lines come out in the com's log
+    assert "@com] dropped malformed packet" in caplog.text  # with the com's node and place
+
+
+def test_a_restarted_worker_is_relayed_there_too_with_the_restart_gap(
+    outside: tuple[Settings, subprocess.Popen[str]],
+) -> None:
+    settings, _ = outside
+    policy = RestartPolicy(mode="on-failure", max_restarts=2, backoff=0.1)
+    src = Source(
+        str(WORKERS / "flaky_worker.py"),
+        parameters={"frames": 5, "death": "kill"},
+        settings=settings.replace(restart=policy),
+    )
+    indices, hosted = [], []
+    with pytest.raises(WorkerError), src:
+        for f in src.frames(timeout=20):
+            indices.append(f.index)
+            hosted.append(_hosted(src).hosted)
+    assert indices == [*range(1, 6), *range(7, 12), *range(13, 18)]  # three workers, five frames each
+    assert all(hosted) and src.stats.skipped == 2 and src.stats.restarts == 2
+
+
+def test_packed_frames_are_unpacked_there_and_capture_times_stamped(
+    outside: tuple[Settings, subprocess.Popen[str]],
+) -> None:
+    settings, _ = outside
+    shape = (240, 320)
+    with Source(
+        NATURAL_CAMERA,
+        parameters={"shape": list(shape), "fps": 200, "count": 60},
+        settings=settings,
+        compression=Compression(),
+    ) as cam:
+        got = [f for f in cam.frames(timeout=10)]
+        assert _hosted(cam).hosted or cam.stats.state == "stopped"
+        stats = cam.stats
+    assert [f.index for f in got] == list(range(1, 61))
+    for f in got:
+        np.testing.assert_array_equal(f.arrays[0], frame(f.index, shape))
+    assert stats.packed_bytes == stats.bytes_received and stats.unpacked_bytes == 60 * shape[0] * shape[1]
+    with Source(OFFSET_WORKER, parameters={"shape": [8, 8], "fps": 100}, settings=settings) as cam:
+        offset = _offset_found(cam, settings)
+        assert _hosted(cam).hosted
+        captured = [f for f in cam.frames(timeout=10, limit=200) if f.captured is not None][-20:]
+    assert abs(offset - OFFSET_S) < 0.001
+    assert captured and all(f.captured is not None and -0.001 < f.time - f.captured < 0.5 for f in captured)
+
+
+def test_when_the_forwarders_process_dies_the_com_relays_in_its_own(
+    outside: tuple[Settings, subprocess.Popen[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings, command = outside
+    with (
+        caplog.at_level(logging.INFO),
+        Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=settings) as cam,
+    ):
+        before = list(cam.frames(timeout=10, limit=20))
+        assert _hosted(cam).hosted
+        command.send_signal(signal.SIGKILL)
+        command.wait(10)
+        killed = time.monotonic()
+        wait_until(lambda: not _hosted(cam).hosted, 5, "the com to notice")
+        noticed = time.monotonic() - killed
+        after = list(cam.frames(timeout=10, limit=50))
+        assert _data_connected(cam)
+    print(f"the com relayed itself {noticed * 1000:.0f} ms after the forwarders' process was killed")
+    assert "the forwarders' process does not relay for this com: their process closed the connection" in caplog.text
+    assert after[-1].index > before[-1].index and [f.index for f in after] == list(
+        range(after[0].index, after[0].index + 50)
+    )
+
+
+def test_another_account_cannot_reach_the_relay_socket(
+    outside: tuple[Settings, subprocess.Popen[str]],
+    other_account: pwd.struct_passwd,  # noqa: F811
+) -> None:
+    settings, _ = outside
+    path = relay_path(settings.ports.data_submit)
+    assert path.is_socket() and (path.parent.stat().st_mode & 0o777) == 0o700
+    probe = _as(other_account, f"s = socket.socket(socket.AF_UNIX); s.connect({str(path)!r}); print('CONNECTED')")
+    out, err = probe.communicate(timeout=30)
+    assert probe.returncode != 0 and "CONNECTED" not in out
+    assert "PermissionError" in err, err
