@@ -32,7 +32,7 @@ import zmq
 
 from ..errors import DecodeError
 from .bounded import NUMBER_LIMIT, read_int, undecodable
-from .codec import ZERO_COPY_MIN, check_output, decode_output, parse_meta, split_captured
+from .codec import ZERO_COPY_MIN, check_output, decode_output, parse_meta, parse_published_meta
 
 __all__ = [
     "Packet",
@@ -103,7 +103,7 @@ def packet_number(msg: list[Any]) -> int:
     first = msg[0] if msg else b""
     if type(first) is not bytes:
         first = _bytes(first)
-    if b" " in first:
+    if 32 in first:  # b" ": a byte's test, which costs a tenth of a substring's
         first = first.partition(b" ")[0]
     if not first.isdigit() or len(first) > _NUMBER_DIGITS:
         raise DecodeError(
@@ -252,10 +252,9 @@ def read_published_captured(recv: Callable[..., Any]) -> tuple[int, float, float
         raw = recv(_NOBLOCK)
         # Fewer digits than 2**63 has are below it: the usual case, without a call.
         index = int(raw) if len(raw) < _NUMBER_DIGITS and raw.isdigit() else read_int(raw, "the index frame")
-        stamp = parse_time(recv(_NOBLOCK))
-        raw_meta = recv(_NOBLOCK)
-        meta = parse_meta(raw_meta)
-        captured = split_captured(raw_meta)[1]
+        raw = recv(_NOBLOCK)
+        stamp = int(raw) / 1e6 if len(raw) < _NUMBER_DIGITS and raw.isdigit() else parse_time(raw)
+        meta, captured = parse_published_meta(recv(_NOBLOCK))
         value = meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
         return index, stamp, None if captured is None else captured / 1e6, value
     except (zmq.Again, DecodeError):
