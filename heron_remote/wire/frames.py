@@ -222,8 +222,9 @@ def recv_message(sock: zmq.Socket, expected: int, payloads: Container[int], *, w
     try:
         for i in range(1, expected):
             if i in payloads:
+                raw = frames[i - 1]
                 try:
-                    large = parse_meta(frames[i - 1]).nbytes >= ZERO_COPY_MIN
+                    large = (_known_meta(raw) or parse_meta(raw)).nbytes >= ZERO_COPY_MIN
                 except (DecodeError, TypeError):
                     large = False  # the caller's check says what is wrong
                 frames.append(recv(_NOBLOCK, copy=not large))
