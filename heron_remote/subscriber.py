@@ -38,9 +38,14 @@ class Frame(_Frame):
     captured: float | None
 
     def __new__(cls, index: int, time: float, arrays: tuple[Any, ...], captured: float | None = None) -> Frame:
-        self = super().__new__(cls, index, time, arrays)
-        self.captured = captured
-        return self
+        return _frame(cls, index, time, arrays, captured)
+
+
+def _frame(cls: type[Frame], index: int, time: float, arrays: tuple[Any, ...], captured: float | None) -> Frame:
+    """A Frame made without the calls of the NamedTuple's ``__new__``: one per message."""
+    self: Frame = tuple.__new__(cls, (index, time, arrays))
+    self.captured = captured
+    return self
 
 
 class _Assembler:
@@ -104,8 +109,9 @@ class Subscriber:
         topic_output = self._topic_output
         single = self._outputs == 1
         assembler = _Assembler(self._outputs)
+        monotonic = time.monotonic
         yielded = 0
-        last_frame = time.monotonic()
+        last_frame = monotonic()
         while limit is None or yielded < limit:
             try:
                 topic = recv()  # waits up to _IDLE_MS
@@ -134,10 +140,14 @@ class Subscriber:
                 resync(sub)
                 self._drops("it ended early" if isinstance(exc, zmq.Again) else exc)
                 continue
-            last_frame = time.monotonic()
+            last_frame = monotonic()
             if single:
-                self._count(index)
-                yield Frame(index, stamp, (value,), captured)
+                if self._last_index == index - 1:  # the usual case, without _count's call
+                    self.received += 1
+                    self._last_index = index
+                else:
+                    self._count(index)
+                yield _frame(Frame, index, stamp, (value,), captured)
                 yielded += 1
                 continue
             if index != assembler.index:

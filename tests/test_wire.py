@@ -13,12 +13,14 @@ from hypothesis import strategies as st
 
 from heron_remote import IGNORE, DecodeError, decode_published
 from heron_remote.wire import (
+    PacketError,
     check_output,
     check_packet,
     decode_output,
     encode_output,
     packet_length,
     packet_number,
+    parse_packet,
     parse_time,
     payload_slots,
     publish,
@@ -232,3 +234,49 @@ def test_a_float_time_frame_is_read_as_seconds() -> None:
     assert parse_time(b"12.5") == 12.5
     with pytest.raises(DecodeError, match="neither microseconds nor seconds"):
         parse_time(b"noon")
+
+
+_ARRAY_META, _ARRAY_PAYLOAD = encode_output(np.zeros(4, np.uint8))
+_DICT_META, _ = encode_output({"a": 1})
+_IGNORE_META, _ = encode_output(IGNORE)
+
+
+def _checked_one_by_one(msg: list, expected: int) -> object:
+    """What parse_packet answers, from the checks it is made of (its usual packet is read inline)."""
+    try:
+        number = packet_number(msg)
+    except Exception:
+        return "no number"
+    try:
+        return (number, *check_packet(msg, expected))
+    except Exception:
+        return ("bad packet", number)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        [b"7 1700000000000000", _ARRAY_META, _ARRAY_PAYLOAD],
+        [b"7", _ARRAY_META, _ARRAY_PAYLOAD, _DICT_META, b'{"a": 1}'],
+        [b"7", _IGNORE_META, b"", _ARRAY_META, _ARRAY_PAYLOAD],
+        [b"7", _IGNORE_META, b"not empty", _DICT_META, b"{}"],
+        [b"7", _ARRAY_META, b"12345", _DICT_META, b"{}"],  # the array's payload is one byte long
+        [b"9223372036854775807", _ARRAY_META, _ARRAY_PAYLOAD],  # 19 digits: read by the checks
+        [b"9223372036854775808", _ARRAY_META, _ARRAY_PAYLOAD],
+        [b"007 12", _ARRAY_META, _ARRAY_PAYLOAD],
+        [b"x 12", _ARRAY_META, _ARRAY_PAYLOAD],
+        [b"7", bytearray(_ARRAY_META), _ARRAY_PAYLOAD],
+        [b"7", memoryview(_ARRAY_META), zmq.Frame(_ARRAY_PAYLOAD)],
+        [b"7", _ARRAY_META, 12],  # a payload with no length
+        [bytearray(b"7"), _ARRAY_META, _ARRAY_PAYLOAD],
+        [b"7", _ARRAY_META],
+    ],
+)
+def test_the_usual_packet_read_inline_gets_what_the_checks_say(msg: list) -> None:
+    for _ in range(2):  # the metadata unknown, then known
+        expected = 3 if len(msg) <= 3 else 5
+        try:
+            got: object = parse_packet(msg, expected)
+        except PacketError as exc:
+            got = "no number" if exc.number is None else ("bad packet", exc.number)
+        assert got == _checked_one_by_one(msg, expected)

@@ -32,6 +32,7 @@ __all__ = ["Relay", "route_topics"]
 
 #: Packets a com's publisher queues for the data forwarder.
 PUBLISH_SNDHWM = 200
+_time_ns = time.time_ns
 #: Malformed packets logged one by one before only every 1000th is.
 _MALFORMED_LOGGED = 5
 
@@ -90,6 +91,9 @@ class Relay:
         self._size_class = -1
         self._hwm = DATA_HWM_RANGE[1]
         self._warned_malformed = 0
+        #: The worker's clock offset last seen, and it in whole microseconds.
+        self._offset_s = 0.0
+        self._offset_us = 0
         #: Threads blosc2 unpacks with (the compression's, when the com knows it).
         self.unpack_threads = 1
 
@@ -142,25 +146,31 @@ class Relay:
         if size.bit_length() != self._size_class:
             self._size_class = size.bit_length()
             self._lower_queue(data_hwm(1 << self._size_class))
-        time_us = time.time_ns() // 1000
+        time_us = _time_ns() // 1000
         index_b = b"%d" % index
         time_b = b"%d" % time_us
         for k in self._outputs:
-            if publish_flags[k] and b'"packed"' in msg[1 + 2 * k]:
+            if publish_flags[k] and parse_meta(msg[1 + 2 * k]).packed:  # cached: cheaper than a substring test
                 try:  # every output before any is published: a bad one drops the whole packet
                     self._unpack(msg, k)
                 except DecodeError as exc:
                     self._malformed(exc)
                     return False
+        # The capture time in the com's clock, when the worker's offset is known (and the time is later).
+        captured = None
         offset = stats.clock_offset_s
-        captured = None if offset is None else packet_captured(msg[0])
-        offset_us = 0 if offset is None else round(offset * 1e6)
+        if offset is not None:
+            if offset != self._offset_s:  # it changes with a heartbeat, not with a packet
+                self._offset_s, self._offset_us = offset, round(offset * 1e6)
+            stamp = packet_captured(msg[0])
+            if stamp is not None and stamp > self._offset_us:
+                captured = stamp - self._offset_us
         pub = self._publish
         for topic, k in self.routes:
             if publish_flags[k]:
                 meta = msg[1 + 2 * k]
-                if captured is not None and captured > offset_us:
-                    meta = with_captured(meta, captured - offset_us)
+                if captured is not None:
+                    meta = with_captured(meta, captured)
                 publish(pub, topic, index_b, time_b, meta, msg[2 + 2 * k])
                 stats.published += 1
                 if self._packet_timer is not None:
@@ -174,8 +184,6 @@ class Relay:
     def _unpack(self, msg: list[Any], k: int) -> None:
         """Unpack output ``k`` of ``msg`` in place, its metadata made plain; DecodeError when it is bad."""
         meta = parse_meta(msg[1 + 2 * k])
-        if not meta.packed:
-            return  # "packed" was part of a name, not the mark
         payload = msg[2 + 2 * k]
         out = unpack(payload, meta.nbytes, self.unpack_threads)
         self.stats.packed_bytes += memoryview(payload).nbytes
