@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,10 @@ class Settings:
         waits for its com to answer before it ends itself (its com was killed). Raise it only
         if sshd on a PC may end sessions while the com lives on (a killed sshd), at the cost of
         an orphan holding the camera that much longer.
+    relay_in_forwarders: when the forwarders run in another process of this account (Heron's
+        layout), let them relay the com's packets (one loopback hop less per frame); False keeps
+        the relaying in the com's own process (the relays of all such coms share one thread of
+        the forwarders' process).
     """
 
     heartbeat_rate: float = 1.0
@@ -121,6 +125,7 @@ class Settings:
     link_timeout: float = 3.0
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     session_grace: float = 0.75
+    relay_in_forwarders: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.restart, str):
@@ -142,6 +147,8 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"Settings.{name} must be an address or host name, got {value!r}")
+        if not isinstance(self.relay_in_forwarders, bool):
+            raise ConfigError(f"Settings.relay_in_forwarders must be True or False, got {self.relay_in_forwarders!r}")
         if not isinstance(self.heartbeats_to_death, int) or self.heartbeats_to_death < 1:
             raise ConfigError(f"Settings.heartbeats_to_death must be an int >= 1, got {self.heartbeats_to_death!r}")
 
@@ -170,6 +177,7 @@ class Settings:
                 ("connect_timeout", float),
                 ("link_timeout", float),
                 ("session_grace", float),
+                ("relay_in_forwarders", boolean),
             ),
         )
         port_kwargs = _from_env(
@@ -202,6 +210,7 @@ class Settings:
             "HERON_REMOTE_CONNECT_TIMEOUT": repr(float(self.connect_timeout)),
             "HERON_REMOTE_LINK_TIMEOUT": repr(float(self.link_timeout)),
             "HERON_REMOTE_SESSION_GRACE": repr(float(self.session_grace)),
+            "HERON_REMOTE_RELAY_IN_FORWARDERS": "1" if self.relay_in_forwarders else "0",
         }
         if self.ssh_info:
             env["HERON_REMOTE_SSH_INFO"] = self.ssh_info
@@ -215,7 +224,19 @@ class Settings:
         return env
 
 
-def _from_env(env: Mapping[str, str], prefix: str, names: tuple[tuple[str, type], ...]) -> dict[str, Any]:
+def boolean(text: str) -> bool:
+    """An environment variable's yes or no: 1/0, true/false, yes/no, on/off (any case)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _from_env(
+    env: Mapping[str, str], prefix: str, names: tuple[tuple[str, Callable[[str], Any]], ...]
+) -> dict[str, Any]:
     """The values of ``prefix + NAME`` variables that are set, converted; ConfigError names a bad one."""
     found: dict[str, Any] = {}
     for name, kind in names:
@@ -224,5 +245,6 @@ def _from_env(env: Mapping[str, str], prefix: str, names: tuple[tuple[str, type]
             try:
                 found[name] = kind(env[key])
             except ValueError as exc:
-                raise ConfigError(f"environment variable {key}={env[key]!r} is not a valid {kind.__name__}") from exc
+                what = getattr(kind, "__name__", "value")
+                raise ConfigError(f"environment variable {key}={env[key]!r} is not a valid {what}") from exc
     return found

@@ -187,7 +187,7 @@ def test_quick_heron_layout_runs_here_and_over_ssh(tmp_path: Path) -> None:
     """Heron's layout: a com started as the editor starts it, `heron-remote forwarders` and a plain
     pyzmq subscriber, each a process; the worker here and on a namespace host over SSH (a bench
     process of its own: its namespace host's names carry its process id)."""
-    only = "zmq,heron-local,heron-ns"
+    only = "zmq,heron-local,heron-local-comrelay,heron-ns"
     done = subprocess.run(
         [PYTHON, "-m", "heron_remote", "bench", "--quick", "--out", str(tmp_path), "--only", only, "--sizes", "65536"],
         capture_output=True,
@@ -205,6 +205,9 @@ def test_quick_heron_layout_runs_here_and_over_ssh(tmp_path: Path) -> None:
         assert r["notes"]["layout"] == "com, forwarders and subscriber in three processes"
         for key in ("forwarders_pid", "com_pid"):  # both stopped and reaped when the run ended
             assert not Path(f"/proc/{r['notes'][key]}").exists(), (name, key)
+        assert r["notes"]["relay"] == "forwarders process", r  # two hops: the forwarders relay
+    # and the measurement of what that saves: the com relaying in its own process
+    assert results["heron-local-comrelay"]["ok"] and results["heron-local-comrelay"]["notes"]["relay"] == "com process"
     ratios = {(r["name"], r["base"]) for r in report["ratios"]}
     assert {("heron-local", "zmq"), ("heron-ns", "zmq")} <= ratios
     assert "heron-local" in done.stdout and "heron-ns" in done.stdout

@@ -105,6 +105,14 @@ def test_settings_validate_and_round_trip_through_the_environment() -> None:
         ForwarderPorts(data_publish=70000)
     with pytest.raises(ConfigError, match="HERON_REMOTE_HEARTBEAT_RATE"):
         Settings.from_env({"HERON_REMOTE_HEARTBEAT_RATE": "fast"})
+    off = Settings(relay_in_forwarders=False)
+    assert Settings.from_env(off.to_env()) == off and off.to_env()["HERON_REMOTE_RELAY_IN_FORWARDERS"] == "0"
+    for word, value in (("yes", True), ("Off", False), ("1", True), ("false", False)):
+        assert Settings.from_env({"HERON_REMOTE_RELAY_IN_FORWARDERS": word}).relay_in_forwarders is value
+    with pytest.raises(ConfigError, match=r"HERON_REMOTE_RELAY_IN_FORWARDERS='maybe' is not a valid boolean"):
+        Settings.from_env({"HERON_REMOTE_RELAY_IN_FORWARDERS": "maybe"})
+    with pytest.raises(ConfigError, match="relay_in_forwarders must be True or False"):
+        Settings(relay_in_forwarders="no")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

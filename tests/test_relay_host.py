@@ -170,3 +170,14 @@ def test_another_account_cannot_reach_the_relay_socket(
     out, err = probe.communicate(timeout=30)
     assert probe.returncode != 0 and "CONNECTED" not in out
     assert "PermissionError" in err, err
+
+
+def test_a_com_whose_settings_say_no_relays_in_its_own_process(
+    outside: tuple[Settings, subprocess.Popen[str]],
+) -> None:
+    settings, _ = outside
+    mine = settings.replace(relay_in_forwarders=False)
+    with Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=mine) as cam:
+        frames = list(cam.frames(timeout=10, limit=20))
+        assert not _hosted(cam).hosted and _data_connected(cam)
+    assert [f.index for f in frames] == list(range(frames[0].index, frames[0].index + 20))

@@ -35,7 +35,7 @@ from .paths import WORKER, Stream, StreamOpener, measure_stream, path_plan
 from .protocol import Plan, Result
 from .takeover import free_fixed_ports
 
-__all__ = ["NODE", "TOPIC", "VARIANTS", "ForwardersProcess", "heron_layout", "heron_stream"]
+__all__ = ["COM_RELAY", "NODE", "TOPIC", "VARIANTS", "ForwardersProcess", "heron_layout", "heron_stream"]
 
 NODE = "BenchSource##0"
 TOPIC = "Frame_Out##BenchSource##0->Frame_In##Viewer##0"
@@ -44,6 +44,11 @@ _START_TIMEOUT_S = 30.0
 #: function that gives the link to use, in a registry of its own. The default backend has no suffix.
 #: Each entry is one more measurement and target, e.g. once the registry knows the direct transport:
 #: ``"direct": lambda link: link.with_entries("direct", transport="direct")``.
+#: The name's last suffix for the com relaying in its own process (``Settings.relay_in_forwarders``
+#: False), the layout's three hops: what the forwarders' relaying saves.
+COM_RELAY = "comrelay"
+#: What a com logs when the forwarders' process relays its packets.
+RELAYED_THERE = "the forwarders' process relays this com's packets"
 VARIANTS: dict[str, Callable[[Link], Link]] = {
     "": lambda link: link,
     "direct": lambda link: link.with_transport("direct"),
@@ -69,16 +74,19 @@ class ForwardersProcess(BenchChild):
             raise
 
 
-def heron_stream(link: Link, notes: dict[str, Any], *, pids: dict[str, int] | None = None) -> StreamOpener:
+def heron_stream(
+    link: Link, notes: dict[str, Any], *, pids: dict[str, int] | None = None, relay_in_forwarders: bool = True
+) -> StreamOpener:
     """A StreamOpener for Heron's layout with the bench worker on ``link`` (``local``: this machine).
 
-    ``pids``, when given, receives the pids of the forwarders and the com (for a profiler).
+    ``pids``, when given, receives the pids of the forwarders and the com (for a profiler);
+    ``relay_in_forwarders`` False: the com relays in its own process (the layout's third hop).
     """
 
     @contextmanager
     def open_stream(plan: Plan) -> Iterator[Stream]:
         ports = free_fixed_ports()
-        settings = Settings(ports=ports)
+        settings = Settings(ports=ports, relay_in_forwarders=relay_in_forwarders)
         env = {k: v for k, v in {**os.environ, **settings.to_env()}.items() if k != "HERON_REMOTE_SSH_INFO"}
         remote_id = "None"
         if link.host is not None and link.registry is not None:
@@ -130,6 +138,8 @@ def heron_stream(link: Link, notes: dict[str, Any], *, pids: dict[str, int] | No
                 yield Stream(payloads(), lambda: editor.send_parameters({**parameters, "drained": True}))
             finally:
                 notes["forwarders_stderr"] = forwarders.stderr_tail()
+                said = (tmp / "com.log").read_text(errors="replace") if (tmp / "com.log").exists() else ""
+                notes["relay"] = "forwarders process" if RELAYED_THERE in said else "com process"
 
     return open_stream
 
@@ -137,8 +147,11 @@ def heron_stream(link: Link, notes: dict[str, Any], *, pids: dict[str, int] | No
 def heron_layout(name: str, link: Link, plan: Plan) -> Result:
     """Heron's layout with the worker on ``link``; the variant is the name's suffix after the link."""
     suffix = name.removeprefix(f"heron-{link.name}").removeprefix("-")
+    in_com = suffix.endswith(COM_RELAY)
+    suffix = suffix.removesuffix(COM_RELAY).removesuffix("-")
     notes: dict[str, Any] = {}
-    result = measure_stream(name, path_plan(plan), heron_stream(VARIANTS[suffix](link), notes))
+    stream = heron_stream(VARIANTS[suffix](link), notes, relay_in_forwarders=not in_com)
+    result = measure_stream(name, path_plan(plan), stream)
     result.notes.update({k: v for k, v in notes.items() if k != "forwarders_stderr"})
     result.notes["layout"] = "com, forwarders and subscriber in three processes"
     return result

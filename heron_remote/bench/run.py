@@ -88,6 +88,8 @@ def _measurements() -> list[Measurement]:
         found.append(Measurement(f"path-{link}-openssh", link, paths.whole_path_openssh, bases))
     # Heron's layout: the com, the forwarders and the subscriber each a process (heron_layout.py).
     found.append(Measurement("heron-local", LOCAL, heron_layout.heron_layout, ("zmq", "path-local")))
+    comrelay = f"heron-{LOCAL}-{heron_layout.COM_RELAY}"
+    found.append(Measurement(comrelay, LOCAL, heron_layout.heron_layout, ("heron-local", "zmq")))
     for suffix in heron_layout.VARIANTS:
         name = f"heron-{NAMESPACE}" + (f"-{suffix}" if suffix else "")
         found.append(Measurement(name, NAMESPACE, heron_layout.heron_layout, (f"path-{NAMESPACE}", "zmq")))

@@ -57,7 +57,9 @@ def make_relay(
 
 
 def offered(settings: Settings) -> Path | None:
-    """Where forwarders of this account in another process take relays, if they do."""
+    """Where forwarders of this account in another process take relays, if they do (and may)."""
+    if not settings.relay_in_forwarders:
+        return None
     target, _ = forwarder_endpoint(settings.forwarder_host, settings.ports.data_submit)
     if not target.startswith("tcp://") or settings.forwarder_host not in ("127.0.0.1", "localhost"):
         return None  # in this process (no hop to save), or not on this machine
