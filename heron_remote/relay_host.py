@@ -35,6 +35,7 @@ import zmq
 from . import forwarders_hello
 from ._linkkeys import LinkKeys
 from ._threads import KeptThread
+from .com.heartbeat import back_off
 from .com.relay import PUBLISH_SNDHWM, Relay
 from .com.stats import ComStats
 from .errors import DecodeError, ForwarderError
@@ -264,6 +265,7 @@ class RelayHost:
         data = context.socket(zmq.PULL)
         publish = context.socket(zmq.PUB)
         data.linger = 0
+        back_off(data)  # as the com's own data socket: a gone worker is not tried ten times a second
         publish.linger = 1000  # what was relayed last still reaches the forwarder
         publish.sndhwm = PUBLISH_SNDHWM
         publish.connect(self._publish)

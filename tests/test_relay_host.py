@@ -11,8 +11,10 @@ import logging
 import pwd
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ from heron_remote.com.hosted import HostedRelay
 from heron_remote.examples.natural_camera import NATURAL_CAMERA, frame
 from heron_remote.relay_host import relay_path
 
-from .helpers import CAMERA, WORKERS, wait_until
+from .helpers import CAMERA, WORKERS, edit_registry, wait_until
 from .test_capture_time import OFFSET_S, OFFSET_WORKER, _offset_found
 from .test_forwarders_shared import _as, _first_line, _forwarders_command, other_account  # noqa: F401
 
@@ -181,3 +183,34 @@ def test_a_com_whose_settings_say_no_relays_in_its_own_process(
         frames = list(cam.frames(timeout=10, limit=20))
         assert not _hosted(cam).hosted and _data_connected(cam)
     assert [f.index for f in frames] == list(range(frames[0].index, frames[0].index + 20))
+
+
+@pytest.mark.parametrize("transport", ["tunnel", "direct"])
+def test_a_remote_worker_is_relayed_there_through_a_link_cut(
+    outside: tuple[Settings, subprocess.Popen[str]], acq: object, tmp_path: Path, transport: str
+) -> None:
+    """The forwarders' process pulls from the tunnel's port on the rig, or from the PC's address with
+    the launch's CurveZMQ keys; a cut of the link is bridged by the same worker, as in the com."""
+    if not getattr(acq, "can_control", False):
+        pytest.skip("needs test hosts whose link can be cut")
+    settings, _ = outside
+    registry = edit_registry(acq, tmp_path, "acq1", transport=transport)
+    settings = settings.replace(ssh_info=registry, heartbeat_rate=0.5, heartbeats_to_death=12, link_timeout=1.5)
+    host = next(h for h in acq.hosts if h.name == "acq1")  # type: ignore[attr-defined]
+    with Source(CAMERA, parameters={"shape": [4, 4], "fps": 100}, settings=settings, host="acq1") as cam:
+        frames = cam.frames(timeout=20)
+        seen = [next(frames).index for _ in range(20)]
+        assert _hosted(cam).hosted and cam.launcher is not None and cam.launcher.transport == transport
+        pid = cam.stats.worker_pid
+        acq.set_link(host, up=False)  # type: ignore[attr-defined]
+        up = threading.Timer(2.0, acq.set_link, args=(host,), kwargs={"up": True})  # type: ignore[attr-defined]
+        up.start()
+        try:
+            time.sleep(2.0)
+            seen += [next(frames).index for _ in range(100)]
+        finally:
+            up.join()
+            acq.set_link(host, up=True)  # type: ignore[attr-defined]
+        assert _hosted(cam).hosted and cam.stats.worker_pid == pid  # the same worker, still relayed there
+        wait_until(lambda: cam.stats.received >= seen[-1] - cam.stats.lost, 2, "the host's counts")
+    assert seen == sorted(seen) and seen[-1] - seen[0] + 1 - len(set(seen)) == cam.stats.lost + cam.stats.malformed
