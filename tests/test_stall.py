@@ -58,6 +58,9 @@ def test_a_short_link_cut_is_logged_as_a_stall_and_shown_in_the_status(
         finally:
             up.join()
             _link(acq, "up")
+        # The com marks the stream running once its relay hands back (within one 20 ms turn), which
+        # may be just after the subscriber has read the 50 frames of the backlog.
+        wait_until(lambda: cam.status().state == "running", 1.0, "the status to say running again")
         after = cam.status()
         assert cam.stats.worker_pid == pid and after.state == "running" and after.stalled_s is None
         assert cam.stats.stalls == 1
