@@ -30,7 +30,7 @@ import zmq
 from ._logging import NodeLogger
 from ._verbosity import parse_verbosity
 from .com.heartbeat import Heartbeat
-from .com.hosted import HostedRelay, make_relay
+from .com.hosted import HostedRelay, relay_kind
 from .com.loop import ComLoop
 from .com.parameters import ParametersRelay
 from .com.relay import route_topics
@@ -130,7 +130,7 @@ class SourceCom:
         self.stats = ComStats()
         self.log = NodeLogger(logger, node=self.node_name, host="com")
         routes = route_topics(self.sending_topics, self.outputs)
-        self._relay = make_relay(routes, len(self.outputs), self.stats, self.log, verbose=self.verbose)
+        self._relay = relay_kind(self.verbose)(routes, len(self.outputs), self.stats, self.log, verbose=self.verbose)
         if isinstance(self.compression, Compression):
             self._relay.unpack_threads = self.compression.threads
         self._parameters = ParametersRelay(self.log, self.stats)

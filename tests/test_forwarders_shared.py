@@ -292,14 +292,18 @@ def test_forwarders_of_another_account_on_the_ports_are_never_used(other_account
         theirs.communicate(timeout=10)
 
 
+def assert_unreachable_by(account: pwd.struct_passwd, path: Path) -> None:
+    """``path``, a unix socket in this account's private folder, cannot be connected to by ``account``."""
+    assert path.is_socket() and (path.parent.stat().st_mode & 0o777) == 0o700
+    probe = _as(account, f"s = socket.socket(socket.AF_UNIX); s.connect({str(path)!r}); print('CONNECTED')")
+    out, err = probe.communicate(timeout=30)
+    assert probe.returncode != 0 and "CONNECTED" not in out
+    assert "PermissionError" in err, err
+
+
 def test_another_account_cannot_reach_the_forwarders_hello(other_account: pwd.struct_passwd) -> None:
     with Forwarders(ports=free_fixed_ports()) as fw:
-        path = hello.socket_path(fw.ports.data_submit)
-        assert path.is_socket() and (path.parent.stat().st_mode & 0o777) == 0o700
-        probe = _as(other_account, f"s = socket.socket(socket.AF_UNIX); s.connect({str(path)!r}); print('CONNECTED')")
-        out, err = probe.communicate(timeout=30)
-        assert probe.returncode != 0 and "CONNECTED" not in out
-        assert "PermissionError" in err, err
+        assert_unreachable_by(other_account, hello.socket_path(fw.ports.data_submit))
 
 
 def test_a_private_folder_that_is_not_private_is_refused(

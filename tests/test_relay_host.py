@@ -27,7 +27,7 @@ from heron_remote.relay_host import relay_path
 
 from .helpers import CAMERA, WORKERS, edit_registry, wait_until
 from .test_capture_time import OFFSET_S, OFFSET_WORKER, _offset_found
-from .test_forwarders_shared import _as, _first_line, _forwarders_command, other_account  # noqa: F401
+from .test_forwarders_shared import _first_line, _forwarders_command, assert_unreachable_by, other_account  # noqa: F401
 
 _FAST = {"heartbeat_rate": 0.2, "heartbeats_to_death": 5, "start_timeout": 15, "stop_grace": 2}
 
@@ -166,12 +166,7 @@ def test_another_account_cannot_reach_the_relay_socket(
     other_account: pwd.struct_passwd,  # noqa: F811
 ) -> None:
     settings, _ = outside
-    path = relay_path(settings.ports.data_submit)
-    assert path.is_socket() and (path.parent.stat().st_mode & 0o777) == 0o700
-    probe = _as(other_account, f"s = socket.socket(socket.AF_UNIX); s.connect({str(path)!r}); print('CONNECTED')")
-    out, err = probe.communicate(timeout=30)
-    assert probe.returncode != 0 and "CONNECTED" not in out
-    assert "PermissionError" in err, err
+    assert_unreachable_by(other_account, relay_path(settings.ports.data_submit))
 
 
 def test_a_com_whose_settings_say_no_relays_in_its_own_process(

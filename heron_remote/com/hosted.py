@@ -12,7 +12,6 @@ as a com always did.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from .._linkkeys import LinkKeys
+from .._protocol import DATA_HWM_RANGE
 from ..errors import DecodeError, ForwarderError
 from ..forwarders import endpoint as forwarder_endpoint
 from ..forwarders_hello import AVAILABLE
 from ..relay_host import COUNTED, relay_path
 from ..settings import Settings
 from .relay import Relay
-from .stats import ComStats
 
 if TYPE_CHECKING:
     from .sockets import ComSockets
 
-__all__ = ["HostedRelay", "make_relay", "offered"]
+__all__ = ["HostedRelay", "offered", "relay_kind"]
 
 #: How long the forwarders' host has to take a com's relay before the com relays itself.
 ATTACH_TIMEOUT_S = 1.0
@@ -41,19 +40,10 @@ _PING_S = 1.0
 _DRAIN_TIMEOUT_S = 5.0
 
 
-def make_relay(
-    routes: list[tuple[bytes, int]],
-    outputs: int,
-    stats: ComStats,
-    log: logging.LoggerAdapter,
-    *,
-    verbose: int | str = 0,
-) -> Relay:
-    """A :class:`HostedRelay` where the platform allows one, else a :class:`Relay` (also for a
-    verbose com: its per-packet log is written where it runs)."""
-    if verbose or not AVAILABLE:
-        return Relay(routes, outputs, stats, log, verbose=verbose)
-    return HostedRelay(routes, outputs, stats, log)
+def relay_kind(verbose: int | str) -> type[Relay]:
+    """:class:`HostedRelay` where the platform allows one, else :class:`Relay` (also for a verbose
+    com: its per-packet log is written where it runs)."""
+    return Relay if verbose or not AVAILABLE else HostedRelay
 
 
 def offered(settings: Settings) -> Path | None:
@@ -73,26 +63,20 @@ def offered(settings: Settings) -> Path | None:
 class HostedRelay(Relay):
     """A :class:`Relay` whose packets the forwarders' process relays while it can."""
 
-    def __init__(
-        self,
-        routes: list[tuple[bytes, int]],
-        outputs: int,
-        stats: ComStats,
-        log: logging.LoggerAdapter,
-    ) -> None:
-        self._link: zmq.Socket | None = None
-        self._hosted = False
-        self._given_up = False
-        self._sockets: ComSockets | None = None
-        self._pointed: tuple[str, LinkKeys] | None = None
-        self._monitor: zmq.Socket | None = None
-        self._threads = 1
-        super().__init__(routes, outputs, stats, log)
-        self._host_hwm = self.data_hwm
-        self._host_error: str | None = None
-        self._last_report = 0.0
-        self._last_sent = 0.0
-        self._sent_offset: float | None = None
+    # Set before the com's first packet, by serve() and point(); class defaults, so that the
+    # constructor stays Relay's.
+    _link: zmq.Socket | None = None
+    _monitor: zmq.Socket | None = None
+    _sockets: ComSockets | None = None
+    _pointed: tuple[str, LinkKeys] | None = None
+    _hosted = False
+    _given_up = False
+    _threads = 1
+    _host_hwm = DATA_HWM_RANGE[1]
+    _host_error: str | None = None
+    _last_report = 0.0
+    _last_sent = 0.0
+    _sent_offset: float | None = None
 
     # -- what the com asks -----------------------------------------------------------
     @property
