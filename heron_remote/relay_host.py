@@ -118,7 +118,9 @@ class RelayHost:
         self.coms = 0
         ready_error: list[BaseException] = []
         ready = threading.Event()
-        self._thread = KeptThread.start_new(self._serve, name=f"heron-relay-host-{port}", args=(ready, ready_error))
+        self._thread = KeptThread.start_new(
+            self._serve, name=f"heron-relay-host-{port}", args=(ready, ready_error), on_error=self._failed
+        )
         if not ready.wait(10) or ready_error:
             self.close()
             cause = ready_error[0] if ready_error else None
@@ -126,8 +128,13 @@ class RelayHost:
 
     @property
     def error(self) -> BaseException | None:
-        """What ended the relays' thread, if it failed."""
+        """What ended the relays' thread, if it failed (reported when it did; the forwarders go on)."""
         return self._thread.error
+
+    def _failed(self, exc: BaseException) -> None:
+        # The coms see the connection close and relay in their own processes: the forwarders
+        # themselves are not at fault, so this is reported, not raised into them.
+        logger.error("the forwarders' relays for other processes stopped (%r); those coms relay themselves now", exc)
 
     def close(self) -> None:
         """Stop every relay; their coms relay in their own processes from then on. Idempotent."""

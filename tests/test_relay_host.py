@@ -209,3 +209,31 @@ def test_a_remote_worker_is_relayed_there_through_a_link_cut(
         assert _hosted(cam).hosted and cam.stats.worker_pid == pid  # the same worker, still relayed there
         wait_until(lambda: cam.stats.received >= seen[-1] - cam.stats.lost, 2, "the host's counts")
     assert seen == sorted(seen) and seen[-1] - seen[0] + 1 - len(set(seen)) == cam.stats.lost + cam.stats.malformed
+
+
+def test_a_failing_relay_host_is_reported_and_the_forwarders_go_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the relays' thread must not take the forwarders (everyone's data) down with it."""
+    import zmq
+
+    from heron_remote import Forwarders
+    from heron_remote.relay_host import RelayHost
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("relay bug")
+
+    monkeypatch.setattr(RelayHost, "_on_message", broken)
+    with caplog.at_level(logging.ERROR), Forwarders(ports=free_fixed_ports()) as fw:
+        path = relay_path(fw.ports.data_submit)
+        assert path.is_socket()
+        link = zmq.Context.instance().socket(zmq.DEALER)
+        try:
+            link.linger = 0
+            link.connect(f"ipc://{path}")
+            link.send_multipart((b"ping", b"{}"))
+            wait_until(lambda: not path.exists(), 5, "the relays' thread to stop")
+        finally:
+            link.close()
+        assert fw.error is None  # the forwarders run on
+        assert "the forwarders' relays for other processes stopped (RuntimeError('relay bug'))" in caplog.text
