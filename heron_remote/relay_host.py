@@ -11,11 +11,16 @@ keeps all else (pulses, parameters, restarts, status) and gets the relay's count
 log lines back in a report at least every IDLE_REPORT_S. A com whose forwarders offer nothing,
 or stop reporting, relays in its own process (:mod:`heron_remote.com.hosted`).
 
-Messages are ``[verb, JSON]``. From a com (DEALER) to the host (ROUTER): ``attach`` (endpoint,
-keys, routes, outputs, threads, sequence, counters, offset: relay from this worker; again after a
-restart), ``unpoint`` (the worker is gone), ``restarted``, ``offset``, ``threads``, ``drain``,
-``ping`` and ``detach``. From the host: ``report``, ``drained``, and ``unknown`` to a com it
-does not relay for (one silent for COM_SILENT_S), which then attaches again.
+Messages are ``[verb, JSON]``. From a com (DEALER) to the host (ROUTER): ``attach`` (its number,
+endpoint, keys, routes, outputs, threads, sequence, counters, offset: relay from this worker;
+again after a restart), ``unpoint`` (the worker is gone), ``restarted``, ``offset``, ``threads``,
+``drain``, ``ping`` and ``detach`` (also sent by a com that gave up waiting: a host that was only
+slow then stops pulling from its worker). From the host: ``attached`` (the attach's number),
+``report``, ``drained`` (once the worker's socket stayed empty for DRAINED_AFTER_S, in the com's
+turns: one draining com holds up no other), ``refused`` (a message it could not take, or a relay
+that failed: that com relays itself, the others go on) and ``unknown`` to a com it does not
+relay for (one silent for COM_SILENT_S), which then relays itself. The coms take turns of at
+most _TURN_S, the first of them rotating.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import MutableMapping
@@ -47,8 +53,16 @@ logger = logging.getLogger(__name__)
 #: How often a relay reports while packets flow, and at least how often when none do.
 REPORT_S = 0.01
 IDLE_REPORT_S = 0.2
-#: A com not heard from for this long has gone (SIGKILLed, say): its relay stops.
-COM_SILENT_S = 30.0
+#: A com not heard from for this long has gone (SIGKILLed, say): its relay stops. Longer than a
+#: com may spend starting a worker again (back-off and reaching the PC), when it sends nothing.
+COM_SILENT_S = 600.0
+#: The host relays for a com only while the com's last word is this recent (by the time the com
+#: wrote it: a monotonic clock is one clock for every process of a machine). A com that stopped
+#: waiting for a host that was suspended has taken its worker back by then, and what the host
+#: still holds of that worker's packets must not come out after the com's own.
+COM_FRESH_S = 1.0
+#: A draining com's worker has said all once its socket stayed empty this long.
+DRAINED_AFTER_S = 0.1
 #: How long one com's packets are relayed before the others' get their turn.
 _TURN_S = 0.005
 _MAX_BODY = 64 * 1024
@@ -64,6 +78,13 @@ COUNTED = (
     "unpacked_bytes",
     "skipped",
 )
+
+
+def _said_at(body: dict[str, Any]) -> float:
+    """When the com wrote a message (``t``, its monotonic clock), never later than now."""
+    now = time.monotonic()
+    said = body.get("t")
+    return min(float(said), now) if isinstance(said, (int, float)) and not isinstance(said, bool) else now
 
 
 def relay_path(port: int) -> Path:
@@ -100,6 +121,9 @@ class _Hosted:
     endpoint: str = ""
     reported: float = 0.0
     pending: int = 0
+    #: Since when the com waits for a drain (None: it does not), and since when its socket was empty.
+    draining: float | None = None
+    quiet: float | None = None
     sockets: list[zmq.Socket] = field(default_factory=list)
 
 
@@ -161,6 +185,7 @@ class RelayHost:
                 router.maxmsgsize = _MAX_BODY
                 wake.bind(self._wake)
                 router.bind(f"ipc://{self.path}")
+                inode = os.stat(self.path).st_ino
             except (zmq.ZMQError, OSError) as exc:
                 ready_error.append(exc)
                 return
@@ -169,6 +194,7 @@ class RelayHost:
             poller = zmq.Poller()
             poller.register(router, zmq.POLLIN)
             poller.register(wake, zmq.POLLIN)
+            turns = 0
             while True:
                 events = dict(poller.poll(int(REPORT_S * 1000)))
                 if wake in events:
@@ -180,13 +206,20 @@ class RelayHost:
                         except zmq.Again:
                             break
                         self._on_message(router, msg, hosted, poller, context)
-                now = time.monotonic()
-                for com in list(hosted.values()):
-                    if com.data in events:
-                        com.pending += com.relay.pump(until=now + _TURN_S)
-                    if now - com.reported >= (REPORT_S if com.pending else IDLE_REPORT_S):
-                        self._report(router, com, b"report")
-                    if now - com.heard > COM_SILENT_S:
+                turn = list(hosted.values())
+                if turn:  # who goes first rotates: one com's backlog does not starve the others
+                    first = turns % len(turn)
+                    turn = turn[first:] + turn[:first]
+                turns += 1
+                for com in turn:
+                    try:
+                        self._serve_com(router, com, com.data in events)
+                    except Exception as exc:  # that com's relaying ends; it relays itself, the others go on
+                        logger.error("the relay of a com failed: %r; it relays in its own process now", exc)
+                        self._refuse(router, com.identity, f"its relay failed: {exc!r}")
+                        self._drop(com, hosted, poller)
+                        continue
+                    if time.monotonic() - com.heard > COM_SILENT_S:
                         logger.info("a com was silent for %.0f s: its relay stops", COM_SILENT_S)
                         self._drop(com, hosted, poller)
                 self.coms = len(hosted)
@@ -197,7 +230,34 @@ class RelayHost:
             router.close()
             wake.close()
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                if os.stat(self.path).st_ino == inode:  # not a later owner's (a takeover meanwhile)
+                    self.path.unlink()
+
+    def _serve_com(self, router: zmq.Socket, com: _Hosted, readable: bool) -> None:
+        """One com's turn: relay what waits (for at most _TURN_S), report when due, end a drain."""
+        if time.monotonic() - com.heard > COM_FRESH_S:
+            readable = False  # not until the com speaks again (its pings come every _PING_S)
+        elif readable:
+            n = com.relay.pump(until=time.monotonic() + _TURN_S)
+            com.pending += n
+        now = time.monotonic()
+        if com.draining is not None:
+            if readable or com.data.poll(0):
+                com.quiet = None
+            elif com.quiet is None:
+                com.quiet = now
+            elif now - com.quiet >= DRAINED_AFTER_S:
+                com.draining = com.quiet = None
+                self._report(router, com, b"drained")
+                return
+        if now - com.reported >= (REPORT_S if com.pending else IDLE_REPORT_S):
+            self._report(router, com, b"report")
+
+    @staticmethod
+    def _refuse(router: zmq.Socket, identity: bytes, why: str) -> None:
+        """Tell a com to relay in its own process (it connects to its worker itself)."""
+        with contextlib.suppress(zmq.ZMQError):
+            router.send_multipart((identity, b"refused", json.dumps({"why": why}).encode()))
 
     def _on_message(
         self,
@@ -216,8 +276,14 @@ class RelayHost:
                 raise DecodeError("the body is no JSON object")
             if verb == b"attach":
                 com = hosted.get(identity) or self._host(identity, body, context, hosted, poller)
-                self._point(com, body)
+                try:
+                    self._point(com, body)
+                except Exception:
+                    self._drop(com, hosted, poller)
+                    raise
+                com.draining = com.quiet = None
                 self._report(router, com, b"report")
+                router.send_multipart((identity, b"attached", json.dumps({"attach": body.get("attach")}).encode()))
                 return
             known = hosted.get(identity)
             if known is None:
@@ -225,7 +291,7 @@ class RelayHost:
                     router.send_multipart((identity, b"unknown", b"{}"))
                 return
             com = known
-            com.heard = time.monotonic()
+            com.heard = _said_at(body)
             if verb == b"unpoint":
                 self._unpoint(com)
             elif verb == b"restarted":
@@ -235,17 +301,15 @@ class RelayHost:
                 com.relay.stats.clock_offset_s = float(offset) if offset is not None else None
             elif verb == b"threads":
                 com.relay.unpack_threads = max(1, int(body.get("threads", 1)))
-            elif verb == b"drain":
-                com.pending += com.relay.pump(until=time.monotonic() + _TURN_S) if com.endpoint else 0
-                if com.endpoint:
-                    com.relay.drain(_TURN_S)
-                self._report(router, com, b"drained")
+            elif verb == b"drain":  # answered once the socket stayed empty, in the com's turns
+                com.draining, com.quiet = time.monotonic(), None
             elif verb == b"detach":
                 self._drop(com, hosted, poller)
-        except (DecodeError, ValueError, TypeError, KeyError, zmq.ZMQError) as exc:
-            # Only this account's processes reach this socket: a bug, not an attack; the com's relay
-            # goes on in the com when this one stops reporting.
-            logger.warning("a com's %r to the relay host was not understood: %s", verb[:16], exc)
+        except Exception as exc:
+            # Only this account's processes reach this socket: a bug, not an attack. That com relays
+            # itself; the others go on.
+            logger.warning("a com's %r to the relay host was not understood: %r", verb[:16], exc)
+            self._refuse(router, identity, f"its {verb[:16]!r} was not understood: {exc!r}")
 
     def _host(
         self,
@@ -271,13 +335,18 @@ class RelayHost:
         stats.clock_offset_s = float(offset) if offset is not None else None
         data = context.socket(zmq.PULL)
         publish = context.socket(zmq.PUB)
-        data.linger = 0
-        back_off(data)  # as the com's own data socket: a gone worker is not tried ten times a second
-        publish.linger = 1000  # what was relayed last still reaches the forwarder
-        publish.sndhwm = PUBLISH_SNDHWM
-        publish.connect(self._publish)
-        relay.attach(data, publish)
-        data.rcvtimeo = 0  # pump() returns when nothing waits: the other coms' turn
+        try:
+            data.linger = 0
+            back_off(data)  # as the com's own data socket: a gone worker is not tried ten times a second
+            publish.linger = 1000  # what was relayed last still reaches the forwarder
+            publish.sndhwm = PUBLISH_SNDHWM
+            publish.connect(self._publish)
+            relay.attach(data, publish)
+            data.rcvtimeo = 0  # pump() returns when nothing waits: the other coms' turn
+        except BaseException:
+            data.close()
+            publish.close()
+            raise
         com = _Hosted(identity, relay, data, publish, log, heard=time.monotonic(), sockets=[data, publish])
         hosted[identity] = com
         poller.register(data, zmq.POLLIN)
@@ -292,7 +361,7 @@ class RelayHost:
         keys.apply_client(com.data)  # a new connection takes the options set before it
         com.data.connect(endpoint)
         com.endpoint = endpoint
-        com.heard = time.monotonic()
+        com.heard = _said_at(body)
 
     @staticmethod
     def _unpoint(com: _Hosted) -> None:

@@ -237,3 +237,89 @@ def test_a_failing_relay_host_is_reported_and_the_forwarders_go_on(
             link.close()
         assert fw.error is None  # the forwarders run on
         assert "the forwarders' relays for other processes stopped (RuntimeError('relay bug'))" in caplog.text
+
+
+def test_bad_requests_to_the_relay_host_are_refused_to_that_com_alone() -> None:
+    """What a com cannot be relayed for is refused (it then relays itself): a wrong endpoint, a body that
+    is no JSON, numbers out of range. An attach is accepted only by an ``attached`` naming it."""
+    import json
+
+    import zmq
+
+    from heron_remote import Forwarders
+    from heron_remote._linkkeys import LinkKeys
+
+    def ask(link: zmq.Socket, verb: bytes, body: bytes) -> list[bytes]:
+        """The verbs of what comes back within 0.3 s (a relay reports every 0.2 s: at most a few)."""
+        link.send_multipart((verb, body))
+        verbs: list[bytes] = []
+        deadline = time.monotonic() + 0.3
+        while (left := deadline - time.monotonic()) > 0 and link.poll(int(left * 1000) + 1):
+            verbs.append(link.recv_multipart()[0])
+        return verbs
+
+    good = {
+        "attach": 7,
+        "endpoint": "tcp://127.0.0.1:9",
+        "keys": LinkKeys.make().client_state(),
+        "routes": [["Frame##x##0", 0]],
+        "outputs": 1,
+        "threads": 1,
+        "sequence": [0] * 6,
+        "counters": {},
+        "offset": None,
+    }
+    with Forwarders(ports=free_fixed_ports()) as fw:
+        link = zmq.Context.instance().socket(zmq.DEALER)
+        link.linger = 0
+        try:
+            link.connect(f"ipc://{relay_path(fw.ports.data_submit)}")
+            assert ask(link, b"ping", b"{}") == [b"unknown"]
+            for bad in (
+                json.dumps({**good, "endpoint": "ipc:///tmp/elsewhere"}).encode(),
+                b"{not json",
+                json.dumps({**good, "outputs": 1e999}).encode(),
+                json.dumps({**good, "keys": {"mechanism": "curve"}}).encode(),
+            ):
+                assert ask(link, b"attach", bad) == [b"refused"], bad
+            answers = ask(link, b"attach", json.dumps(good).encode())
+            assert b"attached" in answers and b"refused" not in answers
+            assert ask(link, b"detach", b"{}") == []
+            assert ask(link, b"ping", b"{}") == [b"unknown"]  # detached: no more reports
+        finally:
+            link.close()
+        assert fw.error is None and relay_path(fw.ports.data_submit).is_socket()  # the host serves on
+
+
+def test_a_com_that_stops_waiting_for_a_slow_host_takes_its_worker_back_alone(
+    outside: tuple[Settings, subprocess.Popen[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The forwarders' script suspended (Ctrl-Z) for 3 s: the com relays itself, and once the script runs
+    again its relay lets go of the worker, so the two never share the worker's packets."""
+    settings, command = outside
+    with (
+        caplog.at_level(logging.WARNING),
+        Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=settings) as cam,
+    ):
+        frames = cam.frames(timeout=20)
+        [next(frames) for _ in range(20)]
+        assert _hosted(cam).hosted
+        command.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: not _hosted(cam).hosted, 5, "the com to stop waiting")
+            time.sleep(1.0)
+        finally:
+            command.send_signal(signal.SIGCONT)
+        # While it was stopped the worker shared its packets with the stopped relay's socket (lost, and
+        # counted); once it runs again it reads the com's detach and lets go, publishing none of them.
+        time.sleep(1.0)
+        lost = cam.stats.lost
+        mark = cam._com.index if cam._com is not None else 0
+        seen = []
+        while (index := next(frames).index) <= mark:  # what queued up at the forwarders meanwhile
+            seen.append(index)
+        assert seen == sorted(seen)  # nothing from the stopped relay, which was behind, came out late
+        after = [index] + [next(frames).index for _ in range(199)]
+        assert after == list(range(after[0], after[0] + 200))  # no packet went to the other relay
+        assert cam.stats.lost == lost
+    assert "they sent no report for 1.5 s; the com relays in its own process" in caplog.text

@@ -11,6 +11,7 @@ as a com always did.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ __all__ = ["HostedRelay", "offered", "relay_kind"]
 ATTACH_TIMEOUT_S = 1.0
 #: Reports are due every 0.2 s at least: this long without one, the host is gone.
 LOST_AFTER_S = 1.5
-_PING_S = 1.0
+#: The com speaks at least this often while the host relays for it (see relay_host.COM_FRESH_S).
+_PING_S = 0.25
 _DRAIN_TIMEOUT_S = 5.0
 
 
@@ -77,6 +79,8 @@ class HostedRelay(Relay):
     _last_report = 0.0
     _last_sent = 0.0
     _sent_offset: float | None = None
+    _attaches = 0
+    _pointing = False
 
     # -- what the com asks -----------------------------------------------------------
     @property
@@ -118,9 +122,11 @@ class HostedRelay(Relay):
         if self._link is None or self._given_up:
             return False
         stats = self.stats
+        self._attaches += 1
         self._send(
             b"attach",
             {
+                "attach": self._attaches,
                 "endpoint": endpoint,
                 "keys": keys.client_state(),
                 "routes": [[topic.decode("ascii"), k] for topic, k in self.routes],
@@ -133,14 +139,22 @@ class HostedRelay(Relay):
         )
         self._sent_offset = stats.clock_offset_s
         deadline = time.monotonic() + ATTACH_TIMEOUT_S
-        while (left := deadline - time.monotonic()) > 0 and self._link is not None:
-            if self._link.poll(int(left * 1000) + 1) and self._take() is not None and self._hosted:
-                self.log.info("the forwarders' process relays this com's packets (they run in another process)")
-                return True
-        if self._given_up:
+        self._pointing = True
+        try:
+            # Only the answer to this attach says yes: a report or an answer to an earlier one does not.
+            while (left := deadline - time.monotonic()) > 0 and self._link is not None:
+                if self._link.poll(int(left * 1000) + 1):
+                    verb, n = self._take()
+                    if verb == b"attached" and n == self._attaches:
+                        self._hosted = True
+                        self._last_report = time.monotonic()
+                        self.log.info("the forwarders' process relays this com's packets (they run in another process)")
+                        return True
+            if not self._given_up:
+                self._give_up(f"they did not answer within {ATTACH_TIMEOUT_S:g} s", connect=False)
             return False
-        self._give_up(f"they did not answer within {ATTACH_TIMEOUT_S:g} s", connect=False)
-        return False
+        finally:
+            self._pointing = False
 
     def unpoint(self) -> None:
         """The worker is gone: forget its endpoint (a freed tunnel port may soon lead elsewhere)."""
@@ -164,7 +178,7 @@ class HostedRelay(Relay):
             left = until - time.monotonic()
             if link.poll(max(0, int(left * 1000))):
                 while self._hosted and link.poll(0):
-                    n += self._take() or 0
+                    n += self._take()[1]
             if n or time.monotonic() >= until or not self._hosted:
                 break
         if self._hosted and self._monitor is not None and self._monitor.poll(0):
@@ -179,7 +193,8 @@ class HostedRelay(Relay):
             self._send(b"drain", {})
             deadline = time.monotonic() + _DRAIN_TIMEOUT_S
             while (left := deadline - time.monotonic()) > 0 and self._hosted and self._link is not None:
-                if self._link.poll(int(left * 1000) + 1) and self._take(wanted=b"drained") == -1:
+                self._keep_up()  # the host drains only while this com speaks
+                if self._link.poll(min(int(left * 1000) + 1, int(_PING_S * 1000))) and self._take()[0] == b"drained":
                     return
             if self._hosted:
                 self._give_up(f"they did not drain within {_DRAIN_TIMEOUT_S:g} s", connect=True)
@@ -213,8 +228,8 @@ class HostedRelay(Relay):
     # -- the host's side of it -------------------------------------------------------
     def _send(self, verb: bytes, body: dict[str, Any]) -> None:
         assert self._link is not None
+        self._last_sent = body["t"] = time.monotonic()  # the host relays only while this is recent
         self._link.send_multipart((verb, json.dumps(body, separators=(",", ":")).encode()))
-        self._last_sent = time.monotonic()
 
     def _keep_up(self) -> None:
         """The clock offset when it changed, and a ping now and then: the host knows this com lives."""
@@ -225,25 +240,26 @@ class HostedRelay(Relay):
         elif time.monotonic() - self._last_sent > _PING_S:
             self._send(b"ping", {})
 
-    def _take(self, wanted: bytes = b"") -> int | None:
-        """Read one message from the host: packets it relayed (-1 for ``wanted``), None if not a report."""
+    def _take(self) -> tuple[bytes, int]:
+        """Read one message from the host: its verb, and the packets it reports relayed (for
+        ``attached``: the number of the attach it answers)."""
         assert self._link is not None
         verb, *rest = self._link.recv_multipart()
-        if verb == b"unknown" and self._pointed is not None:  # it dropped this com: attach again
-            self.log.info("the forwarders' process forgot this com's relay: attaching again")
-            self._hosted = False
-            if not self.point(*self._pointed) and self._sockets is not None:
-                self._sockets.connect_data(*self._pointed)
-            return 0
-        if verb not in (b"report", b"drained"):
-            return None
         try:
-            n = self._apply(json.loads(rest[0]))
-        except (IndexError, ValueError, TypeError, KeyError, DecodeError) as exc:
-            self._give_up(f"their report could not be read ({exc})", connect=True)
-            return None
-        self._hosted = True
-        return -1 if wanted and verb == wanted else n
+            body = json.loads(rest[0]) if rest else {}
+            if verb in (b"report", b"drained"):
+                return verb, self._apply(body)
+            if verb == b"attached":
+                return verb, int(body["attach"])
+        except (IndexError, ValueError, TypeError, KeyError, OverflowError, DecodeError) as exc:
+            self._give_up(f"their {verb[:16]!r} could not be read ({exc!r})", connect=not self._pointing)
+            return verb, 0
+        if verb == b"refused":
+            why = body.get("why") if isinstance(body, dict) else None
+            self._give_up(f"they refused: {why}", connect=not self._pointing)
+        elif verb == b"unknown":  # it dropped this com (silent too long): no second guess, relay here
+            self._give_up("they no longer knew this com", connect=not self._pointing)
+        return verb, 0
 
     def _apply(self, body: dict[str, Any]) -> int:
         stats = self.stats
@@ -265,6 +281,9 @@ class HostedRelay(Relay):
         was = self._hosted
         self._hosted = False
         self._given_up = True
+        if self._link is not None:  # a host that is only slow must not go on pulling from the worker
+            with contextlib.suppress(zmq.ZMQError):
+                self._link.send_multipart((b"detach", b"{}"), zmq.NOBLOCK)
         self._close_link()  # for good: a host that comes back later is another process's
         (self.log.warning if was else self.log.info)(
             "the forwarders' process does not relay for this com: %s; the com relays in its own process", why
