@@ -365,9 +365,10 @@ def test_check_tells_whether_this_rig_reaches_the_pc_for_the_direct_transport(ac
     address = _pc_address(acq)
     direct = edit_registry(acq, tmp_path, "acq1", transport="direct")
     report = check_server("acq1", ssh_info=direct)
-    assert report.ok, report
+    said = "\n".join(report.lines)  # whole, for a failure to say why
+    assert report.ok, said
     reached = rf"ok   direct transport: this rig reaches {re.escape(address)} port \d+"
-    assert any(re.match(reached, s) for s in report.lines), report
+    assert any(re.match(reached, s) for s in report.lines), said
     host = _host(acq)
     acq.block_inbound(host)
     try:
