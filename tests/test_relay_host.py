@@ -323,3 +323,27 @@ def test_a_com_that_stops_waiting_for_a_slow_host_takes_its_worker_back_alone(
         assert after == list(range(after[0], after[0] + 200))  # no packet went to the other relay
         assert cam.stats.lost == lost
     assert "they sent no report for 1.5 s; the com relays in its own process" in caplog.text
+
+
+def test_a_relay_socket_left_by_killed_forwarders_is_passed_over_at_once() -> None:
+    """Forwarders that were SIGKILLed leave their socket file: a com must not wait for it to answer."""
+    import socket as sockets
+
+    from heron_remote.com.hosted import offered
+
+    settings = Settings(ports=free_fixed_ports())
+    path = relay_path(settings.ports.data_submit)
+    left = sockets.socket(sockets.AF_UNIX)
+    left.bind(str(path))  # bound and closed, never listened on: a file that takes no connection
+    left.close()
+    try:
+        assert path.exists()
+        started = time.monotonic()
+        assert offered(settings) is None
+        assert time.monotonic() - started < 0.5
+    finally:
+        path.unlink()
+    from heron_remote import Forwarders
+
+    with Forwarders(ports=settings.ports):
+        assert offered(settings) is None  # in this process: a com here reaches them in-process

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,15 @@ def offered(settings: Settings) -> Path | None:
         path = relay_path(settings.ports.data_submit)
     except ForwarderError:
         return None
-    return path if path.exists() else None
+    # A file that takes no connection is left by forwarders that were killed: without this look,
+    # every com would wait ATTACH_TIMEOUT_S for an answer that cannot come.
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return None
+    return path
 
 
 class HostedRelay(Relay):
