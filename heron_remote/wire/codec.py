@@ -13,7 +13,6 @@ is small (at most :data:`~.bounded.META_MAX_BYTES`) and the cache bounded.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
@@ -189,23 +188,18 @@ _CACHED = 256
 
 
 def parse_meta(raw: bytes) -> Meta:
-    """Validated metadata; raises DecodeError. Metadata of up to META_MAX_BYTES is cached, the least
-    recently used leaving first, so what is kept stays bounded whatever arrives."""
+    """Validated metadata; raises DecodeError. Metadata of up to META_MAX_BYTES is kept, by its bytes
+    without the capture time, at most _CACHED of them (emptied when full), so what is kept stays
+    bounded whatever arrives."""
     if type(raw) is bytes:
-        meta = _KNOWN.get(raw)
+        meta = _KNOWN.get(raw)  # what a worker sends, each packet: one look-up
         if meta is not None:
             return meta
     else:
         raw = _as_bytes(raw)
     if len(raw) > META_MAX_BYTES:
         raise DecodeError(f"metadata of {len(raw)} bytes is over the {META_MAX_BYTES}-byte limit")
-    plain, captured = split_captured(raw)
-    meta = _parsed(plain)
-    if captured is None:
-        if len(_KNOWN) >= _CACHED:
-            _KNOWN.clear()
-        _KNOWN[raw] = meta
-    return meta
+    return _parsed(split_captured(raw)[0])
 
 
 def with_captured(meta: bytes, captured_us: int) -> bytes:
@@ -238,13 +232,18 @@ def parse_published_meta(raw: bytes) -> tuple[Meta, int | None]:
     return _parsed(plain), captured
 
 
-@functools.lru_cache(maxsize=_CACHED)
-def _parsed(raw: bytes) -> Meta:
-    return Meta(raw)
+def _parsed(plain: bytes) -> Meta:
+    """Metadata without a capture time, parsed once while it stays in the cache."""
+    meta = _KNOWN.get(plain)
+    if meta is None:
+        meta = Meta(plain)  # a DecodeError leaves nothing in the cache
+        if len(_KNOWN) >= _CACHED:
+            _KNOWN.clear()
+        _KNOWN[plain] = meta
+    return meta
 
 
-#: Parsed metadata by its exact bytes, when they carry no capture time (what workers send, each
-#: packet): one dict look-up, where the cache above needs split_captured first. Emptied when full.
+#: Parsed metadata by its bytes without the capture time.
 _KNOWN: dict[bytes, Meta] = {}
 
 

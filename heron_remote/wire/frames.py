@@ -32,7 +32,7 @@ import zmq
 
 from ..errors import DecodeError
 from .bounded import NUMBER_LIMIT, read_int, undecodable
-from .codec import _KNOWN, ZERO_COPY_MIN, check_output, decode_output, parse_meta, parse_published_meta
+from .codec import ZERO_COPY_MIN, check_output, decode_output, parse_meta, parse_published_meta
 
 __all__ = [
     "Packet",
@@ -56,8 +56,6 @@ __all__ = [
 _MORE = zmq.SNDMORE
 _NOBLOCK = zmq.NOBLOCK
 _RCVMORE = zmq.RCVMORE
-#: Metadata parsed before, by its exact bytes (None for any other frame).
-_known_meta = _KNOWN.get
 #: pyzmq's compiled send, without the Python layer over it (which only adds DRAFT-socket
 #: options): a third of the cost of a small frame.
 _send = zmq.backend.Socket.send
@@ -148,49 +146,20 @@ def parse_packet(msg: list[Any], expected: int) -> tuple[int, list[bool], int]:
     when it has one: a packet of the wrong length is numbered all the same (so a gap is not
     counted twice), one whose first frame is no number is the rest of a packet too long.
     """
-    try:
-        usual = _usual_packet(msg, expected)
-    except Exception:
-        usual = None  # the checks below say what is wrong
-    if usual is not None:
-        return usual
-    try:
-        number = packet_number(msg)
-    except Exception as exc:  # whatever the frames are, the relay sees a PacketError
-        raise PacketError(str(undecodable("the packet number", exc)), None) from None
+    first = msg[0] if msg else b""
+    head = first.partition(b" ")[0] if type(first) is bytes and 32 in first else first  # 32: b" "
+    if type(head) is bytes and len(head) < _NUMBER_DIGITS and head.isdigit():
+        number = int(head)  # fewer digits than 2**63 has: the usual case, without packet_number's call
+    else:
+        try:
+            number = packet_number(msg)
+        except Exception as exc:  # whatever the frames are, the relay sees a PacketError
+            raise PacketError(str(undecodable("the packet number", exc)), None) from None
     try:
         flags, size = check_packet(msg, expected)
     except Exception as exc:
         raise PacketError(str(undecodable("the packet", exc)), number) from None
     return number, flags, size
-
-
-def _usual_packet(msg: list[Any], expected: int) -> tuple[int, list[bool], int] | None:
-    """parse_packet's answer for the usual packet, read inline: bytes frames, a number of fewer
-    digits than 2**63 has, metadata seen before (not packed), each payload of its size; else None."""
-    if len(msg) != expected or type(msg[0]) is not bytes:
-        return None
-    head = msg[0]
-    if 32 in head:  # b" ": a byte's test, which costs a tenth of a substring's
-        head = head.partition(b" ")[0]
-    if not head.isdigit() or len(head) >= _NUMBER_DIGITS:
-        return None
-    flags = []
-    size = 0
-    for k in range(1, expected, 2):
-        raw = msg[k]
-        meta = _known_meta(raw) if type(raw) is bytes else None
-        if meta is None or meta.packed:
-            return None
-        payload_len = len(msg[k + 1])
-        if meta.data_type == "ndarray":
-            if payload_len != meta.nbytes:
-                return None
-            flags.append(True)
-        else:
-            flags.append(meta.data_type != "ignore")
-        size += payload_len
-    return int(head), flags, size
 
 
 def check_packet(msg: list[Any], expected: int) -> tuple[list[bool], int]:
@@ -222,9 +191,8 @@ def recv_message(sock: zmq.Socket, expected: int, payloads: Container[int], *, w
     try:
         for i in range(1, expected):
             if i in payloads:
-                raw = frames[i - 1]
                 try:
-                    large = (_known_meta(raw) or parse_meta(raw)).nbytes >= ZERO_COPY_MIN
+                    large = parse_meta(frames[i - 1]).nbytes >= ZERO_COPY_MIN
                 except (DecodeError, TypeError):
                     large = False  # the caller's check says what is wrong
                 frames.append(recv(_NOBLOCK, copy=not large))
