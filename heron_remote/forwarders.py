@@ -54,6 +54,11 @@ _in_process: dict[int, str] = {}
 _in_process_lock = threading.Lock()
 
 
+def _alias(port: int) -> str:
+    """The in-process endpoint of this process's forwarder port ``port``."""
+    return f"inproc://heron-remote-forwarder-{port}"
+
+
 def endpoint(host: str, port: int) -> tuple[str, zmq.Context | None]:
     """Where to connect for a forwarder port: its inproc endpoint and the shared context when a
     forwarder of this process serves it on loopback, else ``tcp://host:port`` and None."""
@@ -162,9 +167,7 @@ class Forwarders:
                 hello = forwarders_hello.Hello(pid=os.getpid(), version=__version__, bind=self.host, ports=self.ports)
                 self._hello = forwarders_hello.HelloServer(hello)
                 if self.host in _LOOPBACK:  # coms of this account in other processes relay here
-                    self._relays = RelayHost(
-                        self.ports.data_submit, f"inproc://heron-remote-forwarder-{self.ports.data_submit}"
-                    )
+                    self._relays = RelayHost(self.ports.data_submit, _alias(self.ports.data_submit))
         except BaseException:
             self.close()
             raise
@@ -215,7 +218,7 @@ class Forwarders:
                 proxy.bound.append(proxy.publish)
                 if self.host in _LOOPBACK:
                     for sock, port in ((frontend, proxy.submit), (backend, proxy.publish)):
-                        alias = f"inproc://heron-remote-forwarder-{port}"
+                        alias = _alias(port)
                         sock.bind(alias)
                         aliases.append((port, alias))
                 proxy.control = f"inproc://heron-remote-forwarder-control-{next(_ids)}"

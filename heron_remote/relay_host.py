@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from .com.relay import PUBLISH_SNDHWM, Relay
 from .com.stats import ComStats
 from .errors import DecodeError, ForwarderError
 
-__all__ = ["COUNTED", "RelayHost", "relay_path"]
+__all__ = ["RelayHost", "relay_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,18 +66,6 @@ DRAINED_AFTER_S = 0.1
 #: How long one com's packets are relayed before the others' get their turn.
 _TURN_S = 0.005
 _MAX_BODY = 64 * 1024
-#: The com's counters the relay keeps, sent back in each report.
-COUNTED = (
-    "received",
-    "lost",
-    "published",
-    "ignored",
-    "malformed",
-    "bytes_received",
-    "packed_bytes",
-    "unpacked_bytes",
-    "skipped",
-)
 
 
 def _said_at(body: dict[str, Any]) -> float:
@@ -121,10 +109,9 @@ class _Hosted:
     endpoint: str = ""
     reported: float = 0.0
     pending: int = 0
-    #: Since when the com waits for a drain (None: it does not), and since when its socket was empty.
-    draining: float | None = None
+    #: Whether the com waits for a drain, and since when its socket was empty.
+    draining: bool = False
     quiet: float | None = None
-    sockets: list[zmq.Socket] = field(default_factory=list)
 
 
 class RelayHost:
@@ -137,9 +124,7 @@ class RelayHost:
         self.path = relay_path(port)
         self._publish = publish
         self._wake = f"inproc://heron-remote-relay-host-{port}-{id(self)}"
-        self._error: BaseException | None = None
         self._closed = False
-        self.coms = 0
         ready_error: list[BaseException] = []
         ready = threading.Event()
         self._thread = KeptThread.start_new(
@@ -222,11 +207,10 @@ class RelayHost:
                     if time.monotonic() - com.heard > COM_SILENT_S:
                         logger.info("a com was silent for %.0f s: its relay stops", COM_SILENT_S)
                         self._drop(com, hosted, poller)
-                self.coms = len(hosted)
         finally:
             for com in list(hosted.values()):
-                for sock in com.sockets:
-                    sock.close()
+                com.data.close()
+                com.publish.close()
             router.close()
             wake.close()
             with contextlib.suppress(OSError):
@@ -241,13 +225,13 @@ class RelayHost:
             n = com.relay.pump(until=time.monotonic() + _TURN_S)
             com.pending += n
         now = time.monotonic()
-        if com.draining is not None:
+        if com.draining:
             if readable or com.data.poll(0):
                 com.quiet = None
             elif com.quiet is None:
                 com.quiet = now
             elif now - com.quiet >= DRAINED_AFTER_S:
-                com.draining = com.quiet = None
+                com.draining, com.quiet = False, None
                 self._report(router, com, b"drained")
                 return
         if now - com.reported >= (REPORT_S if com.pending else IDLE_REPORT_S):
@@ -281,7 +265,7 @@ class RelayHost:
                 except Exception:
                     self._drop(com, hosted, poller)
                     raise
-                com.draining = com.quiet = None
+                com.draining, com.quiet = False, None
                 self._report(router, com, b"report")
                 router.send_multipart((identity, b"attached", json.dumps({"attach": body.get("attach")}).encode()))
                 return
@@ -302,7 +286,7 @@ class RelayHost:
             elif verb == b"threads":
                 com.relay.unpack_threads = max(1, int(body.get("threads", 1)))
             elif verb == b"drain":  # answered once the socket stayed empty, in the com's turns
-                com.draining, com.quiet = time.monotonic(), None
+                com.draining, com.quiet = True, None
             elif verb == b"detach":
                 self._drop(com, hosted, poller)
         except Exception as exc:
@@ -325,9 +309,7 @@ class RelayHost:
             raise DecodeError(f"{outputs} outputs and routes {routes!r:.80}")
         log = _Collected()
         stats = ComStats()
-        for name, value in dict(body.get("counters", {})).items():
-            if name in COUNTED:
-                setattr(stats, name, int(value))
+        stats.take_relay_counters(body["counters"])
         relay = Relay(routes, outputs, stats, log)
         relay.sequence.restore(body["sequence"])
         relay.unpack_threads = max(1, int(body.get("threads", 1)))
@@ -347,7 +329,7 @@ class RelayHost:
             data.close()
             publish.close()
             raise
-        com = _Hosted(identity, relay, data, publish, log, heard=time.monotonic(), sockets=[data, publish])
+        com = _Hosted(identity, relay, data, publish, log, heard=time.monotonic())
         hosted[identity] = com
         poller.register(data, zmq.POLLIN)
         return com
@@ -375,7 +357,7 @@ class RelayHost:
         relay, stats = com.relay, com.relay.stats
         body = {
             "n": com.pending,
-            "counters": {name: getattr(stats, name) for name in COUNTED},
+            "counters": stats.relay_counters(),
             "last_error": stats.last_error,
             "sequence": relay.sequence.state(),
             "hwm": relay.data_hwm,
@@ -391,5 +373,5 @@ class RelayHost:
         hosted.pop(com.identity, None)
         poller.unregister(com.data)
         com.relay.close()
-        for sock in com.sockets:
-            sock.close()
+        com.data.close()
+        com.publish.close()

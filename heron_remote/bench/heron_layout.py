@@ -25,6 +25,7 @@ from typing import Any
 
 import zmq
 
+from ..com.hosted import RELAYED_THERE
 from ..heron.editor import HeronEditor
 from ..settings import ForwarderPorts, Settings
 from ..wire import ZERO_COPY_MIN
@@ -47,8 +48,6 @@ _START_TIMEOUT_S = 30.0
 #: The name's last suffix for the com relaying in its own process (``Settings.relay_in_forwarders``
 #: False), the layout's three hops: what the forwarders' relaying saves.
 COM_RELAY = "comrelay"
-#: What a com logs when the forwarders' process relays its packets.
-RELAYED_THERE = "the forwarders' process relays this com's packets"
 VARIANTS: dict[str, Callable[[Link], Link]] = {
     "": lambda link: link,
     "direct": lambda link: link.with_transport("direct"),

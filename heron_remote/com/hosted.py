@@ -25,14 +25,17 @@ from .._protocol import DATA_HWM_RANGE
 from ..errors import DecodeError, ForwarderError
 from ..forwarders import endpoint as forwarder_endpoint
 from ..forwarders_hello import AVAILABLE
-from ..relay_host import COUNTED, relay_path
+from ..relay_host import relay_path
 from ..settings import Settings
 from .relay import Relay
 
 if TYPE_CHECKING:
     from .sockets import ComSockets
 
-__all__ = ["HostedRelay", "offered", "relay_kind"]
+__all__ = ["RELAYED_THERE", "HostedRelay", "offered", "relay_kind"]
+
+#: What a com logs once the forwarders' process relays its packets.
+RELAYED_THERE = "the forwarders' process relays this com's packets"
 
 #: How long the forwarders' host has to take a com's relay before the com relays itself.
 ATTACH_TIMEOUT_S = 1.0
@@ -142,7 +145,7 @@ class HostedRelay(Relay):
                 "outputs": len(self._outputs),
                 "threads": self._threads,
                 "sequence": self.sequence.state(),
-                "counters": {name: getattr(stats, name) for name in COUNTED},
+                "counters": stats.relay_counters(),
                 "offset": stats.clock_offset_s,
             },
         )
@@ -157,7 +160,7 @@ class HostedRelay(Relay):
                     if verb == b"attached" and n == self._attaches:
                         self._hosted = True
                         self._last_report = time.monotonic()
-                        self.log.info("the forwarders' process relays this com's packets (they run in another process)")
+                        self.log.info("%s (they run in another process)", RELAYED_THERE)
                         return True
             if not self._given_up:
                 self._give_up(f"they did not answer within {ATTACH_TIMEOUT_S:g} s", connect=False)
@@ -271,13 +274,10 @@ class HostedRelay(Relay):
         return verb, 0
 
     def _apply(self, body: dict[str, Any]) -> int:
-        stats = self.stats
-        counters = body["counters"]
-        for name in COUNTED:
-            setattr(stats, name, int(counters[name]))
+        self.stats.take_relay_counters(body["counters"])
         error = body["last_error"]
         if error != self._host_error:
-            self._host_error = stats.last_error = error
+            self._host_error = self.stats.last_error = error
         self.sequence.restore(body["sequence"])
         self._host_hwm = int(body["hwm"])
         for level, text in body["logs"]:

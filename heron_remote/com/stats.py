@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = ["ComStats", "RateMeter"]
+
+
+#: The counters a com's relay keeps.
+RELAY_COUNTERS = (
+    "received",
+    "lost",
+    "published",
+    "ignored",
+    "malformed",
+    "bytes_received",
+    "packed_bytes",
+    "unpacked_bytes",
+    "skipped",
+)
 
 
 @dataclass
@@ -58,6 +73,18 @@ class ComStats:
     stalls: int = 0
     #: How the com reaches its worker (WorkerLauncher.transport): "local", "tunnel", "direct", ...
     transport: str = "local"
+
+    def relay_counters(self) -> dict[str, int]:
+        """The counters a relay keeps (RELAY_COUNTERS), for a relay in another process to go on with
+        or to report back (:mod:`heron_remote.relay_host`)."""
+        return {name: getattr(self, name) for name in RELAY_COUNTERS}
+
+    def take_relay_counters(self, counters: Mapping[str, object]) -> None:
+        """Take the relay counters in ``counters`` (others are no relay's; ValueError or TypeError
+        when one is no integer)."""
+        for name in RELAY_COUNTERS:
+            if name in counters:
+                setattr(self, name, int(counters[name]))  # type: ignore[call-overload]
 
     @property
     def compression_ratio(self) -> float | None:
