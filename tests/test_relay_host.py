@@ -24,8 +24,9 @@ from heron_remote.bench.takeover import free_fixed_ports
 from heron_remote.com.hosted import HostedRelay
 from heron_remote.examples.natural_camera import NATURAL_CAMERA, frame
 from heron_remote.relay_host import relay_path
+from heron_remote.testing import AcqHosts, ExternalHosts
 
-from .helpers import CAMERA, WORKERS, edit_registry, wait_until
+from .helpers import CAMERA, NO_CONTROL, WORKERS, edit_registry, wait_until
 from .test_capture_time import OFFSET_S, OFFSET_WORKER, _offset_found
 from .test_forwarders_shared import _first_line, _forwarders_command, assert_unreachable_by, other_account  # noqa: F401
 
@@ -182,30 +183,30 @@ def test_a_com_whose_settings_say_no_relays_in_its_own_process(
 
 @pytest.mark.parametrize("transport", ["tunnel", "direct"])
 def test_a_remote_worker_is_relayed_there_through_a_link_cut(
-    outside: tuple[Settings, subprocess.Popen[str]], acq: object, tmp_path: Path, transport: str
+    outside: tuple[Settings, subprocess.Popen[str]], acq: AcqHosts | ExternalHosts, tmp_path: Path, transport: str
 ) -> None:
     """The forwarders' process pulls from the tunnel's port on the rig, or from the PC's address with
     the launch's CurveZMQ keys; a cut of the link is bridged by the same worker, as in the com."""
-    if not getattr(acq, "can_control", False):
-        pytest.skip("needs test hosts whose link can be cut")
+    if not acq.can_control:
+        pytest.skip(NO_CONTROL)
     settings, _ = outside
     registry = edit_registry(acq, tmp_path, "acq1", transport=transport)
     settings = settings.replace(ssh_info=registry, heartbeat_rate=0.5, heartbeats_to_death=12, link_timeout=1.5)
-    host = next(h for h in acq.hosts if h.name == "acq1")  # type: ignore[attr-defined]
+    host = next(h for h in acq.hosts if h.name == "acq1")
     with Source(CAMERA, parameters={"shape": [4, 4], "fps": 100}, settings=settings, host="acq1") as cam:
         frames = cam.frames(timeout=20)
         seen = [next(frames).index for _ in range(20)]
         assert _hosted(cam).hosted and cam.launcher is not None and cam.launcher.transport == transport
         pid = cam.stats.worker_pid
-        acq.set_link(host, up=False)  # type: ignore[attr-defined]
-        up = threading.Timer(2.0, acq.set_link, args=(host,), kwargs={"up": True})  # type: ignore[attr-defined]
+        acq.set_link(host, up=False)
+        up = threading.Timer(2.0, acq.set_link, args=(host,), kwargs={"up": True})
         up.start()
         try:
             time.sleep(2.0)
             seen += [next(frames).index for _ in range(100)]
         finally:
             up.join()
-            acq.set_link(host, up=True)  # type: ignore[attr-defined]
+            acq.set_link(host, up=True)
         assert _hosted(cam).hosted and cam.stats.worker_pid == pid  # the same worker, still relayed there
         wait_until(lambda: cam.stats.received >= seen[-1] - cam.stats.lost, 2, "the host's counts")
     assert seen == sorted(seen) and seen[-1] - seen[0] + 1 - len(set(seen)) == cam.stats.lost + cam.stats.malformed
