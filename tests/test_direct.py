@@ -354,6 +354,38 @@ def test_over_direct_arrays_come_packed_and_the_pcs_clock_offset_is_found(
     assert stats.packed_bytes == stats.bytes_received and stats.compression_ratio and stats.compression_ratio > 1.1
 
 
+def test_the_check_probe_holds_the_rigs_connection_until_the_rig_says_it_tried() -> None:
+    """The probe keeps the connection it accepted until the rig's line: a listener that exited
+    with it still queued reset it, and a busy rig read that reset as "cannot reach"."""
+    import sys
+
+    from heron_remote.ssh.check_direct import direct_probe_argv
+
+    probe = subprocess.Popen(
+        direct_probe_argv([sys.executable], "127.0.0.1", wait=10.0),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert probe.stdout is not None and probe.stdin is not None
+        word, port = probe.stdout.readline().split()
+        assert word == "PORT"
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as conn:
+            assert probe.stdout.readline().strip() == "ACCEPTED"
+            time.sleep(0.3)  # a probe that had gone would have reset or ended the connection by now
+            conn.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                conn.recv(1)
+            assert probe.poll() is None
+        probe.stdin.write("tried\n")
+        probe.stdin.flush()
+        assert probe.wait(timeout=5) == 0
+    finally:
+        probe.kill()
+        probe.wait(timeout=5)
+
+
 def test_check_tells_whether_this_rig_reaches_the_pc_for_the_direct_transport(acq: Hosts, tmp_path: Path) -> None:
     """``heron-remote check`` on a direct server opens a port on the PC's address as a worker does
     and connects to it: ok when it can, and behind a firewall the rule to add (a FAIL only for

@@ -35,7 +35,12 @@ except OSError as exc:
     sys.exit(0)
 print("PORT", s.getsockname()[1], flush=True)
 ready, _, _ = select.select([s, sys.stdin], [], [], WAIT)  # the rig's line (or its end) says it tried
-print("ACCEPTED" if s in ready else "NONE", flush=True)
+if s in ready:
+    held = s.accept()  # kept open: a listener closed with the connection queued resets it on the rig
+    print("ACCEPTED", flush=True)
+    select.select([sys.stdin], [], [], WAIT)
+else:
+    print("NONE", flush=True)
 """
 
 
