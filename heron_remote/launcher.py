@@ -22,6 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import IO
 
+from ._ipc import new_data_socket, remove_socket, sweep_stale
 from ._linkkeys import LinkKeys
 from ._logging import NodeLogger
 from ._output import WorkerOutput
@@ -101,6 +102,11 @@ class WorkerLauncher(ABC):
     def address(self, port: int) -> str:
         """The endpoint through which this process reaches the worker's loopback ``port``."""
         return f"tcp://127.0.0.1:{port}"
+
+    def endpoint(self, channel: str) -> str:
+        """The endpoint through which this process reaches the ready worker's ``channel``."""
+        assert self.ready is not None
+        return self.address(self.ready.ports[channel])
 
     def _release(self) -> None:
         """Free what the launch holds besides the process (tunnels, connections)."""
@@ -296,9 +302,30 @@ class LocalLauncher(WorkerLauncher):
         self._env = env
         self._proc: subprocess.Popen[str] | None = None
         self._readers: list[KeptThread] = []
+        #: The Unix socket this launch's worker binds its data on ("": loopback TCP).
+        self._data_socket = ""
 
     def _python(self) -> list[str]:
         return [sys.executable]
+
+    def argv(self, args: WorkerArgs) -> list[str]:
+        if not args.port and not self._data_socket:  # a fixed port group (Heron's) keeps its ports
+            sweep_stale()  # what workers ended by a SIGKILL left
+            self._data_socket = new_data_socket() or ""
+        return super().argv(dataclasses.replace(args, data_ipc=self._data_socket.removeprefix("ipc://")))
+
+    def endpoint(self, channel: str) -> str:
+        assert self.ready is not None
+        if channel == "data" and self._data_socket and self.ready.endpoints.get("data") == self._data_socket:
+            return self._data_socket
+        if not self.ready.ports.get(channel):
+            raise WorkerStartError(
+                f"worker of node {self.node_name!r} bound its {channel} socket neither on a port nor on the Unix "
+                f"socket its com named ({self._data_socket or 'none'}); it said {self.ready.endpoints or 'nothing'}",
+                node=self.node_name,
+                stderr_tail=self.output.tail(),
+            )
+        return super().endpoint(channel)
 
     def _check_exec(self, argv: list[str]) -> None:
         program = argv[0]
@@ -366,6 +393,8 @@ class LocalLauncher(WorkerLauncher):
         return True
 
     def _release(self) -> None:
+        if self._data_socket and self.returncode() is not None:
+            remove_socket(self._data_socket)  # the worker removes it as it exits, unless it was killed
         stdin = self._proc.stdin if self._proc is not None else None
         if stdin is not None:
             try:

@@ -39,6 +39,7 @@ from typing import Any
 import zmq
 
 from . import forwarders_hello
+from ._ipc import is_private_endpoint
 from ._linkkeys import LinkKeys
 from ._threads import KeptThread
 from .com.heartbeat import back_off
@@ -336,8 +337,8 @@ class RelayHost:
 
     def _point(self, com: _Hosted, body: dict[str, Any]) -> None:
         endpoint = str(body["endpoint"])
-        if not endpoint.startswith("tcp://"):
-            raise DecodeError(f"worker endpoint {endpoint!r:.60} is not tcp://")
+        if not (endpoint.startswith("tcp://") or is_private_endpoint(endpoint)):
+            raise DecodeError(f"worker endpoint {endpoint!r:.60} is neither tcp:// nor a local worker's Unix socket")
         keys = LinkKeys.from_client_state(body["keys"])
         self._unpoint(com)
         keys.apply_client(com.data)  # a new connection takes the options set before it

@@ -42,6 +42,7 @@ from .helpers import (
     ComScript,
     edit_registry,
     error_table,
+    free_port_group,
     local_account,
     pid_alive,
     remote_alive,
@@ -190,10 +191,13 @@ def test_a_source_streams_and_takes_parameters_over_its_authenticated_link(setti
 
 
 @pytest.mark.parametrize("keys", ["per launch", "none (benchmarks only)"])
-def test_another_account_cannot_take_packets_from_a_worker(settings: Settings, other: str, keys: str) -> None:
-    """F8: another account took 11 packets from a worker (the com counted them as lost)."""
+def test_another_account_cannot_take_packets_from_a_worker_on_loopback_tcp(
+    settings: Settings, other: str, keys: str
+) -> None:
+    """F8 where a worker's data is on loopback TCP: a fixed port group (Heron's), or a machine with no
+    Unix sockets. Only the launch's key keeps the other account out."""
     keyless = keys.startswith("none")
-    cam = Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=settings)
+    cam = Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, port=free_port_group(), settings=settings)
     with unauthenticated_launches() if keyless else contextlib.nullcontext(), cam:  # launched on entry
         frames = cam.frames(timeout=10)
         next(frames)
@@ -212,6 +216,31 @@ def test_another_account_cannot_take_packets_from_a_worker(settings: Settings, o
         assert cam.stats.lost == 0 and cam.gaps == 0
         assert refusals_reported(cam, took["refused"]) == took["refused"]
         assert cam.status().rejected == took["refused"]
+
+
+def test_another_account_cannot_take_packets_from_a_local_worker(settings: Settings, other: str) -> None:
+    """F8: another account took 11 packets from a worker (the com counted them as lost). A local
+    worker's data now leaves through a Unix socket in this account's private folder: the other
+    account cannot even connect (a worker on a PC binds TCP with keys: the PC tests below)."""
+    with Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=settings) as cam:
+        frames = cam.frames(timeout=10)
+        next(frames)
+        assert cam.launcher is not None and cam.launcher.ready is not None
+        path = cam.launcher.ready.endpoints["data"].removeprefix("ipc://")
+        connect = f"import socket; socket.socket(socket.AF_UNIX).connect({path!r}); print('CONNECTED')"
+        theirs = subprocess.run(
+            ["runuser", "-u", other, "--", "/usr/bin/python3", "-c", connect],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        mine = subprocess.run(["/usr/bin/python3", "-c", connect], capture_output=True, text=True, timeout=30)
+        for _ in range(20):
+            next(frames)
+        print(f"the other account: {theirs.stderr.strip().splitlines()[-1:]}; this one: {mine.stdout.strip()}")
+        assert theirs.returncode != 0 and "PermissionError" in theirs.stderr and "CONNECTED" not in theirs.stdout
+        assert mine.stdout.strip() == "CONNECTED"  # the socket is there: only the other account is kept out
+        assert cam.stats.lost == 0 and cam.gaps == 0
 
 
 def test_another_account_cannot_inject_parameters_or_pulses_into_a_worker(settings: Settings, other: str) -> None:
@@ -258,7 +287,7 @@ def test_a_wrong_key_or_an_earlier_launchs_key_is_refused(settings: Settings) ->
             thief = context.socket(zmq.PULL)
             thief.linger = 0
             keys.apply_client(thief)
-            thief.connect(f"tcp://127.0.0.1:{cam.launcher.ready.ports['data']}")
+            thief.connect(cam.launcher.endpoint("data"))  # this account's Unix socket: only the key keeps it out
             try:
                 deadline = time.monotonic() + 1.0
                 while time.monotonic() < deadline:

@@ -70,14 +70,13 @@ class ComSockets:
     def connect_worker(self, launcher: WorkerLauncher) -> str:
         """Connect to the worker's ports with the launch's keys; returns the endpoint of its heartbeat port."""
         assert launcher.ready is not None
-        ports = launcher.ready.ports
         for name, channel in _WORKER_CHANNELS:
             sock = getattr(self, name)
-            endpoint = launcher.address(ports[channel])
+            endpoint = launcher.endpoint(channel)
             if sock is self.data and self.hosted_data is not None and self.hosted_data.point(endpoint, launcher.keys):
                 continue
             self._connect(sock, endpoint, launcher.keys)
-        return launcher.address(ports["heartbeat"])
+        return launcher.endpoint("heartbeat")
 
     def connect_data(self, endpoint: str, keys: LinkKeys) -> None:
         """Connect the data socket to the worker: the com relays in its own process."""

@@ -7,6 +7,7 @@ stalled pipe: every path arms a hard exit first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -149,7 +150,7 @@ class WorkerLife:
 
 
 def _hard_exit_after(seconds: float, code: int) -> None:
-    timer = threading.Timer(seconds, os._exit, args=(code,))
+    timer = threading.Timer(seconds, _exit, args=(code,))
     timer.daemon = True
     timer.start()
 
@@ -159,7 +160,23 @@ def _exit_now(code: int) -> NoReturn:
     _flush_and_exit(code)
 
 
+#: Files the worker removes as it exits (its data socket's).
+_remove_at_exit: list[str] = []
+
+
+def remove_at_exit(path: str) -> None:
+    """Have the worker remove ``path`` as it exits, however it exits but a SIGKILL."""
+    _remove_at_exit.append(path)
+
+
 def _flush_and_exit(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    for path in _remove_at_exit:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     os._exit(code)

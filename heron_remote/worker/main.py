@@ -84,6 +84,8 @@ def run_worker(
         except ConfigError as exc:  # blosc2 missing on this PC, most likely: the com shows this line
             print(f"heron_remote worker: {exc}", file=sys.stderr, flush=True)
             os._exit(EXIT_BAD_START)
+    if args.data_ipc and not args.bind:
+        worker.data_on_unix_socket(args.data_ipc)
     if keys is not None:
         worker.use_keys(keys)  # before any socket binds: only its com gets in
     for sig in (signal.SIGTERM, signal.SIGINT):

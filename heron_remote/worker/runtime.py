@@ -15,12 +15,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 import zmq
 
 from .._drops import Drops
+from .._ipc import usable_socket_path
 from .._linkkeys import Gate, LinkKeys
 from .._protocol import DATA_HWM_RANGE, EXIT_BAD_START, EXIT_WORK_FAILED, ReadyLine
 from .._threads import KeptThread
@@ -34,7 +36,7 @@ from ..wire.bounded import PARAMETERS_MAX_BYTES, read_json
 from . import clock
 from .control import ComControl
 from .heartbeat import WorkerHeartbeat
-from .life import WorkerLife
+from .life import WorkerLife, remove_at_exit
 
 __all__ = ["SourceWorker"]
 
@@ -103,6 +105,8 @@ class SourceWorker:
         self._reaped: tuple[int, ...] = ()
         self._relic: Relic | None = None
         self._address = "127.0.0.1"
+        self._data_path: Path | None = None
+        self._endpoints: dict[str, str] = {}
         self._packer: Packer | None = None
 
     @property
@@ -176,6 +180,16 @@ class SourceWorker:
         assert not self._ports, "bind_on() comes before the sockets bind"
         self._address = address
 
+    def data_on_unix_socket(self, path: str) -> None:
+        """Bind the data socket on the Unix socket ``path`` its local com named, in this account's
+        private folder; where that cannot be, on loopback TCP as usual (the com then uses the port)."""
+        assert not self._ports, "data_on_unix_socket() comes before the sockets bind"
+        if usable_socket_path(path):
+            self._data_path = Path(path)
+            remove_at_exit(path)  # the worker ends with os._exit: ZeroMQ would leave the file
+        else:
+            logger.warning("data on loopback TCP: %r is no data socket in a private folder of this account", path)
+
     def use_keys(self, keys: LinkKeys) -> None:
         """Accept only the com that holds ``keys`` on every socket (call before any binds)."""
         assert not self._ports, "use_keys() comes before the sockets bind"
@@ -189,6 +203,16 @@ class SourceWorker:
         port = self.port + _CHANNEL_OFFSET[channel] if self.port else 0
         if self._gate is not None:
             self._gate.watch(sock, channel)
+        if channel == "data" and self._data_path is not None:
+            endpoint = f"ipc://{self._data_path}"
+            try:
+                sock.bind(endpoint)  # ZeroMQ replaces a file a killed worker of this pid left
+            except zmq.ZMQError as exc:
+                logger.warning("data on loopback TCP: cannot bind %s (%s)", endpoint, exc.strerror)
+            else:
+                self._endpoints[channel] = endpoint
+                self._bound(channel, 0)
+                return
         if ":" in self._address:
             sock.ipv6 = True
         host = f"[{self._address}]" if ":" in self._address else self._address
@@ -209,6 +233,9 @@ class SourceWorker:
                 ),
                 EXIT_BAD_START,
             )
+        self._bound(channel, bound)
+
+    def _bound(self, channel: str, bound: int) -> None:
         with self._ports_lock:
             self._ports[channel] = bound
             complete = len(self._ports) == len(_CHANNEL_OFFSET)
@@ -220,6 +247,7 @@ class SourceWorker:
                 python=platform.python_version(),
                 reaped=self._reaped,
                 server_key=self._gate.keys.server_public.decode() if self._gate is not None else "",
+                endpoints=dict(self._endpoints),
             )
             print(line.to_line(), flush=True)  # the ready line: the com reads it on our stdout
 
