@@ -224,6 +224,7 @@ def test_forwarders_of_a_suspended_script_are_named_not_waited_for() -> None:
         assert left.owner  # it runs the forwarders
         left.proc.send_signal(signal.SIGSTOP)  # Ctrl-Z
         try:
+            wait_until(lambda: _state(left.pid) == "T", 5, "the script to be stopped")  # a signal takes a moment
             source = Source(CAMERA, settings=Settings(ports=rig.ports, **_FAST))
             try:
                 with pytest.raises(ForwarderError) as caught:
@@ -236,6 +237,12 @@ def test_forwarders_of_a_suspended_script_are_named_not_waited_for() -> None:
         finally:
             left.proc.send_signal(signal.SIGCONT)
             rig.stop(left, "kill")
+
+
+def _state(pid: int) -> str:
+    """A process's state letter, as ps shows it (T: stopped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
 
 
 # -- another account ---------------------------------------------------------------------------
