@@ -16,6 +16,9 @@ import os
 import re
 import secrets
 import socket
+import stat
+import sys
+import time
 from pathlib import Path
 
 import zmq
@@ -23,12 +26,22 @@ import zmq
 from ._paths import private_dir, secure_dir
 from .errors import UnsafePathError
 
-__all__ = ["is_private_endpoint", "new_data_socket", "remove_socket", "sweep_stale", "usable_socket_path"]
+__all__ = [
+    "STALE_AFTER_S",
+    "is_private_endpoint",
+    "is_socket",
+    "new_data_socket",
+    "remove_socket",
+    "sweep_stale",
+    "usable_socket_path",
+]
 
 #: Longest socket path that fits every platform's ``sun_path`` (108 on Linux, 104 on macOS).
 _MAX_PATH = 100
 _FOLDER = "sockets"
 _NAME = re.compile(r"data-[0-9a-f]{16}\.sock")
+#: Seconds a socket file must have existed before a sweep may take it for a dead worker's.
+STALE_AFTER_S = 60.0
 
 
 def _folder() -> Path | None:
@@ -79,20 +92,38 @@ def remove_socket(endpoint: str) -> None:
 
 
 def sweep_stale() -> int:
-    """Remove the data sockets of workers that are gone (nothing accepts on them); how many."""
+    """Remove the data sockets of workers that are gone (nothing listens on them); how many.
+
+    Linux only: there a refusal means no listener, where macOS also refuses when a live
+    listener's queue is full. A file younger than STALE_AFTER_S is left alone, since a worker binds
+    its socket a moment before it listens on it.
+    """
     folder = _folder()
-    if folder is None:
+    if folder is None or not sys.platform.startswith("linux"):
         return 0
     removed = 0
+    now = time.time()
     for path in folder.glob("data-*.sock"):
-        if not _NAME.fullmatch(path.name):
+        try:
+            if not _NAME.fullmatch(path.name) or now - path.lstat().st_mtime < STALE_AFTER_S:
+                continue
+        except OSError:
             continue
         with socket.socket(socket.AF_UNIX) as probe:
+            probe.setblocking(False)  # a frozen worker's full queue would block a connect for good
             try:
                 probe.connect(str(path))
             except OSError as exc:
-                if exc.errno == errno.ECONNREFUSED:  # a file with no listener: its worker ended
+                if exc.errno == errno.ECONNREFUSED:
                     with contextlib.suppress(OSError):
                         path.unlink()
                         removed += 1
     return removed
+
+
+def is_socket(endpoint: str) -> bool:
+    """Whether an ``ipc://`` endpoint's file is there, and a socket."""
+    try:
+        return stat.S_ISSOCK(os.lstat(endpoint.removeprefix("ipc://")).st_mode)
+    except (OSError, ValueError):
+        return False

@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import IO
 
-from ._ipc import new_data_socket, remove_socket, sweep_stale
+from ._ipc import is_socket, new_data_socket, remove_socket, sweep_stale
 from ._linkkeys import LinkKeys
 from ._logging import NodeLogger
 from ._output import WorkerOutput
@@ -309,7 +309,7 @@ class LocalLauncher(WorkerLauncher):
         return [sys.executable]
 
     def argv(self, args: WorkerArgs) -> list[str]:
-        if not args.port and not self._data_socket:  # a fixed port group (Heron's) keeps its ports
+        if not self._data_socket:
             sweep_stale()  # what workers ended by a SIGKILL left
             self._data_socket = new_data_socket() or ""
         return super().argv(dataclasses.replace(args, data_ipc=self._data_socket.removeprefix("ipc://")))
@@ -317,6 +317,12 @@ class LocalLauncher(WorkerLauncher):
     def endpoint(self, channel: str) -> str:
         assert self.ready is not None
         if channel == "data" and self._data_socket and self.ready.endpoints.get("data") == self._data_socket:
+            if not is_socket(self._data_socket):  # removed since the worker bound it: it would never connect
+                raise WorkerStartError(
+                    f"the Unix socket of worker of node {self.node_name!r}, {self._data_socket}, is gone: something "
+                    "removed it from this account's private folder after the worker bound it",
+                    node=self.node_name,
+                )
             return self._data_socket
         if not self.ready.ports.get(channel):
             raise WorkerStartError(

@@ -42,7 +42,6 @@ from .helpers import (
     ComScript,
     edit_registry,
     error_table,
-    free_port_group,
     local_account,
     pid_alive,
     remote_alive,
@@ -192,12 +191,13 @@ def test_a_source_streams_and_takes_parameters_over_its_authenticated_link(setti
 
 @pytest.mark.parametrize("keys", ["per launch", "none (benchmarks only)"])
 def test_another_account_cannot_take_packets_from_a_worker_on_loopback_tcp(
-    settings: Settings, other: str, keys: str
+    settings: Settings, other: str, keys: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """F8 where a worker's data is on loopback TCP: a fixed port group (Heron's), or a machine with no
-    Unix sockets. Only the launch's key keeps the other account out."""
+    """F8 where a worker's data is on loopback TCP (a remote worker's, or where no Unix socket can
+    serve: Windows, a folder path too long). Only the launch's key keeps the other account out."""
+    monkeypatch.setattr("heron_remote.launcher.new_data_socket", lambda: None)  # as on such a machine
     keyless = keys.startswith("none")
-    cam = Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, port=free_port_group(), settings=settings)
+    cam = Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=settings)
     with unauthenticated_launches() if keyless else contextlib.nullcontext(), cam:  # launched on entry
         frames = cam.frames(timeout=10)
         next(frames)

@@ -6,17 +6,26 @@ machine, a second local account for the attack, a worker SIGKILLed mid-stream.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pwd
 import re
 import stat
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from heron_remote import RestartPolicy, Settings, Source, WorkerError
-from heron_remote._ipc import is_private_endpoint, new_data_socket, sweep_stale, usable_socket_path
+from heron_remote import RestartPolicy, Settings, Source, WorkerError, WorkerStartError
+from heron_remote._ipc import (
+    STALE_AFTER_S,
+    is_private_endpoint,
+    new_data_socket,
+    sweep_stale,
+    usable_socket_path,
+)
 from heron_remote._paths import private_dir
 from heron_remote._protocol import CHANNELS, ReadyLine, WorkerArgs
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
@@ -126,48 +135,92 @@ def test_a_worker_whose_com_is_gone_removes_its_socket_as_it_ends() -> None:
         assert not path.exists()
 
 
-def test_sockets_left_by_killed_workers_are_swept_and_live_ones_kept() -> None:
+def test_sockets_left_by_killed_workers_are_swept_and_live_young_or_busy_ones_kept() -> None:
+    """Only old files with nothing listening go; a worker between its bind and its listen (a young
+    file) stays, and a frozen worker's full queue neither blocks the sweep nor loses its file."""
     import socket
+    import threading
 
     folder = private_dir("sockets")
-    dead, live = folder / "data-00000000000000aa.sock", folder / "data-00000000000000bb.sock"
-    with socket.socket(socket.AF_UNIX) as gone, socket.socket(socket.AF_UNIX) as listening:
+    dead, young, live, busy = (folder / f"data-00000000000000{k}.sock" for k in ("aa", "ab", "ac", "ad"))
+    old = time.time() - STALE_AFTER_S - 5
+    for path in (dead, young, live, busy):
+        path.unlink(missing_ok=True)  # what an interrupted run of this test left
+    with (
+        socket.socket(socket.AF_UNIX) as gone,
+        socket.socket(socket.AF_UNIX) as binding,
+        socket.socket(socket.AF_UNIX) as listening,
+        socket.socket(socket.AF_UNIX) as frozen,
+    ):
         gone.bind(str(dead))  # bound, never listening: refuses as a dead worker's file does
+        binding.bind(str(young))
         listening.bind(str(live))
         listening.listen(1)
+        frozen.bind(str(busy))
+        frozen.listen(0)  # never accepts: its queue fills
+        queued = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+        for q in queued:
+            q.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                q.connect(str(busy))
+        for path in (dead, live, busy):
+            os.utime(path, (old, old))
         try:
-            assert sweep_stale() >= 1
-            assert not dead.exists() and live.exists()
+            swept = threading.Thread(target=sweep_stale, daemon=True)
+            swept.start()
+            swept.join(10)
+            assert not swept.is_alive(), "the sweep blocked on a full queue"
+            assert not dead.exists() and young.exists() and live.exists() and busy.exists()
         finally:
-            dead.unlink(missing_ok=True)
-            live.unlink(missing_ok=True)
+            for q in queued:
+                q.close()
+            for path in (dead, young, live, busy):
+                path.unlink(missing_ok=True)
+
+
+def test_a_data_socket_removed_after_the_worker_bound_it_is_a_start_error() -> None:
+    """The com would connect to a path nobody listens on and wait for data for ever: it says so."""
+    with LocalLauncher(CAMERA, node_name="removed") as launcher:
+        launcher.start(WorkerArgs(port=0, parameters_topic="removed", num_sending_topics=1))
+        ready = launcher.wait_ready(15)
+        Path(ready.endpoints["data"].removeprefix("ipc://")).unlink()
+        with pytest.raises(WorkerStartError, match="is gone: something removed it from this account's private folder"):
+            launcher.endpoint("data")
 
 
 def test_a_ready_line_cannot_point_a_local_com_outside_the_private_folder() -> None:
     """Only Unix sockets named as a worker's, in this account's folder of them, are connected to."""
+    import socket
+
     ports = dict.fromkeys(CHANNELS, 40000)
     inside = f"ipc://{private_dir('sockets')}/data-0123456789abcdef.sock"
-    for endpoint, expected in (
-        (inside, inside),
-        ("ipc:///tmp/data-0123456789abcdef.sock", "tcp://127.0.0.1:40000"),
-        (f"ipc://{private_dir('sockets')}/data-fedcba9876543210.sock", "tcp://127.0.0.1:40000"),
-        (f"ipc://{private_dir()}/relay-5555.sock", "tcp://127.0.0.1:40000"),
-    ):
-        line = ReadyLine(pid=1, ports=ports, version="0", python="3", endpoints={"data": endpoint}).to_line()
-        ready = ReadyLine.find(line)
-        assert ready is not None
-        launcher = LocalLauncher(CAMERA, node_name="n")
-        launcher._data_socket = inside  # the one this com named
-        launcher.ready = ready
-        assert launcher.endpoint("data") == expected
-        assert launcher.endpoint("heartbeat") == "tcp://127.0.0.1:40000"
+    Path(inside.removeprefix("ipc://")).unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(inside.removeprefix("ipc://"))  # the worker's socket, there
+        try:
+            for endpoint, expected in (
+                (inside, inside),
+                ("ipc:///tmp/data-0123456789abcdef.sock", "tcp://127.0.0.1:40000"),
+                (f"ipc://{private_dir('sockets')}/data-fedcba9876543210.sock", "tcp://127.0.0.1:40000"),
+                (f"ipc://{private_dir()}/relay-5555.sock", "tcp://127.0.0.1:40000"),
+            ):
+                line = ReadyLine(pid=1, ports=ports, version="0", python="3", endpoints={"data": endpoint}).to_line()
+                ready = ReadyLine.find(line)
+                assert ready is not None
+                launcher = LocalLauncher(CAMERA, node_name="n")
+                launcher._data_socket = inside  # the one this com named
+                launcher.ready = ready
+                assert launcher.endpoint("data") == expected
+                assert launcher.endpoint("heartbeat") == "tcp://127.0.0.1:40000"
+        finally:
+            Path(inside.removeprefix("ipc://")).unlink(missing_ok=True)
     tcp = ReadyLine(pid=1, ports=ports, version="0", python="3", endpoints={"data": "tcp://10.0.0.1:1"}).to_line()
     found = ReadyLine.find(tcp)
     assert found is not None and found.endpoints == {}  # a ready line names Unix sockets only
     assert not is_private_endpoint("tcp://127.0.0.1:1")
 
 
-def test_only_a_local_launch_asks_for_the_unix_socket() -> None:
+def test_every_local_launch_asks_for_the_unix_socket_and_no_remote_one() -> None:
     args = WorkerArgs(port=0, parameters_topic="t", num_sending_topics=1)
     launcher = LocalLauncher(CAMERA, node_name="n")
     local = launcher.argv(args)
@@ -175,7 +228,5 @@ def test_only_a_local_launch_asks_for_the_unix_socket() -> None:
     named = WorkerArgs.parse(local[3:]).data_ipc
     assert f"ipc://{named}" == launcher._data_socket and usable_socket_path(named)
     assert not WorkerArgs.parse(args.to_argv()).data_ipc  # what a remote launch passes
-    fixed = LocalLauncher(CAMERA, node_name="n").argv(
-        WorkerArgs(port=41000, parameters_topic="t", num_sending_topics=1)
-    )
-    assert not WorkerArgs.parse(fixed[3:]).data_ipc  # a fixed port group (Heron's) keeps its ports
+    heron = WorkerArgs(port=41000, parameters_topic="t", num_sending_topics=1)  # the editor gives a port group
+    assert WorkerArgs.parse(LocalLauncher(CAMERA, node_name="n").argv(heron)[3:]).data_ipc

@@ -206,7 +206,7 @@ class SourceWorker:
         if channel == "data" and self._data_path is not None:
             endpoint = f"ipc://{self._data_path}"
             try:
-                sock.bind(endpoint)  # ZeroMQ replaces a file a killed worker of this pid left
+                sock.bind(endpoint)
             except zmq.ZMQError as exc:
                 logger.warning("data on loopback TCP: cannot bind %s (%s)", endpoint, exc.strerror)
             else:
