@@ -74,13 +74,17 @@ def usable_socket_path(path: str) -> bool:
     return True
 
 
+def _path(endpoint: str) -> str:
+    return endpoint.removeprefix("ipc://")
+
+
 def is_private_endpoint(endpoint: str) -> bool:
     """Whether ``endpoint`` is a data socket in this account's folder of them: nothing that
     reaches a com or the forwarders' relay host points them anywhere else."""
     if not endpoint.startswith("ipc://") or "\0" in endpoint:
         return False
     folder = _folder()
-    path = Path(endpoint[len("ipc://") :])
+    path = Path(_path(endpoint))
     return folder is not None and path.parent == folder and bool(_NAME.fullmatch(path.name))
 
 
@@ -88,7 +92,7 @@ def remove_socket(endpoint: str) -> None:
     """Remove a data socket's file (a worker that was killed leaves it behind)."""
     if is_private_endpoint(endpoint):
         with contextlib.suppress(OSError):
-            os.unlink(endpoint[len("ipc://") :])
+            os.unlink(_path(endpoint))
 
 
 def sweep_stale() -> int:
@@ -124,6 +128,6 @@ def sweep_stale() -> int:
 def is_socket(endpoint: str) -> bool:
     """Whether an ``ipc://`` endpoint's file is there, and a socket."""
     try:
-        return stat.S_ISSOCK(os.lstat(endpoint.removeprefix("ipc://")).st_mode)
+        return stat.S_ISSOCK(os.lstat(_path(endpoint)).st_mode)
     except (OSError, ValueError):
         return False
