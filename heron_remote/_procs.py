@@ -22,6 +22,7 @@ __all__ = [
     "cmdline",
     "end_group",
     "end_process",
+    "exit_status",
     "group_members",
     "identify",
     "stop_child",
@@ -85,6 +86,26 @@ def identify(pid: int) -> Identity | None:
     if argv is None:
         return None
     return Identity(pid, pgid, uid, started, tuple(argv))
+
+
+def exit_status(proc: subprocess.Popen) -> int | None:
+    """``proc.poll()``, also right when this thread is already inside ``Popen.poll`` or ``wait``.
+
+    A signal handler (a com's SIGTERM) can interrupt this thread while it polls the worker: the
+    interrupted call holds Popen's wait lock, so a poll from the handler reports a worker that has
+    ended as running, for good. ``waitid`` with WNOWAIT reads the status without reaping it.
+    """
+    code = proc.poll()
+    waitid = getattr(os, "waitid", None)  # not on Windows or macOS
+    if code is not None or waitid is None:
+        return code
+    try:
+        info = waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return proc.poll()  # reaped meanwhile, by the interrupted call
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
 def group_members(pgid: int) -> list[int]:

@@ -26,7 +26,7 @@ from ._ipc import is_socket, new_data_socket, remove_socket, sweep_stale
 from ._linkkeys import LinkKeys
 from ._logging import NodeLogger
 from ._output import WorkerOutput
-from ._procs import group_members, write_stdin
+from ._procs import exit_status, group_members, write_stdin
 from ._protocol import EXIT_HELD, EXIT_MEANINGS, STOP_LINE, ReadyLine, WorkerArgs
 from ._threads import KeptThread
 from .errors import ConfigError, NodeHeldError, WorkerError, WorkerExitedError, WorkerStartError
@@ -384,7 +384,7 @@ class LocalLauncher(WorkerLauncher):
         return write_stdin(self._proc, line)
 
     def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
+        return None if self._proc is None else exit_status(self._proc)
 
     def _group_alive(self) -> bool:
         return self._proc is not None and bool(group_members(self._proc.pid))

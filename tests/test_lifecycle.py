@@ -244,3 +244,23 @@ def test_streaming_sources_on_one_host_stop_together_cleanly(
     assert took < remote_settings.stop_grace  # every worker ended on TERM
     trouble = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert trouble == []
+
+
+def test_a_stop_from_a_signal_handler_that_interrupted_a_poll_sees_the_worker_has_ended() -> None:
+    """A com's SIGTERM can land while its loop is inside ``Popen.poll`` of the worker: that call
+    holds Popen's wait lock, and the handler's stop took the ended worker for one that survived
+    KILL (``WorkerError``; seen once in CI). Holding the lock here stands for the interrupted call."""
+    from heron_remote._protocol import STOP_LINE, WorkerArgs
+    from heron_remote.examples import SYNTHETIC_CAMERA
+    from heron_remote.launcher import LocalLauncher
+
+    launcher = LocalLauncher(SYNTHETIC_CAMERA, node_name="interrupted")
+    launcher.start(WorkerArgs(port=0, parameters_topic="interrupted", num_sending_topics=1))
+    launcher.wait_ready(15)
+    proc = launcher._proc
+    assert proc is not None
+    with proc._waitpid_lock:  # type: ignore[attr-defined]
+        assert launcher._tell(STOP_LINE + "\n")
+        wait_until(lambda: proc.poll() is None and launcher.returncode() == 0, 10, "the worker's end, seen")
+        assert launcher.stop(grace=0.5) == 0  # no WorkerError: the worker is known to have ended
+    assert proc.wait(timeout=5) == 0  # reaped once the lock is free
