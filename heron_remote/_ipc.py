@@ -28,10 +28,12 @@ from .errors import UnsafePathError
 
 __all__ = [
     "STALE_AFTER_S",
+    "data_socket_name",
     "is_private_endpoint",
     "is_socket",
     "new_data_socket",
     "remove_socket",
+    "sockets_folder",
     "sweep_stale",
     "usable_socket_path",
 ]
@@ -86,6 +88,19 @@ def is_private_endpoint(endpoint: str) -> bool:
     folder = _folder()
     path = Path(_path(endpoint))
     return folder is not None and path.parent == folder and bool(_NAME.fullmatch(path.name))
+
+
+def data_socket_name(endpoint: str) -> str | None:
+    """The random part of a data socket's name (what its worker's other files are named by), or None
+    when ``endpoint`` is no data socket in this account's folder of them."""
+    if not is_private_endpoint(endpoint):
+        return None
+    return Path(_path(endpoint)).name.removeprefix("data-").removesuffix(".sock")
+
+
+def sockets_folder() -> Path | None:
+    """This account's folder of data sockets, or None where there can be none."""
+    return _folder()
 
 
 def remove_socket(endpoint: str) -> None:

@@ -22,12 +22,13 @@ import time
 from abc import ABC, abstractmethod
 from typing import IO
 
-from ._ipc import is_socket, new_data_socket, remove_socket, sweep_stale
+from ._ipc import is_socket, new_data_socket, remove_socket, sockets_folder, sweep_stale
 from ._linkkeys import LinkKeys
 from ._logging import NodeLogger
 from ._output import WorkerOutput
 from ._procs import exit_status, group_members, write_stdin
 from ._protocol import EXIT_HELD, EXIT_MEANINGS, STOP_LINE, ReadyLine, WorkerArgs
+from ._ring import remove_ring, sweep_stale_rings
 from ._threads import KeptThread
 from .errors import ConfigError, NodeHeldError, WorkerError, WorkerExitedError, WorkerStartError
 
@@ -311,6 +312,7 @@ class LocalLauncher(WorkerLauncher):
     def argv(self, args: WorkerArgs) -> list[str]:
         if not self._data_socket:
             sweep_stale()  # what workers ended by a SIGKILL left
+            sweep_stale_rings(sockets_folder())
             self._data_socket = new_data_socket() or ""
         return super().argv(dataclasses.replace(args, data_ipc=self._data_socket.removeprefix("ipc://")))
 
@@ -401,6 +403,7 @@ class LocalLauncher(WorkerLauncher):
     def _release(self) -> None:
         if self._data_socket and self.returncode() is not None:
             remove_socket(self._data_socket)  # the worker removes it as it exits, unless it was killed
+            remove_ring(self._data_socket)
         stdin = self._proc.stdin if self._proc is not None else None
         if stdin is not None:
             try:

@@ -341,6 +341,7 @@ class RelayHost:
             raise DecodeError(f"worker endpoint {endpoint!r:.60} is neither tcp:// nor a local worker's Unix socket")
         keys = LinkKeys.from_client_state(body["keys"])
         self._unpoint(com)
+        com.relay.read_ring_of(endpoint)  # a local worker's large payloads wait there
         keys.apply_client(com.data)  # a new connection takes the options set before it
         com.data.connect(endpoint)
         com.endpoint = endpoint

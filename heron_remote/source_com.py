@@ -206,6 +206,7 @@ class SourceCom:
             self._relay.serve(sockets, self.settings)
         else:
             self._relay.attach(sockets.data, sockets.publish)
+        sockets.on_data_worker = self._relay.read_ring_of
         self._parameters.attach(sockets.parameters_in, sockets.parameters_out)
         self._heartbeat = Heartbeat(
             sockets.context, self.settings.heartbeat_rate, self._supervisor.stopping, self.log, stats=self.stats

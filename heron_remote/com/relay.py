@@ -10,6 +10,7 @@ from typing import Any
 import zmq
 
 from .._protocol import DATA_HWM_RANGE, data_hwm
+from .._ring import RingTap
 from .._verbosity import PacketLog, PacketTimer
 from ..compression import unpack
 from ..errors import ConfigError, DecodeError
@@ -17,6 +18,7 @@ from ..wire import (
     PacketError,
     packet_captured,
     packet_length,
+    packet_number,
     parse_meta,
     parse_packet,
     payload_slots,
@@ -96,6 +98,8 @@ class Relay:
         self._offset_us = 0
         #: Threads blosc2 unpacks with (the compression's, when the com knows it).
         self.unpack_threads = 1
+        #: The shared-memory ring of the local worker relayed from, if it has one (:mod:`.._ring`).
+        self.ring: RingTap | None = None
 
     @property
     def index(self) -> int:
@@ -116,6 +120,10 @@ class Relay:
         elif self._verbose > 0:
             self._packet_timer = PacketTimer(self.log)
 
+    def read_ring_of(self, endpoint: str | None) -> None:
+        """The worker at ``endpoint`` is the one relayed from now (None: none): its ring, if it has one."""
+        self.ring = RingTap.of(endpoint)
+
     def restarted(self) -> None:
         """The next packet comes from a new worker: its index skips one (a gap every subscriber sees)."""
         self.sequence.new_worker()
@@ -133,6 +141,8 @@ class Relay:
         stats = self.stats
         stats.received += 1
         try:
+            if self.ring is not None:
+                self._from_ring(msg)
             number, publish_flags, size = parse_packet(msg, self._frames)
             index = self.sequence.advance(number)
         except PacketError as exc:
@@ -180,6 +190,18 @@ class Relay:
         if self._packet_log is not None:
             self._packet_log.write(index)
         return True
+
+    def _from_ring(self, msg: list[Any]) -> None:
+        """The payloads the worker left in its ring, in place of their references; PacketError."""
+        assert self.ring is not None
+        try:
+            self.stats.shared_bytes += self.ring.resolve(msg, self._slots)
+        except DecodeError as exc:
+            try:
+                number: int | None = packet_number(msg)
+            except DecodeError:
+                number = None
+            raise PacketError(str(exc), number) from None
 
     def _unpack(self, msg: list[Any], k: int) -> None:
         """Unpack output ``k`` of ``msg`` in place, its metadata made plain; DecodeError when it is bad."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import zmq
@@ -59,6 +60,8 @@ class ComSockets:
         #: The relay the forwarders' process does for this com, when it does: the data socket
         #: connects to the worker only when the com relays itself.
         self.hosted_data: HostedRelay | None = None
+        #: Told each worker endpoint the data socket connects to (the relay maps that worker's ring).
+        self.on_data_worker: Callable[[str], None] | None = None
         self.closed = False
 
     def _make(self, kind: int, context: zmq.Context | None = None) -> zmq.Socket:
@@ -83,6 +86,8 @@ class ComSockets:
         self._connect(self.data, endpoint, keys)
 
     def _connect(self, sock: zmq.Socket, endpoint: str, keys: LinkKeys) -> None:
+        if sock is self.data and self.on_data_worker is not None:
+            self.on_data_worker(endpoint)  # before a packet can come
         keys.apply_client(sock)  # a new connection takes the options set before it
         sock.connect(endpoint)
         self._worker_endpoints.append((sock, endpoint))

@@ -20,6 +20,7 @@ RELAY_COUNTERS = (
     "bytes_received",
     "packed_bytes",
     "unpacked_bytes",
+    "shared_bytes",
     "skipped",
 )
 
@@ -42,7 +43,8 @@ class ComStats:
     for not carrying the com's per-launch key.
     ``bytes_received`` counts payload bytes as they crossed the link from the worker; of them,
     ``packed_bytes`` came packed and unpacked to ``unpacked_bytes`` (see :attr:`compression_ratio`
-    and :attr:`bytes_unpacked`). ``clock_offset_s`` is the worker's clock minus the com's, as the
+    and :attr:`bytes_unpacked`); ``shared_bytes`` came through a local worker's shared-memory ring
+    rather than its socket (:mod:`heron_remote._ring`). ``clock_offset_s`` is the worker's clock minus the com's, as the
     heartbeat measures it (None until enough pulses were answered), ``clock_rtt_s`` the round
     trip of the pulse it comes from.
     """
@@ -58,6 +60,7 @@ class ComStats:
     bytes_received: int = 0
     packed_bytes: int = 0
     unpacked_bytes: int = 0
+    shared_bytes: int = 0
     clock_offset_s: float | None = None
     clock_rtt_s: float | None = None
     liveness_seen: int = 0

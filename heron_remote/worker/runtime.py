@@ -25,6 +25,7 @@ from .._drops import Drops
 from .._ipc import usable_socket_path
 from .._linkkeys import Gate, LinkKeys
 from .._protocol import DATA_HWM_RANGE, EXIT_BAD_START, EXIT_WORK_FAILED, ReadyLine
+from .._ring import RingWriter
 from .._threads import KeptThread
 from .._verbosity import NO_RELIC
 from .._version import __version__
@@ -106,6 +107,8 @@ class SourceWorker:
         self._relic: Relic | None = None
         self._address = "127.0.0.1"
         self._data_path: Path | None = None
+        #: Where large payloads go on a Unix socket (the com maps it): one copy fewer.
+        self._ring: RingWriter | None = None
         self._endpoints: dict[str, str] = {}
         self._packer: Packer | None = None
 
@@ -211,6 +214,9 @@ class SourceWorker:
                 logger.warning("data on loopback TCP: cannot bind %s (%s)", endpoint, exc.strerror)
             else:
                 self._endpoints[channel] = endpoint
+                self._ring = RingWriter.create(endpoint)  # before the ready line: the com maps it then
+                if self._ring is not None:
+                    remove_at_exit(str(self._ring.path))
                 self._bound(channel, 0)
                 return
         if ":" in self._address:
@@ -286,6 +292,11 @@ class SourceWorker:
         with self._send_lock:
             sock = self._data
             assert sock is not None, "call connect_socket() first"
+            ring = self._ring
+            if ring is not None:
+                for k in range(1, len(frames), 2):
+                    if type(frames[k]) is memoryview:  # a large array's, not packed
+                        frames[k] = ring.put(frames[k]) or frames[k]
             # The packet number lets the com count packets lost on the way (a broken tunnel).
             send_packet(sock, self.index + 1, frames, copy=copy, captured_us=captured_us)
             self.index += 1

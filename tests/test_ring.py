@@ -1,0 +1,246 @@
+"""A local worker's large payloads cross a shared-memory ring, not its socket (heron_remote._ring).
+
+The ring's own rules with a real mapping in /dev/shm (records reused only once released, a full
+ring passed over, a lost record answered by a new ring, forged references refused); then real
+processes: a Source's local worker, Heron's layout with the forwarders' relay in a process of its
+own, a worker SIGKILLed mid-stream, and a second local account that tries to read a ring or plant one.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import pwd
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from heron_remote import RestartPolicy, Settings, Source, WorkerError, _ring
+from heron_remote._ipc import new_data_socket
+from heron_remote._ring import REF_SIZE, RingTap, RingWriter, ring_path, sweep_stale_rings
+from heron_remote.errors import DecodeError
+from heron_remote.examples.synthetic_camera import expected_frame, frame_header
+
+from .helpers import CAMERA, FREE_PORTS, WORKERS
+from .test_forwarders_shared import _as, other_account  # noqa: F401
+from .test_relay_host import _hosted, outside  # noqa: F401
+
+_FAST = Settings(ports=FREE_PORTS, heartbeat_rate=0.2, heartbeats_to_death=5, start_timeout=15, stop_grace=2)
+#: A frame large enough for the ring (ZERO_COPY_MIN is 64 KiB): 128 KiB.
+_SHAPE = [256, 512]
+_KIB = 1024
+
+
+@pytest.fixture
+def endpoint() -> Iterator[str]:
+    """A local worker's data endpoint (nothing binds it): its ring is removed after the test."""
+    found = new_data_socket()
+    assert found is not None
+    yield found
+    path = ring_path(found)
+    if path is not None and path.exists():
+        path.unlink()
+
+
+def _payload(n: int, seed: int) -> memoryview:
+    return memoryview(np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8))
+
+
+def _packet(ref: bytes) -> list[object]:
+    return [b"1", b"{}", zmq.Frame(ref)]
+
+
+def test_payloads_cross_the_ring_and_records_are_reused_only_once_released(endpoint: str) -> None:
+    writer = RingWriter.create(endpoint, capacity=1024 * _KIB)
+    assert writer is not None
+    path = ring_path(endpoint)
+    assert path is not None and stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_uid == os.geteuid()
+    tap = RingTap.of(endpoint)
+    assert tap is not None
+    held, sent = [], []
+    for seed in range(7):  # 7 x 128 KiB of a 1 MiB ring: fits
+        payload = _payload(128 * _KIB, seed)
+        ref = writer.put(payload)
+        assert ref is not None and len(ref) == REF_SIZE
+        msg = _packet(ref)
+        assert tap.resolve(msg, [2]) == 128 * _KIB
+        held.append(msg[2])
+        sent.append(bytes(payload))
+    started = time.monotonic()
+    assert writer.put(_payload(128 * _KIB, 99)) is None  # full while every frame is held
+    waited = time.monotonic() - started
+    assert writer.bypassed == 1 and _ring.WAIT_S <= waited < 1.0
+    assert writer.put(_payload(128 * _KIB, 98)) is None and time.monotonic() - started < waited + 0.004  # no wait again
+    assert [bytes(f.buffer) for f in held] == sent  # nothing was overwritten
+    del held[:3]
+    gc.collect()
+    for seed in range(100, 120):  # the released records come back, around the end of the ring and again
+        payload = _payload(100 * _KIB + seed, seed)
+        ref = writer.put(payload)
+        assert ref is not None
+        msg = _packet(ref)
+        tap.resolve(msg, [2])
+        assert bytes(msg[2].buffer) == bytes(payload)
+        held.append(msg[2])
+        held.pop(0)
+        gc.collect()
+    writer.close()
+    writer.close()  # idempotent
+    assert not path.exists()
+
+
+def test_a_reader_refuses_forged_repeated_or_foreign_references(endpoint: str) -> None:
+    writer = RingWriter.create(endpoint, capacity=1024 * _KIB)
+    assert writer is not None
+    tap = RingTap.of(endpoint)
+    assert tap is not None
+    ref = writer.put(_payload(100 * _KIB, 1))
+    assert ref is not None
+    magic, generation, offset, length = _ring._REF.unpack(ref)
+    forged = {
+        "of another ring": _ring._REF.pack(magic, generation + 1, offset, length),
+        "out of the ring": _ring._REF.pack(magic, generation, 2048 * _KIB, length),
+        "not waiting": _ring._REF.pack(magic, generation, offset + 64 * 1024, length),  # no record starts there
+    }
+    for why, bad in forged.items():
+        with pytest.raises(DecodeError, match=why):
+            tap.resolve(_packet(bad), [2])
+    msg = _packet(ref)
+    tap.resolve(msg, [2])
+    with pytest.raises(DecodeError, match="not waiting"):  # the same record twice: refused
+        tap.resolve(_packet(ref), [2])
+    writer.close()
+
+
+def test_a_record_no_reader_took_gets_a_new_ring_and_the_old_frames_stay_intact(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ring, "RENEW_UNTAKEN_S", 0.05)
+    writer = RingWriter.create(endpoint, capacity=1024 * _KIB)
+    assert writer is not None
+    tap = RingTap.of(endpoint)
+    assert tap is not None
+    lost = writer.put(_payload(128 * _KIB, 0))  # its packet never reaches a reader
+    assert lost is not None
+    kept = _packet(writer.put(_payload(128 * _KIB, 1)) or b"")
+    tap.resolve(kept, [2])
+    while writer.put(_payload(128 * _KIB, 2)) is not None:
+        pass
+    old = writer.generation
+    time.sleep(0.1)
+    assert writer.put(_payload(128 * _KIB, 3)) is None and writer.renewed == 1 and writer.generation != old
+    fresh = _packet(writer.put(_payload(128 * _KIB, 4)) or b"")
+    assert tap.resolve(fresh, [2]) == 128 * _KIB  # the reader maps the new ring
+    assert bytes(fresh[2].buffer) == bytes(_payload(128 * _KIB, 4))
+    assert bytes(kept[2].buffer) == bytes(_payload(128 * _KIB, 1))  # the old ring is still mapped, unchanged
+    writer.close()
+
+
+def _ring_of(src: Source) -> Path:
+    assert src.launcher is not None and src.launcher.ready is not None
+    path = ring_path(src.launcher.ready.endpoints["data"])
+    assert path is not None
+    return path
+
+
+def _check(frames: list, shape: list[int]) -> None:
+    assert [f.index for f in frames] == list(range(frames[0].index, frames[0].index + len(frames)))
+    for f in frames:
+        header = frame_header(f.arrays[0])
+        assert header is not None and header[0] == f.index
+        np.testing.assert_array_equal(f.arrays[0], expected_frame(f.index, tuple(shape), "uint8", header[1]))
+
+
+def test_a_local_source_takes_large_frames_from_its_workers_ring_intact() -> None:
+    with Source(CAMERA, parameters={"shape": _SHAPE, "fps": 2000}, settings=_FAST) as cam:
+        frames = [f for f in cam.frames(timeout=10, limit=300)]
+        path = _ring_of(cam)
+        st = path.stat()
+        stats = cam.stats
+    assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600
+    # Far more frames than the 32 MiB ring holds (300 x 128 KiB), all intact as they were read.
+    _check(frames, _SHAPE)
+    assert stats.shared_bytes >= 200 * _SHAPE[0] * _SHAPE[1] and stats.lost == stats.malformed == 0
+    assert not path.exists()  # the worker removed it as it ended
+
+
+def test_heron_layout_publishes_from_the_ring_in_the_forwarders_process(
+    outside: tuple[Settings, subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    settings, _ = outside
+    with Source(CAMERA, parameters={"shape": _SHAPE, "fps": 2000}, settings=settings) as cam:
+        frames = list(cam.frames(timeout=10, limit=300))
+        assert _hosted(cam).hosted
+        deadline = time.monotonic() + 5
+        while cam.stats.shared_bytes < 200 * _SHAPE[0] * _SHAPE[1] and time.monotonic() < deadline:
+            time.sleep(0.05)  # the host's counters come with its reports
+        stats = cam.stats
+    _check(frames, _SHAPE)
+    assert stats.shared_bytes >= 200 * _SHAPE[0] * _SHAPE[1] and stats.lost == stats.malformed == 0
+
+
+def test_the_ring_of_a_killed_worker_is_removed_by_its_com_and_old_ones_are_swept(endpoint: str) -> None:
+    policy = RestartPolicy(mode="on-failure", max_restarts=1, backoff=0.1)
+    src = Source(
+        str(WORKERS / "flaky_worker.py"),
+        parameters={"frames": 5, "death": "kill"},
+        settings=_FAST.replace(restart=policy),
+    )
+    rings: set[Path] = set()
+    with pytest.raises(WorkerError), src:
+        for _ in src.frames(timeout=20):
+            rings.add(_ring_of(src))
+    assert rings and not any(p.exists() for p in rings)
+    # What a SIGKILLed com leaves: a ring whose socket is gone, swept once it is a minute old.
+    writer = RingWriter.create(endpoint, capacity=64 * _KIB)
+    assert writer is not None
+    path = writer.path
+    folder = Path(endpoint.removeprefix("ipc://")).parent
+    assert sweep_stale_rings(folder) == 0 and path.exists()  # young: left alone
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    assert sweep_stale_rings(folder) == 1 and not path.exists()
+
+
+def test_another_account_can_neither_read_a_ring_nor_plant_one(
+    other_account: pwd.struct_passwd,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with Source(CAMERA, parameters={"shape": _SHAPE, "fps": 500}, settings=_FAST) as cam:
+        next(iter(cam.frames(timeout=10, limit=1)))
+        path = _ring_of(cam)
+        probe = _as(other_account, f"open({str(path)!r}, 'rb').read(16); print('READ')")
+        out, err = probe.communicate(timeout=30)
+    assert "READ" not in out and "PermissionError" in err, err
+    # The ring's name follows the data socket's, which any account sees on the worker's command
+    # line: another account makes the file first. The worker must not use it, the com must not
+    # map it, and the frames still come, through the socket.
+    chosen = new_data_socket()
+    assert chosen is not None
+    planted = ring_path(chosen)
+    assert planted is not None
+    maker = _as(
+        other_account,
+        f"f = open({str(planted)!r}, 'wb'); f.write(b'HRRING01' + bytes(8192)); f.close(); "
+        f"os.chmod({str(planted)!r}, 0o666); print('PLANTED')",
+    )
+    assert "PLANTED" in maker.communicate(timeout=30)[0]
+    before = hashlib.sha256(planted.read_bytes()).hexdigest()
+    monkeypatch.setattr("heron_remote.launcher.new_data_socket", lambda: chosen)
+    try:
+        with Source(CAMERA, parameters={"shape": _SHAPE, "fps": 500}, settings=_FAST) as cam:
+            frames = list(cam.frames(timeout=10, limit=50))
+            stats = cam.stats
+        _check(frames, _SHAPE)
+        assert stats.shared_bytes == 0 and stats.malformed == 0
+        assert planted.stat().st_uid == other_account.pw_uid
+        assert hashlib.sha256(planted.read_bytes()).hexdigest() == before
+    finally:
+        planted.unlink()
