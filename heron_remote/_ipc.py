@@ -33,7 +33,6 @@ __all__ = [
     "is_socket",
     "new_data_socket",
     "remove_socket",
-    "sockets_folder",
     "sweep_stale",
     "usable_socket_path",
 ]
@@ -96,11 +95,6 @@ def data_socket_name(endpoint: str) -> str | None:
     if not is_private_endpoint(endpoint):
         return None
     return Path(_path(endpoint)).name.removeprefix("data-").removesuffix(".sock")
-
-
-def sockets_folder() -> Path | None:
-    """This account's folder of data sockets, or None where there can be none."""
-    return _folder()
 
 
 def remove_socket(endpoint: str) -> None:

@@ -45,9 +45,11 @@ import numpy as np
 import zmq
 
 from ._ipc import STALE_AFTER_S, data_socket_name
+from ._protocol import DATA_QUEUE_BYTES
 from .errors import DecodeError
 
 __all__ = [
+    "QUEUE_BYTES",
     "REF_SIZE",
     "RENEW_HELD_S",
     "RENEW_UNTAKEN_S",
@@ -60,6 +62,7 @@ __all__ = [
     "remove_ring",
     "ring_path",
     "sweep_stale_rings",
+    "unshared",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,13 +72,15 @@ _SHM = Path("/dev/shm")
 RING_BYTES = 32 * 1024 * 1024
 #: Seconds the oldest record may wait untaken, or stay taken, before the worker starts a new ring.
 RENEW_UNTAKEN_S = 2.0
+#: Bytes the ring lets wait at most (the com's queue from its worker holds as much).
+QUEUE_BYTES = DATA_QUEUE_BYTES
 #: Seconds the worker waits for a full ring to free a record before the payload takes the socket.
 WAIT_S = 0.005
 _POLL_S = 0.0001
 RENEW_HELD_S = 30.0
 _MAGIC = b"HRRING01"
 _REF_MAGIC = b"HRRINGRF"
-_HEADER = struct.Struct("<8sQQ")  # magic, generation, capacity
+_HEADER = struct.Struct("<8sQQQ")  # magic, generation, capacity, the writer's pid
 _DATA_START = 4096  # the records start page-aligned
 _RECORD = struct.Struct("<II")  # length, state
 _ALIGN = 64
@@ -111,18 +116,22 @@ def remove_ring(endpoint: str) -> None:
                 path.unlink()
 
 
-def sweep_stale_rings(sockets: Path | None) -> int:
-    """Remove this account's rings whose data socket is gone (workers ended by a SIGKILL); how many."""
-    if sockets is None or not available():
+def sweep_stale_rings() -> int:
+    """Remove this account's rings whose worker is gone (ended by a SIGKILL with its com); how many."""
+    if not available():
         return 0
     removed, now, uid = 0, time.time(), os.geteuid()
     for path in _SHM.glob(f"heron-remote-{uid}-*.ring"):
-        found = _NAME.fullmatch(path.name)
         try:
             st = path.lstat()
-            if found is None or st.st_uid != uid or now - st.st_mtime < STALE_AFTER_S:
+            if not _NAME.fullmatch(path.name) or st.st_uid != uid or not stat.S_ISREG(st.st_mode):
                 continue
-            if not (sockets / f"data-{found.group(2)}.sock").exists():
+            with open(path, "rb") as f:
+                head = f.read(_HEADER.size)
+            pid = _HEADER.unpack(head)[3] if len(head) == _HEADER.size else 0
+            if pid == 0 and now - st.st_mtime < STALE_AFTER_S:
+                continue  # a worker between making the file and writing its header
+            if pid == 0 or not _alive(pid):
                 path.unlink()
                 removed += 1
         except OSError:
@@ -130,12 +139,24 @@ def sweep_stale_rings(sockets: Path | None) -> int:
     return removed
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a process of this account (a live worker's: another account's is not ours)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
 def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _open_new(path: Path, capacity: int) -> mmap.mmap | None:
-    """A new ring file at ``path``, mapped; None (and why, logged) when there can be none."""
+def _open_new(path: Path, capacity: int) -> int | None:
+    """A new ring file at ``path`` (its size set, no memory reserved yet): its descriptor, or None
+    (and why, logged) when there can be none."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | os.O_CLOEXEC
     for attempt in (1, 2):
         try:
@@ -157,56 +178,98 @@ def _open_new(path: Path, capacity: int) -> mmap.mmap | None:
         return None
     try:
         os.fchmod(fd, 0o600)  # whatever the umask
-        # Reserved now: a full /dev/shm (a container's is 64 MiB) must fail here, not as a SIGBUS later.
-        os.posix_fallocate(fd, 0, _DATA_START + capacity)
-        return mmap.mmap(fd, _DATA_START + capacity)
+        os.ftruncate(fd, _DATA_START + capacity)
+        return fd
     except OSError as exc:
+        os.close(fd)
         with contextlib.suppress(OSError):
             path.unlink()
         logger.info("no shared-memory ring at %s (%s); data goes through the socket", path, exc.strerror)
         return None
-    finally:
-        os.close(fd)
 
 
 class RingWriter:
-    """The worker's end: copies payloads into records and reuses them, in order, once released."""
+    """The worker's end: copies payloads into records and reuses them, in order, once released.
 
-    def __init__(self, path: Path, mapping: mmap.mmap, capacity: int) -> None:
+    The file is made as the worker binds (so that its com maps it at once), but its memory is
+    reserved only with the first large payload: a node that sends small data costs a page.
+    """
+
+    def __init__(self, path: Path, fd: int, capacity: int) -> None:
         self.path = path
         self.capacity = capacity
+        self._fd = -1
         self._map: mmap.mmap | None = None
-        self._start(mapping)
         #: Payloads sent through the socket instead (the ring was full, or they were too large).
         self.bypassed = 0
         #: Rings started after the first (records lost or held for good).
         self.renewed = 0
+        self._start(fd, reserve=False)
 
-    def _start(self, mapping: mmap.mmap) -> None:
-        if self._map is not None:
-            self._map.close()  # the readers' mappings of the old ring stay valid
-        self._map = mapping
+    def _start(self, fd: int, *, reserve: bool) -> None:
+        self._drop()
+        self._fd = fd
+        self._map = mmap.mmap(fd, _DATA_START + self.capacity)
         self.generation = secrets.randbits(63)
-        _HEADER.pack_into(mapping, 0, _MAGIC, self.generation, self.capacity)
+        _HEADER.pack_into(self._map, 0, _MAGIC, self.generation, self.capacity, os.getpid())
+        self._reserved = False
+        if reserve:
+            self._reserve()
         self._head = 0  # the next record's offset
         self._tail = 0  # the oldest record's
         self._used = 0
         self._written: deque[float] = deque()  # when each record in use was written, oldest first
         self._waiting = True
 
+    def _drop(self) -> None:
+        """Let the current ring go (readers keep their mappings of it)."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _reserve(self) -> bool:
+        """Reserve the ring's memory, so that a full /dev/shm (a container's is 64 MiB) fails here,
+        not as a SIGBUS in a copy; on failure the ring is given up."""
+        try:
+            os.posix_fallocate(self._fd, 0, _DATA_START + self.capacity)
+        except OSError as exc:
+            logger.warning(
+                "no shared-memory ring: %s cannot hold %d MiB (%s); data goes through the socket",
+                _SHM,
+                self.capacity >> 20,
+                exc.strerror,
+            )
+            self.close()
+            return False
+        self._reserved = True
+        return True
+
     @classmethod
     def create(cls, endpoint: str, capacity: int = RING_BYTES) -> RingWriter | None:
         """The ring of the worker whose data socket is ``endpoint``; None (and why, logged) when
         there can be none, and the worker's payloads go through its socket."""
         path = ring_path(endpoint)
-        mapping = _open_new(path, capacity) if path is not None else None
-        return cls(path, mapping, capacity) if path is not None and mapping is not None else None
+        fd = _open_new(path, capacity) if path is not None else None
+        if path is None or fd is None:
+            return None
+        try:
+            return cls(path, fd, capacity)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            logger.info("no shared-memory ring at %s (%s); data goes through the socket", path, exc.strerror)
+            return None
 
     def put(self, payload: Any) -> bytes | None:
         """Copy ``payload`` into a record; its reference frame, or None when it must go through the socket."""
-        mapping = self._map
-        if mapping is None:
+        if self._map is None or (not self._reserved and not self._reserve()):
             return None
+        mapping = self._map
+        assert mapping is not None
         try:
             view = memoryview(payload).cast("B")
         except TypeError:  # not C-contiguous
@@ -236,8 +299,10 @@ class RingWriter:
         return _REF.pack(_REF_MAGIC, self.generation, offset, n)
 
     def _fits(self, need: int) -> bool:
+        """Room for a record of ``need`` bytes, with no more than QUEUE_BYTES waiting before it: the
+        ring must not let a com fall further behind its worker than its socket's queue would."""
         pad = self.capacity - self._head if self._head + need > self.capacity else 0  # too near the end: start at 0
-        return self._used + pad + need <= self.capacity
+        return self._used < QUEUE_BYTES and self._used + pad + need <= self.capacity
 
     def _wait(self, mapping: mmap.mmap, need: int) -> bool:
         """Wait up to WAIT_S for records to be released, as a socket's sender waits for its queue;
@@ -263,11 +328,16 @@ class RingWriter:
             why = "never taken (its packet was lost)" if state == _WRITTEN else "still held"
             logger.info("a new shared-memory ring: the oldest record was %s for %.0f s", why, age)
             self.renewed += 1
-            mapping = _open_new(self.path, self.capacity)
-            if mapping is None:
+            self._drop()
+            fd = _open_new(self.path, self.capacity)
+            if fd is None:
                 self.close()
             else:
-                self._start(mapping)
+                try:
+                    self._start(fd, reserve=True)
+                except OSError as exc:
+                    logger.warning("no new shared-memory ring (%s); data goes through the socket", exc.strerror)
+                    self.close()
         elif self.bypassed == 1:
             logger.info("the shared-memory ring is full (its frames are still held): this one goes through the socket")
         return None
@@ -291,10 +361,9 @@ class RingWriter:
 
     def close(self) -> None:
         """Unmap the ring and remove its file (readers keep their mappings). Idempotent."""
-        if self._map is None:
+        if self._map is None and self._fd < 0:
             return
-        self._map.close()
-        self._map = None
+        self._drop()
         with contextlib.suppress(OSError):
             self.path.unlink()
 
@@ -303,6 +372,30 @@ class RingWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Address ranges of the rings this process maps, while they are mapped (by the mapping's id).
+_MAPPED: dict[int, tuple[int, int]] = {}
+
+
+def _mapped(mapping: mmap.mmap) -> None:
+    view = np.frombuffer(mapping, np.uint8)
+    start = view.__array_interface__["data"][0]
+    del view  # no export left: the mapping can close
+    key = id(mapping)
+    _MAPPED[key] = (start, start + len(mapping))
+    weakref.finalize(mapping, _MAPPED.pop, key, None).atexit = False
+
+
+def unshared(value: Any) -> Any:
+    """``value``, copied if it is an array over a ring this process maps: what reaches a subscriber
+    in the relay's own process (a ``Source``'s) must not hold a record for as long as it is kept."""
+    if _MAPPED and isinstance(value, np.ndarray) and value.nbytes:
+        address = value.__array_interface__["data"][0]
+        for start, end in _MAPPED.values():
+            if start <= address < end:
+                return value.copy()
+    return value
 
 
 def is_ref(frame: Any) -> bool:
@@ -335,12 +428,15 @@ class RingReader:
             if st.st_size <= _DATA_START:
                 raise DecodeError(f"the shared-memory ring {path} is too short ({st.st_size} bytes)")
             self._map = mmap.mmap(fd, st.st_size)
+        except OSError as exc:  # out of address space or memory: the packets say so, the relay goes on
+            raise DecodeError(f"the worker's shared-memory ring {path} cannot be mapped: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        magic, self.generation, self.capacity = _HEADER.unpack_from(self._map, 0)
+        magic, self.generation, self.capacity, _ = _HEADER.unpack_from(self._map, 0)
         if magic != _MAGIC or _DATA_START + self.capacity != len(self._map):
             raise DecodeError(f"{path} is no shared-memory ring of a worker")
         self.path = path
+        _mapped(self._map)
 
     def take(self, ref: Any) -> zmq.Frame:
         """The payload a reference frame points to, as a frame that holds its record until freed."""
@@ -375,7 +471,7 @@ class RingTap:
         if path is None:
             return None
         tap = cls(path)
-        with contextlib.suppress(DecodeError):
+        with contextlib.suppress(DecodeError):  # none yet, or one the packets will report
             tap._reader = RingReader(path)
         return tap
 

@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import IO
 
-from ._ipc import is_socket, new_data_socket, remove_socket, sockets_folder, sweep_stale
+from ._ipc import is_socket, new_data_socket, remove_socket, sweep_stale
 from ._linkkeys import LinkKeys
 from ._logging import NodeLogger
 from ._output import WorkerOutput
@@ -312,7 +312,7 @@ class LocalLauncher(WorkerLauncher):
     def argv(self, args: WorkerArgs) -> list[str]:
         if not self._data_socket:
             sweep_stale()  # what workers ended by a SIGKILL left
-            sweep_stale_rings(sockets_folder())
+            sweep_stale_rings()
             self._data_socket = new_data_socket() or ""
         return super().argv(dataclasses.replace(args, data_ipc=self._data_socket.removeprefix("ipc://")))
 

@@ -130,6 +130,7 @@ class Relay:
         self.stats.skipped = self.sequence.skipped
 
     def close(self) -> None:
+        self.ring = None  # the mapping goes once the frames published from it are freed
         if self._packet_log is not None:
             self._packet_log.close()
 
@@ -141,8 +142,7 @@ class Relay:
         stats = self.stats
         stats.received += 1
         try:
-            if self.ring is not None:
-                self._from_ring(msg)
+            shared = self._from_ring(msg) if self.ring is not None else 0
             number, publish_flags, size = parse_packet(msg, self._frames)
             index = self.sequence.advance(number)
         except PacketError as exc:
@@ -153,6 +153,7 @@ class Relay:
             self._malformed(exc)
             return False
         stats.bytes_received += size
+        stats.shared_bytes += shared
         if size.bit_length() != self._size_class:
             self._size_class = size.bit_length()
             self._lower_queue(data_hwm(1 << self._size_class))
@@ -191,11 +192,11 @@ class Relay:
             self._packet_log.write(index)
         return True
 
-    def _from_ring(self, msg: list[Any]) -> None:
-        """The payloads the worker left in its ring, in place of their references; PacketError."""
+    def _from_ring(self, msg: list[Any]) -> int:
+        """The payloads the worker left in its ring, in place of their references: their bytes; PacketError."""
         assert self.ring is not None
         try:
-            self.stats.shared_bytes += self.ring.resolve(msg, self._slots)
+            return self.ring.resolve(msg, self._slots)
         except DecodeError as exc:
             try:
                 number: int | None = packet_number(msg)

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import zmq
 
+from .._ring import unshared
 from ..errors import DecodeError
 from .bounded import NUMBER_LIMIT, read_int, undecodable
 from .codec import ZERO_COPY_MIN, check_output, decode_output, parse_meta, parse_published_meta
@@ -261,7 +262,10 @@ def read_published_captured(recv: Callable[..., Any]) -> tuple[int, float, float
         raw = recv(_NOBLOCK)
         stamp = int(raw) / 1e6 if len(raw) < _NUMBER_DIGITS and raw.isdigit() else parse_time(raw)
         meta, captured = parse_published_meta(recv(_NOBLOCK))
-        value = meta.decode(recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
+        large = meta.nbytes >= ZERO_COPY_MIN
+        value = meta.decode(recv(_NOBLOCK, copy=not large))
+        if large:
+            value = unshared(value)
         return index, stamp, None if captured is None else captured / 1e6, value
     except (zmq.Again, DecodeError):
         raise
@@ -291,7 +295,7 @@ def decode_published(frames: Sequence[Any]) -> Packet:
     except Exception as exc:
         raise DecodeError(f"bad topic, index or time frame: {undecodable('a frame', exc)}") from exc
     try:
-        return Packet(name, number, time_us, decode_output(_bytes(meta), payload))
+        return Packet(name, number, time_us, unshared(decode_output(_bytes(meta), payload)))
     except Exception as exc:
         raise undecodable("a published message", exc) from exc
 
