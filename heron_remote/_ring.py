@@ -282,7 +282,8 @@ class RingWriter:
             return None
         self._reclaim(mapping)
         if not self._fits(need) and not self._wait(mapping, need):
-            return self._full()
+            self._full()
+            return None
         offset = self._head
         pad = self.capacity - offset if offset + need > self.capacity else 0
         if pad:
@@ -320,6 +321,7 @@ class RingWriter:
         return False
 
     def _full(self) -> None:
+        """A payload the full ring cannot take; a new ring when the oldest record is lost or held for good."""
         self.bypassed += 1
         assert self._map is not None
         _, state = _RECORD.unpack_from(self._map, _DATA_START + self._tail)
@@ -340,7 +342,6 @@ class RingWriter:
                     self.close()
         elif self.bypassed == 1:
             logger.info("the shared-memory ring is full (its frames are still held): this one goes through the socket")
-        return None
 
     def _reclaim(self, mapping: mmap.mmap) -> None:
         """Take back the oldest records, as long as their readers released them."""
