@@ -135,6 +135,15 @@ def test_another_account_on_the_pc_or_the_lan_can_neither_take_packets_nor_send_
         ) as src:
             frames = src.frames(timeout=15)
             indices = [next(frames).index]
+            # The worker runs before its parameters arrive (their echo is None until then): wait for
+            # them, so any other echo during the attacks is an injection.
+            for _ in range(1000):  # 10 s of packets
+                echo = next(frames)
+                indices.append(echo.index)
+                if echo.arrays[1] is not None and echo.arrays[1]["parameters"] is not None:
+                    break
+            else:
+                pytest.fail("the worker never echoed its parameters")
             pid = src.stats.worker_pid
             reports: list[dict] = []
             for who in (user, None):
