@@ -34,11 +34,16 @@ class Service:
         )
 
     def listens(self, port: int) -> bool:
-        code = f"import socket\ntry:\n socket.create_connection(('127.0.0.1',{port}),1)\nexcept OSError:\n exit(1)"
+        # Read the host's listening sockets rather than connect: a probe's connection would make
+        # sshd fork a process for it, one that may appear only after the probe has gone.
+        code = (
+            "import sys\nrows = [l.split() for f in ('tcp', 'tcp6') for l in open('/proc/net/' + f).readlines()[1:]]\n"
+            f"sys.exit(0 if any(r[3] == '0A' and int(r[1].split(':')[1], 16) == {port} for r in rows) else 1)"
+        )
         return self.in_ns(code).returncode == 0
 
     def one_sshd(self) -> None:
-        """Wait until the listener is the only sshd (a probe's connection leaves a process a moment)."""
+        """Wait until the listener is the only sshd (a session's process may linger a moment after it ends)."""
         wait_until(lambda: len(self.sshd_pids()) == 1, 10, "one sshd, the listener", interval=0.1)
 
     def sshd_pids(self) -> list[int]:

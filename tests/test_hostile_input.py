@@ -283,11 +283,22 @@ def _rss_mib() -> float:
 def _status_cli(settings: Settings, *extra: str) -> subprocess.Popen[str]:
     port = str(settings.ports.proof_of_life_publish)
     return subprocess.Popen(
-        [PYTHON, "-m", "heron_remote.cli", "status", "--port", port, *extra],
+        # faulthandler: SIGABRT dumps every thread's stack, should it ever hang (see _finish).
+        [PYTHON, "-X", "faulthandler", "-m", "heron_remote.cli", "status", "--port", port, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _finish(cli: subprocess.Popen[str]) -> tuple[str, str]:
+    """The CLI's output once it has ended; should it hang, the failure shows where (its stacks)."""
+    try:
+        return cli.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        cli.send_signal(signal.SIGABRT)
+        out, err = cli.communicate(timeout=10)
+        pytest.fail(f"heron-remote status did not end within 30 s; its stacks:\n{err[-6000:]}\n{out[-2000:]}")
 
 
 STATUS_ATTACKS = [
@@ -320,7 +331,7 @@ def test_status_messages_built_to_crash_heron_remote_status_are_ignored_and_coun
                 time.sleep(1.5)
                 assert cli.poll() is None, cli.communicate()
                 cli.send_signal(signal.SIGINT)
-            out, err = cli.communicate(timeout=30)
+            out, err = _finish(cli)
         finally:
             if cli.poll() is None:
                 cli.kill()
