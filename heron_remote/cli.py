@@ -97,6 +97,10 @@ def _status(args: argparse.Namespace) -> int:
             if board.rejected:
                 print(_rejected(board.rejected), file=sys.stderr)
             return 0 if sources else 1
+        # Ctrl-C or TERM ends the live board, even when started by a shell that ignores SIGINT
+        # for its background jobs (Python then leaves SIGINT ignored).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.default_int_handler)
         try:
             while True:
                 sources = board.poll(1.0)

@@ -282,9 +282,11 @@ def _rss_mib() -> float:
 
 def _status_cli(settings: Settings, *extra: str) -> subprocess.Popen[str]:
     port = str(settings.ports.proof_of_life_publish)
+    # Started with SIGINT ignored, as a shell starts a background job: Ctrl-C must still end it.
+    # faulthandler: SIGABRT dumps every thread's stack, should it ever hang (see _finish).
+    argv = [PYTHON, "-X", "faulthandler", "-m", "heron_remote.cli", "status", "--port", port, *extra]
     return subprocess.Popen(
-        # faulthandler: SIGABRT dumps every thread's stack, should it ever hang (see _finish).
-        [PYTHON, "-X", "faulthandler", "-m", "heron_remote.cli", "status", "--port", port, *extra],
+        ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
