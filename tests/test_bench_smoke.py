@@ -240,3 +240,38 @@ def test_the_bench_measures_the_path_without_the_links_key_beside_the_path_with_
     assert notes["path-local-noauth"]["auth"] == "none (bench only)" and "auth" not in notes["path-local"]
     assert ("path-local", "path-local-noauth", 65536) in {(r["name"], r["base"], r["size"]) for r in report["ratios"]}
     assert LinkKeys.make().mechanism == "plain"  # the switch ended with the measurement
+
+
+def test_rounds_keep_each_measurements_median_round_and_a_failed_round_fails_it() -> None:
+    from heron_remote.bench.rounds import median_round
+
+    runs = [Result("zmq", 64, ok=True, mb_per_s=v, msg_per_s=v * 10) for v in (30.0, 10.0, 20.0, 40.0)]
+    kept = median_round(runs[:3])
+    assert kept is runs[2] and kept.notes["rounds"] == {"kept": 3, "mb_per_s": [30.0, 10.0, 20.0],
+                                                        "msg_per_s": [300, 100, 200]}  # fmt: skip
+    assert median_round(runs).mb_per_s == 20.0  # even: the lower of the two middle rounds
+    alone = Result("zmq", 64, ok=True, mb_per_s=5.0)
+    assert median_round([alone]) is alone and "rounds" not in alone.notes
+    broken = Result("zmq", 64, error="TimeoutError: no data")
+    failed = median_round([Result("zmq", 64, ok=True, mb_per_s=1.0), broken])
+    assert not failed.ok and failed.error == "round 2 of 2: TimeoutError: no data"
+    with pytest.raises(ValueError, match="no round"):
+        median_round([])
+
+
+@pytest.mark.timeout(90)
+def test_a_run_in_rounds_measures_each_path_every_round(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["--quick", "--rounds", "2", "--out", str(tmp_path), "--only", STREAMS, "--sizes", "65536"])
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert status == 0, out
+    assert report["config"]["rounds"] == 2 and "round 1 of 2" in out and "round 2 of 2" in out
+    assert [r["name"] for r in report["results"]] == STREAMS.split(",")  # one row each: the median round
+    for r in report["results"]:
+        rounds = r["notes"]["rounds"]
+        # Two rounds: the lower of the two is the median kept.
+        assert len(rounds["mb_per_s"]) == 2 and round(r["mb_per_s"], 1) == min(rounds["mb_per_s"])
+        assert all(v > 0 for v in rounds["mb_per_s"]) and rounds["kept"] in (1, 2)
+    assert "rounds " in out.split("path-local", 1)[1]  # the table shows the spread
+    with pytest.raises(SystemExit):
+        main(["--rounds", "0", "--out", str(tmp_path)])

@@ -99,6 +99,10 @@ def format_table(results: Sequence[Result], ratios: Sequence[dict[str, Any]]) ->
             continue
         ratio = first_ratio.get((res.name, res.size))
         ratio_s = f"{ratio['ratio']:6.2f}  {ratio['base']}" if ratio else f"{'':6}  "
+        rounds = res.notes.get("rounds")
+        if rounds:  # the median round is shown: say how far the others were
+            spread = rounds["mb_per_s"]
+            ratio_s += f"{'; ' if ratio else ''}rounds {min(spread):.1f}-{max(spread):.1f} MB/s"
         lines.append(
             f"{res.name:<16} {label:>8} {res.mb_per_s:10.1f} {res.msg_per_s:11.0f} "
             f"{_num(res.latency_p50_us, '.0f', 9)} {_num(res.latency_p99_us, '.0f', 9)}  {ratio_s}"

@@ -1,7 +1,8 @@
 """``heron-remote bench``: run the measurements, print the tables, write bench.json and bench.png.
 
-Measurements run once per frame size (figures in ``results``); studies run once (launch
-latency, scale) and fill sections of their own (``launch``, ``scale``).
+Measurements run once per frame size (figures in ``results``), or in ``--rounds`` interleaved
+rounds with the median round kept (:mod:`.rounds`); studies run once (launch latency, scale) and
+fill sections of their own (``launch``, ``scale``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .links import LOCAL, LOOPBACK, NAMESPACE, Link, LinkUnavailable, open_links
 from .plot import RunKind, write_plot
 from .protocol import Plan, Result
 from .report import format_table, machine_info, progress_line, write_json
+from .rounds import median_round
 from .scale import format_scale, scale
 from .takeover import format_takeover, shared_path, takeover
 
@@ -304,6 +306,13 @@ def _run_one(m: Measurement, link: Link | LinkUnavailable, plan: Plan) -> Result
     return result
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="heron-remote bench",
@@ -338,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"known: {', '.join([m.name for m in MEASUREMENTS] + [s.name for s in STUDIES])}",
     )
     parser.add_argument("--seconds", type=float, default=None, help="measuring window per run (default: 3; quick: 0.3)")
+    parser.add_argument(
+        "--rounds",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run the measurements N times, interleaved (all of them, then again), and keep each one's "
+        "median round: ratios less swayed by a shared machine's drift; studies run once (default: %(default)s)",
+    )
     return parser
 
 
@@ -361,11 +378,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{' (quick)' if args.quick else ''}"
     )
     with open_links({m.link for m in chosen}) as links:
-        for m in measurements:
-            for size in _sizes(m, args):
-                result = _run_one(m, links[m.link], _plan(size, args))
-                results.append(result)
-                print(progress_line(result), flush=True)
+        runs: dict[tuple[str, int], list[Result]] = {}
+        for round_ in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {round_} of {args.rounds}", flush=True)
+            for m in measurements:
+                for size in _sizes(m, args):
+                    result = _run_one(m, links[m.link], _plan(size, args))
+                    runs.setdefault((m.name, size), []).append(result)
+                    print(progress_line(result), flush=True)
+        results = [median_round(each) for each in runs.values()]
         for study in studies:
             found = _run_study(study, links[study.link], args.quick)
             if study.section in ("launch", "editor"):
@@ -389,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             "sizes": args.sizes,
             "measurements": [m.name for m in chosen],
             "plan": _plan(args.sizes[0], args).to_dict() | {"size": None},
+            "rounds": args.rounds,
             "wall_s": round(time.monotonic() - started, 1),
         },
         "results": [r.to_dict() for r in results],
