@@ -181,11 +181,16 @@ def _open_new(path: Path, capacity: int) -> int | None:
         os.ftruncate(fd, _DATA_START + capacity)
         return fd
     except OSError as exc:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            path.unlink()
-        logger.info("no shared-memory ring at %s (%s); data goes through the socket", path, exc.strerror)
+        _abandon(path, fd, exc)
         return None
+
+
+def _abandon(path: Path, fd: int, exc: OSError) -> None:
+    """Give up a ring just made: its file goes, the worker's payloads take the socket."""
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    logger.info("no shared-memory ring at %s (%s); data goes through the socket", path, exc.strerror)
 
 
 class RingWriter:
@@ -258,10 +263,7 @@ class RingWriter:
         try:
             return cls(path, fd, capacity)
         except OSError as exc:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            logger.info("no shared-memory ring at %s (%s); data goes through the socket", path, exc.strerror)
+            _abandon(path, fd, exc)
             return None
 
     def put(self, payload: Any) -> bytes | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import paramiko
 
-from heron_remote import ForwarderPorts, Settings
+from heron_remote import ForwarderPorts, RestartPolicy, Settings, Source
 from heron_remote.examples import SYNTHETIC_CAMERA
 
 WORKERS = Path(__file__).parent / "workers"
@@ -58,6 +58,14 @@ RUN_MARK = f"HERON_REMOTE_TEST_RUN={os.getpid()}"
 os.environ["HERON_REMOTE_TEST_RUN"] = str(os.getpid())
 # The heron-remote command the tests run is this interpreter's (a venv's, not one found first on PATH).
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+
+def killed_twice(settings: Settings) -> Source:
+    """A local Source whose worker is SIGKILLed after 5 frames, started again once, and killed again:
+    its frames are 1-5 and 7-11, then ``WorkerError``."""
+    policy = RestartPolicy(mode="on-failure", max_restarts=1, backoff=0.1)
+    parameters = {"frames": 5, "death": "kill"}
+    return Source(str(WORKERS / "flaky_worker.py"), parameters=parameters, settings=settings.replace(restart=policy))
 
 
 def worker_pids() -> set[int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heron_remote import RestartPolicy, Settings, Source, WorkerError, WorkerStartError
+from heron_remote import Settings, Source, WorkerError, WorkerStartError
 from heron_remote._ipc import (
     STALE_AFTER_S,
     is_private_endpoint,
@@ -31,7 +31,7 @@ from heron_remote._protocol import CHANNELS, ReadyLine, WorkerArgs
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 from heron_remote.launcher import LocalLauncher
 
-from .helpers import CAMERA, FREE_PORTS, WORKERS
+from .helpers import CAMERA, FREE_PORTS, killed_twice
 from .test_forwarders_shared import assert_unreachable_by, other_account  # noqa: F401
 
 _FAST = Settings(ports=FREE_PORTS, heartbeat_rate=0.2, heartbeats_to_death=5, start_timeout=15, stop_grace=2)
@@ -70,12 +70,7 @@ def test_another_account_cannot_connect_to_a_local_workers_data_socket(
 
 def test_the_socket_of_a_killed_local_worker_is_removed_by_its_com() -> None:
     """ZeroMQ removes the file at a clean end; after a SIGKILL the com does, as it restarts the node."""
-    policy = RestartPolicy(mode="on-failure", max_restarts=1, backoff=0.1)
-    src = Source(
-        str(WORKERS / "flaky_worker.py"),
-        parameters={"frames": 5, "death": "kill"},
-        settings=_FAST.replace(restart=policy),
-    )
+    src = killed_twice(_FAST)
     paths: set[Path] = set()
     indices = []
     with pytest.raises(WorkerError), src:

@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 import zmq
 
-from heron_remote import RestartPolicy, Settings, Source, WorkerError, _ring
+from heron_remote import Settings, Source, WorkerError, _ring
 from heron_remote._ipc import new_data_socket
 from heron_remote._ring import REF_SIZE, RingTap, RingWriter, ring_path, sweep_stale_rings
 from heron_remote.errors import DecodeError
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 
-from .helpers import CAMERA, FREE_PORTS, WORKERS
+from .helpers import CAMERA, FREE_PORTS, killed_twice
 from .test_forwarders_shared import _as, other_account  # noqa: F401
 from .test_relay_host import _hosted, outside  # noqa: F401
 
@@ -255,12 +255,7 @@ def test_heron_layout_publishes_from_the_ring_in_the_forwarders_process(
 
 
 def test_the_ring_of_a_killed_worker_is_removed_by_its_com_and_orphans_are_swept(endpoint: str) -> None:
-    policy = RestartPolicy(mode="on-failure", max_restarts=1, backoff=0.1)
-    src = Source(
-        str(WORKERS / "flaky_worker.py"),
-        parameters={"frames": 5, "death": "kill"},
-        settings=_FAST.replace(restart=policy),
-    )
+    src = killed_twice(_FAST)
     rings: set[Path] = set()
     with pytest.raises(WorkerError), src:
         for _ in src.frames(timeout=20):

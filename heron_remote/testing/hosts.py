@@ -182,7 +182,10 @@ class AcqHosts:
         if host.netns:
             cmd = ["ip", "netns", "exec", host.netns, *cmd]
         log = open(self.workdir / host.name / "sshd.log", "ab")  # noqa: SIM115 - handed to the process
-        host.sshd = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        # A PC's sshd is a service of its own: nothing of this process's environment (a malloc
+        # tunable, say) reaches it.
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        host.sshd = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
         log.close()
         wait_port(host.address, host.port)
 
