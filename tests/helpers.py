@@ -88,9 +88,10 @@ def worker_pids() -> set[int]:
     return found
 
 
-def listening_address(port: int) -> str | None:
-    """The local address a TCP socket listens on for ``port`` (from /proc/net/tcp)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+def listening_address(port: int, net: str = "/proc/net") -> str | None:
+    """The local address a TCP socket listens on for ``port`` (from /proc/net/tcp); ``net``:
+    another network namespace's tables, ``/proc/<pid of a process in it>/net``."""
+    for table in (f"{net}/tcp", f"{net}/tcp6"):
         with open(table) as f:
             for line in f.readlines()[1:]:
                 local, state = line.split()[1], line.split()[3]

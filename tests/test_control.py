@@ -19,14 +19,15 @@ import pytest
 
 from heron_remote.testing import ControlClient, namespaces_possible
 
-from .helpers import wait_until
+from .helpers import listening_address, wait_until
 
 pytestmark = pytest.mark.skipif(not namespaces_possible(), reason="needs root and network namespaces (CI has both)")
 
 
 class Service:
-    def __init__(self, netns: str, client: ControlClient, workdir: Path) -> None:
+    def __init__(self, netns: str, pid: int, client: ControlClient, workdir: Path) -> None:
         self.netns, self.client, self.workdir = netns, client, workdir
+        self._net = f"/proc/{pid}/net"  # the namespace's tables, through a process in it
 
     def in_ns(self, code: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -36,11 +37,7 @@ class Service:
     def listens(self, port: int) -> bool:
         # Read the host's listening sockets rather than connect: a probe's connection would make
         # sshd fork a process for it, one that may appear only after the probe has gone.
-        code = (
-            "import sys\nrows = [l.split() for f in ('tcp', 'tcp6') for l in open('/proc/net/' + f).readlines()[1:]]\n"
-            f"sys.exit(0 if any(r[3] == '0A' and int(r[1].split(':')[1], 16) == {port} for r in rows) else 1)"
-        )
-        return self.in_ns(code).returncode == 0
+        return listening_address(port, self._net) is not None
 
     def one_sshd(self) -> None:
         """Wait until the listener is the only sshd (a session's process may linger a moment after it ends)."""
@@ -76,7 +73,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
              "--host-key", str(tmp_path / "host_key"), "--authorized-keys", str(tmp_path / "authorized_keys"),
              "--workdir", str(tmp_path / "work")],
         )  # fmt: skip
-        service = Service(netns, ControlClient(sock, timeout=20), tmp_path / "work")
+        service = Service(netns, proc.pid, ControlClient(sock, timeout=20), tmp_path / "work")
         wait_until(lambda: service.listens(22), 20, "the service's sshd", interval=0.2)
         service.one_sshd()
         yield service

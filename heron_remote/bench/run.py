@@ -370,7 +370,6 @@ def main(argv: list[str] | None = None) -> int:
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    results: list[Result] = []
     sections: dict[str, Any] = {}
     print(
         f"heron_remote bench: {len(measurements)} path(s) at up to {len(args.sizes)} size(s), "
