@@ -30,6 +30,7 @@ import sshtunnel
 from .._peeruid import is_ours
 from .._threads import KeptThread
 from ..errors import SSHError, TunnelError
+from .channel_feed import FeedCounts, forward_channel
 from .translate import LINK_ERRORS, translated
 from .tunnel import BaseTunnel, TunnelHost
 
@@ -37,7 +38,7 @@ __all__ = ["READ_CHUNK", "TUNNEL_WAIT_S", "SSHTunnel"]
 
 logger = logging.getLogger(__name__)
 
-#: Bytes read at once from either side: with the transport's window and packet size
+#: Bytes read at once from the local socket: with the transport's window and packet size
 #: (transport.py), 1 MiB reads carried ~400 MB/s on a veth link where sshtunnel's 16 KiB did ~100.
 READ_CHUNK = 1024 * 1024
 #: Seconds a client of a tunnel waits for the connection to come back before it is closed.
@@ -50,13 +51,15 @@ CHANNEL_TIMEOUT_S = 10.0
 _NOT_OPENED: tuple[type[BaseException], ...] = (*LINK_ERRORS, SSHError)
 
 
-def pump(sock: socket.socket, chan: paramiko.Channel) -> None:
+def pump(sock: socket.socket, chan: paramiko.Channel, counts: FeedCounts | None = None) -> None:
     """Copy both ways between a local socket and a channel until either side closes.
 
-    Each direction blocks in its own thread. Selecting on the channel would make paramiko
-    open a pipe for it, which it closes from its transport thread while a select may still
-    hold the descriptor; a reused descriptor then corrupts another connection (seen when
-    several streaming sources stopped at once).
+    The channel's bytes go to the socket from paramiko's transport thread where the socket takes
+    them at once (:mod:`.channel_feed`); the socket's go to the channel from a thread of their
+    own, blocking. Selecting on the channel would make paramiko open a pipe for it, which it
+    closes from its transport thread while a select may still hold the descriptor; a reused
+    descriptor then corrupts another connection (seen when several streaming sources stopped at
+    once). ``counts``: what the channel delivered is added to it.
     """
 
     def upstream() -> None:
@@ -73,8 +76,7 @@ def pump(sock: socket.socket, chan: paramiko.Channel) -> None:
 
     up = KeptThread.start_new(upstream, name="heron-tunnel-up")
     try:
-        while data := chan.recv(READ_CHUNK):
-            sock.sendall(data)
+        forward_channel(chan, sock, counts if counts is not None else FeedCounts())
     finally:
         try:
             sock.shutdown(socket.SHUT_RDWR)  # ends upstream's recv
@@ -85,9 +87,10 @@ def pump(sock: socket.socket, chan: paramiko.Channel) -> None:
 
 
 def _handler(
-    host: TunnelHost, remote: tuple[str, int], log: logging.Logger, refusing: Callable[[], bool]
+    host: TunnelHost, remote: tuple[str, int], log: logging.Logger, refusing: Callable[[], bool], counts: FeedCounts
 ) -> type[socketserver.BaseRequestHandler]:
-    """sshtunnel's request handler, for ``remote`` over ``host``'s live transport, while not ``refusing()``."""
+    """sshtunnel's request handler, for ``remote`` over ``host``'s live transport, while not ``refusing()``;
+    what its channels deliver is added to ``counts``."""
 
     class Handler(sshtunnel._ForwardHandler):
         # sshtunnel's server reads both in its error report.
@@ -111,7 +114,7 @@ def _handler(
             try:
                 # Small messages (pulses, parameters) go at once, not after a delayed ACK.
                 self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                pump(self.request, chan)
+                pump(self.request, chan, counts)
             except OSError as exc:
                 log.debug("forward to %s:%d ended: %s", *remote, exc)
             finally:
@@ -157,9 +160,11 @@ class SSHTunnel(BaseTunnel):
 
     def __init__(self, host: TunnelHost, remote_port: int, remote_host: str = "127.0.0.1") -> None:
         remote = (remote_host, remote_port)
+        #: What this tunnel's channels delivered, over all its connections so far.
+        self.delivered = FeedCounts()
         with translated(TunnelError, f"cannot open a local port to forward to {host.server.name}", (OSError,)):
             self._server = _OwnAccountServer(
-                ("127.0.0.1", 0), _handler(host, remote, logger, lambda: self.refusing), logger=logger
+                ("127.0.0.1", 0), _handler(host, remote, logger, lambda: self.refusing, self.delivered), logger=logger
             )
         self._server.daemon_threads = True
         super().__init__(self._server.server_address[1], remote)

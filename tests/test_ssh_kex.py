@@ -1,0 +1,61 @@
+"""Key exchanges while channels come and go (heron_remote/ssh/transport.py, KexSafeTransport).
+
+paramiko answers a channel the PC closes from its transport thread, with a message that waits
+for the key exchange under way, which that thread itself runs. Over a real sshd: commands end
+(their channels closed by sshd) while the keys are renewed back to back, and the link must
+neither stall nor reconnect.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from heron_remote.ssh import HostConnection, Registry
+from heron_remote.ssh.transport import KexSafeTransport
+from heron_remote.testing import AcqHosts, ExternalHosts
+
+pytestmark = pytest.mark.multihost
+Hosts = AcqHosts | ExternalHosts
+
+COMMANDS = 40
+
+
+def test_channels_closed_by_the_pc_during_key_exchanges_neither_stall_nor_drop_the_link(acq: Hosts) -> None:
+    conn = HostConnection.acquire(Registry.load(acq.registry).get("acq1"))
+    try:
+        transport = conn.transport
+        assert isinstance(transport, KexSafeTransport)
+        stop = threading.Event()
+        exchanges: list[float] = []
+        failed: list[BaseException] = []
+
+        def renew_keys() -> None:
+            try:
+                while not stop.is_set():
+                    transport.renegotiate_keys()
+                    exchanges.append(time.monotonic())
+            except BaseException as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=renew_keys, name="test-renew-keys", daemon=True)
+        thread.start()
+        slow = []
+        try:
+            for i in range(COMMANDS):
+                started = time.monotonic()
+                code, _, err = conn.run("true", timeout=10)
+                assert code == 0, err
+                if time.monotonic() - started > 1.0:
+                    slow.append((i, round(time.monotonic() - started, 2)))
+        finally:
+            stop.set()
+            thread.join(15)
+        assert not failed, f"a key exchange failed: {failed[0]!r}"
+        assert len(exchanges) >= COMMANDS, f"only {len(exchanges)} key exchanges beside {COMMANDS} commands"
+        assert conn.reconnects == 0 and conn.is_active, "the link was lost during the exchanges"
+        assert not slow, f"commands that waited for an exchange to time out: {slow}"
+    finally:
+        conn.release()
