@@ -209,10 +209,11 @@ def test_what_the_socket_does_not_take_waits_in_order_behind_what_it_took() -> N
     try:
         big = bytes(range(256)) * 4096
         chan._feed(_packet(big))  # more than the socket takes: the rest waits
-        assert 0 < feed.counts.direct < len(big) and feed.counts.queued == len(big) - feed.counts.direct
+        assert 0 < feed.counts.direct < len(big) and len(feed) == len(big) - feed.counts.direct
         chan._feed(_packet(b"after"))  # something waits: this must wait behind it, even with room
         taken = feed.take()
         assert taken is not None and taken[0] == big[feed.counts.direct :] + b"after"
+        assert feed.counts.queued == len(taken[0])
         chan._feed(_packet(b"while writing"))  # the tunnel thread has not written yet: waits too
         expected = big + b"after" + b"while writing" + b"then direct"
         received: list[bytes] = []

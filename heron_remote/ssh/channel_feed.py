@@ -3,9 +3,9 @@
 paramiko's transport thread puts each packet it receives into the channel's pipe, and a tunnel
 thread wakes, takes it and writes it to the local socket: a thread wake-up and an interpreter-lock
 hand-off per packet and per channel. With many sources on a link those hand-offs, not the
-bytes, were the rig's load: 8 sources x 26 MB/s over two hosts, 628-742 of 800 frames/s
-delivered at 108-114 % of a CPU for the rig process, its backlog growing to a second; writing
-from the transport thread, 789-809 frames/s at 90 %, latency under 160 ms.
+bytes, were the rig's load: 8 sources x 26 MB/s over two hosts, 590-750 of 800 frames/s
+delivered at 103-132 % of a CPU for the rig process, its backlog growing to a second; writing
+from the transport thread, 781-829 frames/s at 92-111 %, latency under 160 ms.
 
 :func:`forward_channel` does that: the transport thread sends each packet to the local socket
 when the socket takes it at once (``MSG_DONTWAIT``). What the socket does not take -- the com is
@@ -100,7 +100,6 @@ class _SocketFeed(BufferedPipe):
                 except OSError:
                     sent = 0  # full, or gone: the tunnel thread meets it and ends the forward
                 self.counts.direct += sent
-            self.counts.queued += len(data) - sent
         if sent < len(data):
             super().feed(data[sent:])
         # Outside the pipe's lock: paramiko takes the channel's lock, then this one, when it closes.
@@ -121,6 +120,9 @@ class _SocketFeed(BufferedPipe):
             del self._buffer[:]
             window, self._window = self._window, 0
             self._writing = bool(out)
+            # Counted here, not as it is fed: a feed under way when the pipe was put in place
+            # still runs paramiko's own method.
+            self.counts.queued += len(out)
             return out, window
 
     def written(self) -> None:

@@ -2,9 +2,11 @@
 
 Each tunnel is one of sshtunnel's threading forward servers on a free local port; each client
 connection gets a ``direct-tcpip`` channel of the host's live transport, also after a
-reconnect (a client that connects while the link is down waits for the new transport), and
-two threads copy the bytes. The private sshtunnel names used here are pinned by
-``tests/test_ssh_sshtunnel_pins.py``.
+reconnect (a client that connects while the link is down waits for the new transport). A
+thread of the connection copies the client's bytes to the channel; the channel's go into the
+client's socket from paramiko's transport thread, and from another thread of the connection
+only when the socket does not take them at once (:mod:`.channel_feed`). The private sshtunnel
+names used here are pinned by ``tests/test_ssh_sshtunnel_pins.py``.
 
 The port is open to every account of the rig, and threads are what a connection costs here.
 Where the system names the owner of a connecting socket (Linux), a connection from another
@@ -181,5 +183,13 @@ class SSHTunnel(BaseTunnel):
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+        done = self.delivered
+        if done.direct + done.queued:
+            logger.debug(
+                "forward %s delivered %.1f MB, %.0f %% of it written by the transport thread",
+                self.address,
+                (done.direct + done.queued) / 1e6,
+                100 * done.direct / (done.direct + done.queued),
+            )
         if self._thread.error is not None:
             logger.error("the forward server of %s ended on %r", self.address, self._thread.error)
