@@ -163,6 +163,9 @@ def test_a_hello_from_a_process_that_does_not_hold_the_ports_is_refused() -> Non
     """Something of this account answering on the forwarders' socket is not believed on its word."""
     ports = free_fixed_ports()
     path = hello.socket_path(ports.data_submit)
+    # As the forwarders do: a file left there is a dead owner's (a killed forwarders process of an
+    # earlier run whose port number came round again; CI met one).
+    path.unlink(missing_ok=True)
     fake = socket.socket(socket.AF_UNIX)
     fake.bind(str(path))
     fake.listen()
