@@ -142,9 +142,13 @@ def forward_channel(chan: paramiko.Channel, sock: socket.socket, counts: FeedCou
     channel has no paramiko pipe, the calling thread reads the channel and writes it all.
     """
     if not (_CAN_FEED and isinstance(getattr(chan, "in_buffer", None), BufferedPipe)):
-        while data := chan.recv(_READ_CHUNK):
-            sock.sendall(data)
-            counts.add(FeedCounts(queued=len(data)))
+        written = FeedCounts()
+        try:
+            while data := chan.recv(_READ_CHUNK):
+                sock.sendall(data)
+                written.queued += len(data)
+        finally:
+            counts.add(written)
         return
     feed = _SocketFeed.install(chan, sock)
     try:

@@ -53,7 +53,7 @@ CHANNEL_TIMEOUT_S = 10.0
 _NOT_OPENED: tuple[type[BaseException], ...] = (*LINK_ERRORS, SSHError)
 
 
-def pump(sock: socket.socket, chan: paramiko.Channel, counts: FeedCounts | None = None) -> None:
+def pump(sock: socket.socket, chan: paramiko.Channel, counts: FeedCounts) -> None:
     """Copy both ways between a local socket and a channel until either side closes.
 
     The channel's bytes go to the socket from paramiko's transport thread where the socket takes
@@ -78,7 +78,7 @@ def pump(sock: socket.socket, chan: paramiko.Channel, counts: FeedCounts | None 
 
     up = KeptThread.start_new(upstream, name="heron-tunnel-up")
     try:
-        forward_channel(chan, sock, counts if counts is not None else FeedCounts())
+        forward_channel(chan, sock, counts)
     finally:
         try:
             sock.shutdown(socket.SHUT_RDWR)  # ends upstream's recv
