@@ -36,10 +36,6 @@ FRAME_SHAPE = (512, 512)  # uint8: 256 KiB
 FPS = 100.0
 START_TIMEOUT_S = 60.0
 _TICKS = os.sysconf("SC_CLK_TCK")
-#: Sources stop one at a time. Stopping several on one loaded connection at once has broken its
-#: paramiko transport here (EBADF/EPIPE in the transport thread, then a reconnect); the stop is
-#: not what is measured, so the bench keeps out of that race.
-_STOP_LOCK = threading.Lock()
 
 
 def _cpu_s(stat_path: str) -> float:
@@ -103,8 +99,7 @@ class _Runner:
         finally:
             self.ready.set()
             if self.source is not None:
-                with _STOP_LOCK:
-                    self.source.stop()
+                self.source.stop()  # at the same moment as the others: they share the host's connection
 
     @property
     def com_native_id(self) -> int | None:
