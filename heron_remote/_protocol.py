@@ -315,13 +315,15 @@ def liveness(
     refused: int = 0,
     *,
     times: tuple[int, int] | None = None,
+    ring: tuple[int, int] | None = None,
 ) -> list[bytes]:
     """A worker's beacon; ``error`` is what went wrong in it that its com should report,
     ``rejected`` how many messages it dropped as undecodable so far, ``probe`` asks the com to
     answer at once (the worker's stdin closed: is the com still there?), ``refused`` how many
     connections it refused for not carrying its com's key, ``times`` the worker's clock (ns)
     when the echoed pulse came and when this beacon left: with the pulse's own send time and
-    its arrival, the com has the four times of an NTP exchange."""
+    its arrival, the com has the four times of an NTP exchange; ``ring`` the payloads its
+    shared-memory ring could not take so far and the rings it started anew (a local worker's)."""
     body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns, "rejected": rejected, "refused": refused}
     if times is not None and times[0]:
         body["rx_ns"], body["tx_ns"] = times
@@ -329,6 +331,8 @@ def liveness(
         body["error"] = error[:ERROR_MAX_CHARS]
     if probe is not None:
         body["probe"] = probe
+    if ring is not None:
+        body["ring"] = list(ring)
     return [LIVE, json.dumps(body).encode()]
 
 

@@ -309,3 +309,17 @@ def test_another_account_can_neither_read_a_ring_nor_plant_one(
         assert hashlib.sha256(planted.read_bytes()).hexdigest() == before
     finally:
         planted.unlink()
+
+
+def test_payloads_too_large_for_the_ring_go_through_the_socket_and_the_com_counts_them() -> None:
+    # Over a quarter of the 32 MiB ring: never copied into it.
+    shape = [3072, 3072]
+    with Source(CAMERA, parameters={"shape": shape, "fps": 20}, settings=_FAST) as cam:
+        frames = [f for f in cam.frames(timeout=10, limit=5)]
+        deadline = time.monotonic() + 5
+        while cam.stats.worker_ring_bypassed < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the count comes with the worker's next beacon
+        stats = cam.stats
+    _check(frames, shape)
+    assert stats.worker_ring_bypassed >= 5 and stats.worker_ring_renewed == 0
+    assert stats.shared_bytes == 0 and stats.lost == stats.malformed == 0

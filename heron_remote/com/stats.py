@@ -44,9 +44,12 @@ class ComStats:
     ``bytes_received`` counts payload bytes as they crossed the link from the worker; of them,
     ``packed_bytes`` came packed and unpacked to ``unpacked_bytes`` (see :attr:`compression_ratio`
     and :attr:`bytes_unpacked`); ``shared_bytes`` came through a local worker's shared-memory ring
-    rather than its socket (:mod:`heron_remote._ring`). ``clock_offset_s`` is the worker's clock minus the com's, as the
-    heartbeat measures it (None until enough pulses were answered), ``clock_rtt_s`` the round
-    trip of the pulse it comes from.
+    rather than its socket (:mod:`heron_remote._ring`); ``worker_ring_bypassed`` counts the large
+    payloads the worker sent through its socket because its ring could not take them (full of
+    frames still held, or over a quarter of its size) and ``worker_ring_renewed`` the rings it
+    started anew because a record was never released (as the worker last said).
+    ``clock_offset_s`` is the worker's clock minus the com's, as the heartbeat measures it (None
+    until enough pulses were answered), ``clock_rtt_s`` the round trip of the pulse it comes from.
     """
 
     received: int = 0
@@ -61,6 +64,8 @@ class ComStats:
     packed_bytes: int = 0
     unpacked_bytes: int = 0
     shared_bytes: int = 0
+    worker_ring_bypassed: int = 0
+    worker_ring_renewed: int = 0
     clock_offset_s: float | None = None
     clock_rtt_s: float | None = None
     liveness_seen: int = 0

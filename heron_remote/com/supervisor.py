@@ -281,6 +281,9 @@ class Supervisor:
         rejected = body.get("rejected")
         if type(rejected) is int and 0 <= rejected < NUMBER_LIMIT:
             self.stats.worker_rejected = rejected
+        ring = body.get("ring")
+        if type(ring) is list and len(ring) == 2 and all(type(n) is int and 0 <= n < NUMBER_LIMIT for n in ring):
+            self.stats.worker_ring_bypassed, self.stats.worker_ring_renewed = ring
         refused = body.get("refused")
         if type(refused) is int and 0 <= refused < NUMBER_LIMIT and refused != self._refused:
             self._refused_more(refused)

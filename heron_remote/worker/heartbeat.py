@@ -51,6 +51,8 @@ class WorkerHeartbeat:
         self._now = threading.Event()
         #: Connections the worker refused for want of its com's key, for the beacons.
         self.refused: Callable[[], int] = lambda: 0
+        #: The shared-memory ring's (bypassed, renewed) counts, for the beacons; None without a ring.
+        self.ring_counts: Callable[[], tuple[int, int] | None] = lambda: None
         #: Called on every pulse (the start record's live file takes its time).
         self.on_pulse: Callable[[], object] = lambda: None
         self._probe: tuple[int, float, Callable[[], object]] | None = None
@@ -121,7 +123,17 @@ class WorkerHeartbeat:
                 asking = probe[0] if probe is not None else None
                 try:
                     times = (received, clock.now_ns())
-                    message = liveness(pid, seq, echo, error, self._drops.count, asking, self.refused(), times=times)
+                    message = liveness(
+                        pid,
+                        seq,
+                        echo,
+                        error,
+                        self._drops.count,
+                        asking,
+                        self.refused(),
+                        times=times,
+                        ring=self.ring_counts(),
+                    )
                     beacon.send_multipart(message, zmq.NOBLOCK)
                 except zmq.Again:
                     self._error = self._error or error  # goes with the next beacon

@@ -95,6 +95,7 @@ class SourceWorker:
             self.heartbeat_rate, self.heartbeats_to_death, self._bind, self._die, self._drops
         )
         self._heartbeat.refused = lambda: self.refused
+        self._heartbeat.ring_counts = self._ring_counts
         self._context = zmq.Context()
         self._data_context: zmq.Context | None = None
         self._gate: Gate | None = None
@@ -139,6 +140,10 @@ class SourceWorker:
         """Connections to the worker's ports refused for not carrying its com's key (another program
         on the PC tried them); each beacon tells the com (``stats.worker_refused``)."""
         return self._gate.refused if self._gate is not None else 0
+
+    def _ring_counts(self) -> tuple[int, int] | None:
+        ring = self._ring
+        return None if ring is None else (ring.bypassed, ring.renewed)
 
     @property
     def data_socket(self) -> zmq.Socket | None:
