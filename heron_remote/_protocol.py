@@ -26,7 +26,7 @@ from typing import Any
 
 from ._verbosity import NO_RELIC
 from .errors import ConfigError, DecodeError
-from .settings import Settings
+from .settings import DEFAULT_BATCH_WINDOW, MAX_BATCH_WINDOW, Settings
 from .wire.bounded import CONTROL_MAX_BYTES, ERROR_MAX_CHARS, read_int, read_json
 
 READY_PREFIX = "HERON_REMOTE_READY "
@@ -112,6 +112,8 @@ class WorkerArgs:
     #: not loopback TCP: a local launch, its com on this machine. No port for another account,
     #: and a frame costs the kernel less than through TCP. "": loopback TCP.
     data_ipc: str = ""
+    #: Settings.batch_window: how long the worker holds a small packet for the ones after it.
+    batch_window: float = DEFAULT_BATCH_WINDOW
 
     def to_argv(self) -> list[str]:
         # Heron's positional layout first, so Heron's own parser still reads it;
@@ -137,6 +139,8 @@ class WorkerArgs:
             argv.append(f"{_OPTION_PREFIX}link-timeout={self.link_timeout!r}")
         if self.data_ipc:
             argv.append(f"{_OPTION_PREFIX}data-ipc={self.data_ipc}")
+        if self.batch_window != DEFAULT_BATCH_WINDOW:
+            argv.append(f"{_OPTION_PREFIX}batch-window={self.batch_window!r}")
         return argv
 
     @classmethod
@@ -170,6 +174,7 @@ class WorkerArgs:
             session_grace=settings.session_grace,
             link_timeout=settings.link_timeout,
             compression=compression,
+            batch_window=settings.batch_window,
         )
 
     @classmethod
@@ -209,6 +214,7 @@ class WorkerArgs:
                 link_timeout=float(options.get("link-timeout", 3.0)),
                 compression=options.get("compression", ""),
                 data_ipc=options.get("data-ipc", ""),
+                batch_window=_window(options.get("batch-window")),
             )
         except ValueError as exc:
             raise ConfigError(usage + repr(argv)) from exc
@@ -277,6 +283,16 @@ def _address(value: str) -> str:
     return value
 
 
+def _window(raw: str | None) -> float:
+    """A batch window from the command line: seconds, 0 to 0.1; ValueError otherwise."""
+    if raw is None:
+        return DEFAULT_BATCH_WINDOW
+    window = float(raw)
+    if not 0 <= window <= MAX_BATCH_WINDOW:
+        raise ValueError(f"batch window {raw!r}")
+    return window
+
+
 def _control(value: str) -> str:
     if value not in CONTROLS:
         raise ValueError(f"unknown control {value!r}")
@@ -316,6 +332,7 @@ def liveness(
     *,
     times: tuple[int, int] | None = None,
     ring: tuple[int, int] | None = None,
+    sent: tuple[int, int] | None = None,
 ) -> list[bytes]:
     """A worker's beacon; ``error`` is what went wrong in it that its com should report,
     ``rejected`` how many messages it dropped as undecodable so far, ``probe`` asks the com to
@@ -323,7 +340,8 @@ def liveness(
     connections it refused for not carrying its com's key, ``times`` the worker's clock (ns)
     when the echoed pulse came and when this beacon left: with the pulse's own send time and
     its arrival, the com has the four times of an NTP exchange; ``ring`` the payloads its
-    shared-memory ring could not take so far and the rings it started anew (a local worker's)."""
+    shared-memory ring could not take so far and the rings it started anew (a local worker's),
+    ``sent`` the packets it sent so far and the messages they travelled in (see Settings.batch_window)."""
     body: dict[str, Any] = {"pid": pid, "seq": seq, "echo_ns": echo_ns, "rejected": rejected, "refused": refused}
     if times is not None and times[0]:
         body["rx_ns"], body["tx_ns"] = times
@@ -333,6 +351,8 @@ def liveness(
         body["probe"] = probe
     if ring is not None:
         body["ring"] = list(ring)
+    if sent is not None:
+        body["sent"] = list(sent)
     return [LIVE, json.dumps(body).encode()]
 
 

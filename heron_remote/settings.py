@@ -84,6 +84,12 @@ class RestartPolicy:
         return Backoff(first=self.backoff, maximum=self.max_backoff).delay(restart)
 
 
+#: Seconds a worker holds a small packet for the ones after it, unless told (Settings.batch_window),
+#: and the longest it may.
+DEFAULT_BATCH_WINDOW = 0.0005
+MAX_BATCH_WINDOW = 0.1
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """How a com and its worker talk.
@@ -111,6 +117,10 @@ class Settings:
         layout), let them relay the com's packets (one loopback hop less per frame); False keeps
         the relaying in the com's own process (the relays of all such coms share one thread of
         the forwarders' process).
+    batch_window: seconds a worker holds a small packet (8 KiB of payload or less) sent within
+        that time of its previous one, so that the packets after it travel to the com in the same
+        message: a packet then waits up to this long, and costs a quarter less CPU at 64 B (see
+        README, "Performance"). A packet that comes alone goes at once. 0: every packet at once.
     """
 
     heartbeat_rate: float = 1.0
@@ -126,6 +136,7 @@ class Settings:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     session_grace: float = 0.75
     relay_in_forwarders: bool = True
+    batch_window: float = DEFAULT_BATCH_WINDOW
 
     def __post_init__(self) -> None:
         if isinstance(self.restart, str):
@@ -149,6 +160,11 @@ class Settings:
                 raise ConfigError(f"Settings.{name} must be an address or host name, got {value!r}")
         if not isinstance(self.relay_in_forwarders, bool):
             raise ConfigError(f"Settings.relay_in_forwarders must be True or False, got {self.relay_in_forwarders!r}")
+        window = self.batch_window
+        if not isinstance(window, (int, float)) or isinstance(window, bool) or not 0 <= window <= MAX_BATCH_WINDOW:
+            raise ConfigError(
+                f"Settings.batch_window must be between 0 (no batching) and {MAX_BATCH_WINDOW:g} s, got {window!r}"
+            )
         if not isinstance(self.heartbeats_to_death, int) or self.heartbeats_to_death < 1:
             raise ConfigError(f"Settings.heartbeats_to_death must be an int >= 1, got {self.heartbeats_to_death!r}")
 
@@ -178,6 +194,7 @@ class Settings:
                 ("link_timeout", float),
                 ("session_grace", float),
                 ("relay_in_forwarders", boolean),
+                ("batch_window", float),
             ),
         )
         port_kwargs = _from_env(

@@ -25,6 +25,7 @@ import zmq
 from ._threads import KeptThread
 from .com.parameters import encode_parameters
 from .com.stats import RateMeter
+from .com.tap import FrameTap
 from .compression import Compression, chosen_compression
 from .errors import ConfigError, ForwarderError, NoDataError, WorkerError, WorkerStartError
 from .forwarders import endpoint as forwarder_endpoint
@@ -101,6 +102,9 @@ class Source:
         self._registered = False
         self._idle_stats = ComStats()
         self._subscriber = Subscriber(self.name, self.topics, ended=self._com_ended, last_error=self._last_error)
+        #: The com's outputs, handed over in this process while it relays here (com/tap.py).
+        self._tap = FrameTap()
+        self._tap_lock = threading.Lock()
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> Source:
@@ -153,6 +157,7 @@ class Source:
         )
         if self._parameters is not None:
             com.send_parameters(self._parameters)
+        com._tap_outputs(self._tap)
         return com
 
     def _subscribe(self) -> zmq.Socket:
@@ -282,14 +287,18 @@ class Source:
         """
         if self._thread is None:
             raise ConfigError("start the source first (Source.start(), or use it in a with block)")
-        own = self._sub_thread == threading.get_ident()
+        # One reader at a time takes the com's outputs from the tap; another reads the forwarders.
+        tap = self._tap if self._tap_lock.acquire(blocking=False) else None
+        own = tap is not None and self._sub_thread == threading.get_ident()
         sub = self._sub if own else self._subscribe()  # sockets stay in the thread that made them
         assert sub is not None
         try:
-            yield from self._subscriber.read(sub, timeout=timeout, limit=limit)
+            yield from self._subscriber.read(sub, timeout=timeout, limit=limit, tap=tap)
         finally:
             if not own:
                 sub.close()
+            if tap is not None:
+                self._tap_lock.release()
 
     def _forwarders_failed(self, error: ForwarderError) -> None:
         """The forwarders went and none replaced them: stop the com (its data must not reach whatever

@@ -37,6 +37,7 @@ from .com.relay import route_topics
 from .com.sockets import ComSockets
 from .com.stats import ComStats
 from .com.supervisor import Supervisor, WorkerSpec
+from .com.tap import FrameTap
 from .compression import Compression, chosen_compression
 from .errors import ConfigError, WorkerError
 from .launcher import WorkerLauncher
@@ -294,6 +295,10 @@ class SourceCom:
             self._close_sockets()  # the sockets' own thread: also after a stop from another thread
 
     # -- more --------------------------------------------------------------------------
+    def _tap_outputs(self, tap: FrameTap) -> None:
+        """Hand what this com publishes while it relays in this process also to ``tap`` (a Source's reader)."""
+        self._relay.tap = tap
+
     def send_parameters(self, parameters: Any) -> None:
         """Send parameters (anything JSON can encode) to the worker; thread-safe."""
         self._parameters.submit(parameters)

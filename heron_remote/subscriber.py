@@ -10,8 +10,10 @@ from typing import Any, NamedTuple
 import zmq
 
 from ._drops import Drops
+from ._ring import unshared
+from .com.tap import FrameTap
 from .errors import DecodeError, NoDataError
-from .wire import read_published_captured, resync
+from .wire import ZERO_COPY_MIN, parse_meta, read_published_captured, resync
 
 __all__ = ["IDLE_MS", "Frame", "Subscriber"]
 
@@ -103,8 +105,15 @@ class Subscriber:
         self._drops = Drops(logger, f"an undecodable message on the topics of source {name!r}")
         self._last_index: int | None = None
 
-    def read(self, sub: zmq.Socket, *, timeout: float | None, limit: int | None) -> Iterator[Frame]:
-        """Frames from ``sub``, until ``limit``, the com's end, or NoDataError after ``timeout`` s."""
+    def read(
+        self, sub: zmq.Socket, *, timeout: float | None, limit: int | None, tap: FrameTap | None = None
+    ) -> Iterator[Frame]:
+        """Frames from ``sub``, until ``limit``, the com's end, or NoDataError after ``timeout`` s.
+
+        With ``tap``, once the com relays in this process (``tap.live``), frames come from the tap
+        instead: ``sub``'s topics are unsubscribed, what it holds is read, and then the tap, whose
+        outputs already read from ``sub`` are skipped.
+        """
         recv = sub.recv
         topic_output = self._topic_output
         single = self._outputs == 1
@@ -112,10 +121,58 @@ class Subscriber:
         monotonic = time.monotonic
         yielded = 0
         last_frame = monotonic()
+        tapped = draining = False  # reading the tap; reading what sub holds before the tap
+        skip_through = 0  # the tap's outputs up to this index were read from sub
+        idle_s = IDLE_MS / 1000
+        flags = 0
         while limit is None or yielded < limit:
-            try:
-                topic = recv()  # waits up to _IDLE_MS
-            except zmq.Again:
+            if tapped:
+                assert tap is not None
+                item = tap.get(idle_s)
+                got = item is not None
+                if item is not None:
+                    topic, index, time_us, captured_us, raw_meta, payload = item
+                    if index <= skip_through:
+                        continue
+                    output = topic_output[topic]
+                    try:
+                        meta = parse_meta(raw_meta)
+                        value = meta.decode(payload)
+                        if meta.nbytes >= ZERO_COPY_MIN:
+                            value = unshared(value)
+                    except DecodeError as exc:
+                        self._drops(exc)
+                        continue
+                    stamp = time_us / 1e6
+                    captured = None if captured_us is None else captured_us / 1e6
+            else:
+                if not draining and tap is not None and tap.live:
+                    # Unsubscribed first: the com goes on publishing, so sub would never run dry.
+                    for name in topic_output:
+                        sub.unsubscribe(name)
+                    draining, flags = True, zmq.NOBLOCK
+                try:
+                    topic = recv(flags)  # waits up to IDLE_MS unless draining
+                except zmq.Again:
+                    if draining:  # sub is empty: on to the tap, from the first index not read whole
+                        tapped = True
+                        partial = assembler.index
+                        skip_through = partial - 1 if partial is not None else self._last_index or 0
+                        continue
+                    got = False
+                else:
+                    try:
+                        output = topic_output[topic]
+                        index, stamp, captured, value = read_published_captured(recv)
+                    except KeyError:  # another node whose topic starts like ours
+                        resync(sub)
+                        continue
+                    except (zmq.Again, DecodeError) as exc:
+                        resync(sub)
+                        self._drops("it ended early" if isinstance(exc, zmq.Again) else exc)
+                        continue
+                    got = True
+            if not got:
                 pending = assembler.flush()  # the rest of its outputs were ignored
                 if pending is not None:
                     yield pending
@@ -129,16 +186,6 @@ class Subscriber:
                         f"no frame from source {self.name!r} for {timeout:g} s"
                         + (f"; last error: {said}" if said else "")
                     ) from None
-                continue
-            try:
-                output = topic_output[topic]
-                index, stamp, captured, value = read_published_captured(recv)
-            except KeyError:  # another node whose topic starts like ours
-                resync(sub)
-                continue
-            except (zmq.Again, DecodeError) as exc:
-                resync(sub)
-                self._drops("it ended early" if isinstance(exc, zmq.Again) else exc)
                 continue
             last_frame = monotonic()
             if single:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from heron_remote import Forwarders, Settings
+from heron_remote.bench.takeover import free_fixed_ports
+from heron_remote.relay_host import relay_path
 from heron_remote.testing import AcqHosts, ExternalHosts, acquisition_hosts
 
-from .helpers import FREE_PORTS, wait_until, worker_pids
+from .helpers import FREE_PORTS, first_line, forwarders_command, wait_until, worker_pids
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,3 +70,18 @@ def acq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcqHosts | Externa
 @pytest.fixture
 def remote_settings(settings: Settings, acq: AcqHosts | ExternalHosts) -> Settings:
     return settings.replace(ssh_info=str(acq.registry))
+
+
+@pytest.fixture
+def outside() -> Iterator[tuple[Settings, subprocess.Popen[str]]]:
+    """Forwarders run by ``heron-remote forwarders`` in a process of their own, as Heron's editor runs
+    them: they relay the packets of a com in this process (Heron's layout), and frames() reads them."""
+    ports = free_fixed_ports()
+    command = forwarders_command(ports)
+    try:
+        assert "forwarders on 127.0.0.1" in first_line(command)
+        wait_until(lambda: relay_path(ports.data_submit).exists(), 5, "the relay socket")
+        yield Settings(ports=ports, heartbeat_rate=0.2, heartbeats_to_death=5, start_timeout=15, stop_grace=2), command
+    finally:
+        command.kill()
+        command.communicate(timeout=10)

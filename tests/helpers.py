@@ -18,6 +18,7 @@ from pathlib import Path
 import paramiko
 
 from heron_remote import ForwarderPorts, RestartPolicy, Settings, Source
+from heron_remote.com.hosted import HostedRelay
 from heron_remote.examples import SYNTHETIC_CAMERA
 
 WORKERS = Path(__file__).parent / "workers"
@@ -298,3 +299,27 @@ def local_account(prefix: str) -> Iterator[str]:
     finally:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, timeout=30)
         subprocess.run(["userdel", name], check=True, capture_output=True, timeout=30)
+
+
+def forwarders_command(ports: ForwarderPorts, **popen: object) -> subprocess.Popen[str]:
+    """``heron-remote forwarders`` on ``ports`` in a process of its own, as Heron's editor runs them."""
+    argv = [PYTHON, "-m", "heron_remote", "forwarders"]
+    argv += ["--data", str(ports.data_submit), str(ports.data_publish)]
+    argv += ["--parameters", str(ports.parameters_submit), str(ports.parameters_publish)]
+    argv += ["--proof-of-life", str(ports.proof_of_life_submit), str(ports.proof_of_life_publish)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)  # type: ignore[call-overload]
+
+
+def first_line(proc: subprocess.Popen[str]) -> str:
+    """The first line ``proc`` prints (its stderr in the failure when there is none)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read() if proc.stderr else ""
+    return line
+
+
+def hosted_relay(src: Source) -> HostedRelay:
+    """The relay of ``src``'s com: ``.hosted`` says whether the forwarders' process relays its packets."""
+    relay = src._com._relay if src._com is not None else None
+    assert isinstance(relay, HostedRelay)
+    return relay

@@ -27,28 +27,13 @@ from heron_remote import ForwarderError, ForwarderPorts, Forwarders, Settings, S
 from heron_remote import forwarders_hello as hello
 from heron_remote.bench.takeover import Rig, free_fixed_ports
 
-from .helpers import CAMERA, PYTHON, listening_address, wait_until
+from .helpers import CAMERA, PYTHON, first_line, forwarders_command, listening_address, wait_until
 
 _FAST = {"heartbeat_rate": 0.2, "heartbeats_to_death": 5, "start_timeout": 15, "stop_grace": 2}
 
 
 def _ports_free(ports: ForwarderPorts) -> bool:
     return all(listening_address(port) is None for port in dataclasses.astuple(ports))
-
-
-def _forwarders_command(ports: ForwarderPorts, **popen: object) -> subprocess.Popen[str]:
-    argv = [PYTHON, "-m", "heron_remote", "forwarders"]
-    argv += ["--data", str(ports.data_submit), str(ports.data_publish)]
-    argv += ["--parameters", str(ports.parameters_submit), str(ports.parameters_publish)]
-    argv += ["--proof-of-life", str(ports.proof_of_life_submit), str(ports.proof_of_life_publish)]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)  # type: ignore[call-overload]
-
-
-def _first_line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line, proc.stderr.read() if proc.stderr else ""
-    return line
 
 
 @pytest.mark.parametrize("how", ["term", "kill"])
@@ -92,11 +77,11 @@ def test_with_two_survivors_one_takes_over_and_the_other_follows() -> None:
         print(f"longest gap a survivor saw: {max(gaps, default=0.0) * 1000:.0f} ms")
 
 
-def test_a_source_takes_over_from_the_forwarders_command(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_source_takes_over_from_theforwarders_command(caplog: pytest.LogCaptureFixture) -> None:
     ports = free_fixed_ports()
-    command = _forwarders_command(ports)
+    command = forwarders_command(ports)
     try:
-        assert "forwarders on 127.0.0.1" in _first_line(command)
+        assert "forwarders on 127.0.0.1" in first_line(command)
         settings = Settings(ports=ports, **_FAST)
         with Source(CAMERA, parameters={"shape": [2, 2], "fps": 100}, settings=settings) as cam:
             lease = cam.forwarders
@@ -129,7 +114,7 @@ def test_a_port_held_by_another_program_is_an_error_naming_it() -> None:
         text=True,
     )
     try:
-        assert _first_line(listener).strip() == "LISTENING"
+        assert first_line(listener).strip() == "LISTENING"
         source = Source(CAMERA, settings=Settings(ports=ports, **_FAST))
         with pytest.raises(ForwarderError) as caught:
             source.start()
@@ -141,7 +126,7 @@ def test_a_port_held_by_another_program_is_an_error_naming_it() -> None:
         others = [p for p in dataclasses.astuple(ports) if p != ports.data_publish]
         assert all(listening_address(p) is None for p in others)  # what was bound was let go
         # the forwarders command says the same
-        command = _forwarders_command(ports)
+        command = forwarders_command(ports)
         _, err = command.communicate(timeout=30)
         assert command.returncode == 2 and f"is held by pid {listener.pid} (" in err, err
     finally:
@@ -149,10 +134,10 @@ def test_a_port_held_by_another_program_is_an_error_naming_it() -> None:
         listener.wait(5)
 
 
-def test_forwarders_already_running_are_named_by_the_forwarders_command() -> None:
+def test_forwarders_already_running_are_named_by_theforwarders_command() -> None:
     ports = free_fixed_ports()
     with Forwarders(ports=ports):
-        command = _forwarders_command(ports)
+        command = forwarders_command(ports)
         _, err = command.communicate(timeout=30)
     assert command.returncode == 2
     assert f"heron_remote forwarders of pid {os.getpid()} (" in err
@@ -287,7 +272,7 @@ def test_forwarders_of_another_account_on_the_ports_are_never_used(other_account
     argv += ["--proof-of-life", str(ports.proof_of_life_submit), str(ports.proof_of_life_publish)]
     theirs = _as(other_account, f"sys.exit(heron_remote.cli.main({argv!r}))")
     try:
-        assert "forwarders on 127.0.0.1" in _first_line(theirs)
+        assert "forwarders on 127.0.0.1" in first_line(theirs)
         source = Source(CAMERA, settings=Settings(ports=ports, **_FAST))
         with pytest.raises(ForwarderError) as caught:
             source.start()

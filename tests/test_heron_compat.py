@@ -259,8 +259,14 @@ def test_native_dtypes_are_spelled_as_heron_spells_them() -> None:
         assert json.loads(meta)["dtype"] == spelled
 
 
-def test_a_message_from_heron_s_transform_com_decodes(settings: Settings) -> None:
-    """Heron's transform coms write the time as float seconds; Heron spells dtypes as str(dtype)."""
+def test_a_message_from_heron_s_transform_com_decodes(
+    outside: tuple[Settings, subprocess.Popen[str]],
+) -> None:
+    """Heron's transform coms write the time as float seconds; Heron spells dtypes as str(dtype).
+
+    In Heron's layout frames() reads the forwarders, so a message published there on its topic
+    is read like any other."""
+    settings, _ = outside
     meta = json.dumps({"data_type": "ndarray", "dtype": "int16", "shape": [2]}).encode()
     payload = np.array([7, -7], dtype=np.int16).tobytes()
     packet = decode_published([b"Out##T##0->In##S##0", b"4", b"12345.678901", meta, payload])

@@ -26,7 +26,17 @@ from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 from heron_remote.status import STATUS_TOPIC
 from heron_remote.wire import encode_output
 
-from .helpers import CAMERA, ECHO_WORKER, PYTHON, WORKERS, ComScript, local_account, pid_alive, wait_until
+from .helpers import (
+    CAMERA,
+    ECHO_WORKER,
+    PYTHON,
+    WORKERS,
+    ComScript,
+    hosted_relay,
+    local_account,
+    pid_alive,
+    wait_until,
+)
 
 ZMTP_SEND = str(Path(__file__).parent / "zmtp_send.py")
 PARAMETERS_TOPIC = b"Parameters##echo##1"
@@ -207,25 +217,62 @@ def test_packets_built_to_crash_the_com_are_dropped_and_counted_and_the_com_runs
 
 
 # -- Source.frames(): anyone may publish on the data forwarder -------------------------------------
+# In Heron's layout (the forwarders in a process of their own relay the com's packets) frames()
+# reads the forwarders, where anyone may publish; where the com relays in the Source's process,
+# frames() takes its packets from the com and nothing published on the forwarders reaches it.
 
 
-def test_frames_drop_injected_messages_and_read_on(settings: Settings, other_user: str) -> None:
-    """F6: one injected data message made frames() raise."""
+def _injections(topic: bytes) -> list[list[bytes]]:
     meta, payload = encode_output(np.zeros((8, 8), np.uint8))
+    return [
+        [topic, b"1" * 5000, b"1", meta, payload],
+        [topic, b"1", b"nan", meta, payload],
+        [topic, b"1", b"1" * 5000, meta, payload],
+        [topic, b"1", b"1", b"[" * 3000, payload],
+        [topic, b"1", b"1", b'{"data_type": "dict"}', DEEP_JSON],
+        [topic, b"1", b"1", b'{"data_type": "dict", "x": "' + b"a" * (1 << 20) + b'"}', payload],
+        [topic, b"1", b"1", b'{"data_type": "ndarray", "dtype": "<u1", "shape": [' + b"1, " * 64 + b"1]}", b""],
+        [topic, b"1"],
+    ]
+
+
+def test_frames_of_a_com_relaying_in_its_process_never_see_what_others_publish(
+    settings: Settings, other_user: str
+) -> None:
+    meta, payload = encode_output(np.full((8, 8), 7, np.uint8))
     with Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=settings) as cam:
         topic = cam.topics[0].encode()
-        attacks = [
-            [topic, b"1" * 5000, b"1", meta, payload],
-            [topic, b"1", b"nan", meta, payload],
-            [topic, b"1", b"1" * 5000, meta, payload],
-            [topic, b"1", b"1", b"[" * 3000, payload],
-            [topic, b"1", b"1", b'{"data_type": "dict"}', DEEP_JSON],
-            [topic, b"1", b"1", b'{"data_type": "dict", "x": "' + b"a" * (1 << 20) + b'"}', payload],
-            [topic, b"1", b"1", b'{"data_type": "ndarray", "dtype": "<u1", "shape": [' + b"1, " * 64 + b"1]}", b""],
-            [topic, b"1"],
-        ]
+        # Well-formed frames too, with indices far ahead: a reader of the forwarders would take them.
+        attacks = [*_injections(topic), *([topic, b"%d" % (10**6 + k), b"1", meta, payload] for k in range(50))]
         frames = cam.frames(timeout=5)
         next(frames)
+        attacker = threading.Thread(target=send_as, args=(other_user, cam.settings.ports.data_submit, "PUB", attacks))
+        attacker.start()
+        seen = []
+        for frame in frames:
+            seen.append(frame)
+            if not attacker.is_alive() and len(seen) >= 200:
+                break
+            assert len(seen) < 5000, "the attacker's messages were not all sent"
+        attacker.join()
+        assert cam._tap.live and cam.rejected == 0 and cam.error is None
+    assert [f.index for f in seen] == list(range(seen[0].index, seen[0].index + len(seen)))
+    for frame in seen:
+        n, captured_us = frame_header(frame.arrays[0])
+        np.testing.assert_array_equal(frame.arrays[0], expected_frame(n, (8, 8), "uint8", captured_us))
+
+
+def test_frames_drop_injected_messages_and_read_on(
+    outside: tuple[Settings, subprocess.Popen[str]],
+    other_user: str,
+) -> None:
+    """F6: one injected data message made frames() raise."""
+    settings, _ = outside
+    with Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=settings) as cam:
+        attacks = _injections(cam.topics[0].encode())
+        frames = cam.frames(timeout=5)
+        next(frames)
+        assert hosted_relay(cam).hosted and not cam._tap.live  # frames() reads the forwarders
         attacker = threading.Thread(target=send_as, args=(other_user, cam.settings.ports.data_submit, "PUB", attacks))
         attacker.start()
         good = []
@@ -241,13 +288,17 @@ def test_frames_drop_injected_messages_and_read_on(settings: Settings, other_use
         assert cam.rejected == len(attacks) and cam.error is None
 
 
-def test_the_process_memory_stays_bounded_when_1100_large_metadata_are_injected(settings: Settings) -> None:
+def test_the_process_memory_stays_bounded_when_1100_large_metadata_are_injected(
+    outside: tuple[Settings, subprocess.Popen[str]],
+) -> None:
     """F7: 1024 injected 1 MiB metadata strings took a Source process from 38 MB to 1061 MB, for good."""
+    settings, _ = outside
     filler = b"a" * (1 << 20)
     with Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=settings) as cam:
         topic = cam.topics[0].encode()
         frames = cam.frames(timeout=5)
         next(frames)
+        assert hosted_relay(cam).hosted  # frames() reads the forwarders
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.linger = 0
         pub.connect(f"tcp://127.0.0.1:{cam.settings.ports.data_submit}")

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,36 +20,13 @@ import pytest
 
 from heron_remote import Compression, RestartPolicy, Settings, Source, WorkerError
 from heron_remote.bench.takeover import free_fixed_ports
-from heron_remote.com.hosted import HostedRelay
 from heron_remote.examples.natural_camera import NATURAL_CAMERA, frame
 from heron_remote.relay_host import relay_path
 from heron_remote.testing import AcqHosts, ExternalHosts
 
-from .helpers import CAMERA, NO_CONTROL, WORKERS, edit_registry, wait_until
+from .helpers import CAMERA, NO_CONTROL, WORKERS, edit_registry, hosted_relay, wait_until
 from .test_capture_time import OFFSET_S, OFFSET_WORKER, _offset_found
-from .test_forwarders_shared import _first_line, _forwarders_command, assert_unreachable_by, other_account  # noqa: F401
-
-_FAST = {"heartbeat_rate": 0.2, "heartbeats_to_death": 5, "start_timeout": 15, "stop_grace": 2}
-
-
-@pytest.fixture
-def outside() -> Iterator[tuple[Settings, subprocess.Popen[str]]]:
-    """Forwarders run by ``heron-remote forwarders`` in a process of their own, as Heron's editor runs them."""
-    ports = free_fixed_ports()
-    command = _forwarders_command(ports)
-    try:
-        assert "forwarders on 127.0.0.1" in _first_line(command)
-        wait_until(lambda: relay_path(ports.data_submit).exists(), 5, "the relay socket")
-        yield Settings(ports=ports, **_FAST), command
-    finally:
-        command.kill()
-        command.communicate(timeout=10)
-
-
-def _hosted(src: Source) -> HostedRelay:
-    relay = src._com._relay if src._com is not None else None
-    assert isinstance(relay, HostedRelay)
-    return relay
+from .test_forwarders_shared import assert_unreachable_by, other_account  # noqa: F401
 
 
 def _data_connected(src: Source) -> bool:
@@ -65,7 +41,7 @@ def test_the_forwarders_process_relays_for_a_com_of_another(
     settings, _ = outside
     with Source(CAMERA, parameters={"shape": [64, 64], "fps": 200}, settings=settings) as cam:
         frames = list(cam.frames(timeout=10, limit=100))
-        relay = _hosted(cam)
+        relay = hosted_relay(cam)
         assert relay.hosted and not _data_connected(cam)  # the com never pulls a packet itself
         wait_until(lambda: cam.stats.published >= frames[-1].index, 2, "the host's report")
         stats, status = cam.stats, cam.status()
@@ -83,7 +59,7 @@ def test_malformed_packets_relayed_there_are_counted_and_logged_by_the_com(
     settings, _ = outside
     with caplog.at_level(logging.WARNING), Source(str(WORKERS / "malformed_worker.py"), settings=settings) as src:
         frames = list(src.frames(limit=20, timeout=5))
-        assert _hosted(src).hosted
+        assert hosted_relay(src).hosted
         wait_until(lambda: src.stats.malformed >= 3 * (len(frames) - 1), 2, "the host's counts")
         stats = src.stats
     assert all(f.arrays[0].shape == (4, 4) and f.index % 4 == 1 for f in frames)
@@ -107,7 +83,7 @@ def test_a_restarted_worker_is_relayed_there_too_with_the_restart_gap(
     with pytest.raises(WorkerError), src:
         for f in src.frames(timeout=20):
             indices.append(f.index)
-            hosted.append(_hosted(src).hosted)
+            hosted.append(hosted_relay(src).hosted)
     assert indices == [*range(1, 6), *range(7, 12), *range(13, 18)]  # three workers, five frames each
     assert all(hosted) and src.stats.skipped == 2 and src.stats.restarts == 2
 
@@ -124,7 +100,7 @@ def test_packed_frames_are_unpacked_there_and_capture_times_stamped(
         compression=Compression(),
     ) as cam:
         got = [f for f in cam.frames(timeout=10)]
-        assert _hosted(cam).hosted or cam.stats.state == "stopped"
+        assert hosted_relay(cam).hosted or cam.stats.state == "stopped"
         stats = cam.stats
     assert [f.index for f in got] == list(range(1, 61))
     for f in got:
@@ -132,7 +108,7 @@ def test_packed_frames_are_unpacked_there_and_capture_times_stamped(
     assert stats.packed_bytes == stats.bytes_received and stats.unpacked_bytes == 60 * shape[0] * shape[1]
     with Source(OFFSET_WORKER, parameters={"shape": [8, 8], "fps": 100}, settings=settings) as cam:
         offset = _offset_found(cam, settings)
-        assert _hosted(cam).hosted
+        assert hosted_relay(cam).hosted
         captured = [f for f in cam.frames(timeout=10, limit=200) if f.captured is not None][-20:]
     assert abs(offset - OFFSET_S) < 0.001
     assert captured and all(f.captured is not None and -0.001 < f.time - f.captured < 0.5 for f in captured)
@@ -147,11 +123,11 @@ def test_when_the_forwarders_process_dies_the_com_relays_in_its_own(
         Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=settings) as cam,
     ):
         before = list(cam.frames(timeout=10, limit=20))
-        assert _hosted(cam).hosted
+        assert hosted_relay(cam).hosted
         command.send_signal(signal.SIGKILL)
         command.wait(10)
         killed = time.monotonic()
-        wait_until(lambda: not _hosted(cam).hosted, 5, "the com to notice")
+        wait_until(lambda: not hosted_relay(cam).hosted, 5, "the com to notice")
         noticed = time.monotonic() - killed
         after = list(cam.frames(timeout=10, limit=50))
         assert _data_connected(cam)
@@ -177,7 +153,7 @@ def test_a_com_whose_settings_say_no_relays_in_its_own_process(
     mine = settings.replace(relay_in_forwarders=False)
     with Source(CAMERA, parameters={"shape": [8, 8], "fps": 200}, settings=mine) as cam:
         frames = list(cam.frames(timeout=10, limit=20))
-        assert not _hosted(cam).hosted and _data_connected(cam)
+        assert not hosted_relay(cam).hosted and _data_connected(cam)
     assert [f.index for f in frames] == list(range(frames[0].index, frames[0].index + 20))
 
 
@@ -196,7 +172,7 @@ def test_a_remote_worker_is_relayed_there_through_a_link_cut(
     with Source(CAMERA, parameters={"shape": [4, 4], "fps": 100}, settings=settings, host="acq1") as cam:
         frames = cam.frames(timeout=20)
         seen = [next(frames).index for _ in range(20)]
-        assert _hosted(cam).hosted and cam.launcher is not None and cam.launcher.transport == transport
+        assert hosted_relay(cam).hosted and cam.launcher is not None and cam.launcher.transport == transport
         pid = cam.stats.worker_pid
         acq.set_link(host, up=False)
         up = threading.Timer(2.0, acq.set_link, args=(host,), kwargs={"up": True})
@@ -207,7 +183,7 @@ def test_a_remote_worker_is_relayed_there_through_a_link_cut(
         finally:
             up.join()
             acq.set_link(host, up=True)
-        assert _hosted(cam).hosted and cam.stats.worker_pid == pid  # the same worker, still relayed there
+        assert hosted_relay(cam).hosted and cam.stats.worker_pid == pid  # the same worker, still relayed there
         wait_until(lambda: cam.stats.received >= seen[-1] - cam.stats.lost, 2, "the host's counts")
     assert seen == sorted(seen) and seen[-1] - seen[0] + 1 - len(set(seen)) == cam.stats.lost + cam.stats.malformed
 
@@ -304,10 +280,10 @@ def test_a_com_that_stops_waiting_for_a_slow_host_takes_its_worker_back_alone(
     ):
         frames = cam.frames(timeout=20)
         [next(frames) for _ in range(20)]
-        assert _hosted(cam).hosted
+        assert hosted_relay(cam).hosted
         command.send_signal(signal.SIGSTOP)
         try:
-            wait_until(lambda: not _hosted(cam).hosted, 5, "the com to stop waiting")
+            wait_until(lambda: not hosted_relay(cam).hosted, 5, "the com to stop waiting")
             time.sleep(1.0)
         finally:
             command.send_signal(signal.SIGCONT)

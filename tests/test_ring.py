@@ -29,9 +29,8 @@ from heron_remote._ring import REF_SIZE, RingTap, RingWriter, ring_path, sweep_s
 from heron_remote.errors import DecodeError
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 
-from .helpers import CAMERA, FREE_PORTS, killed_twice
+from .helpers import CAMERA, FREE_PORTS, hosted_relay, killed_twice
 from .test_forwarders_shared import _as, other_account  # noqa: F401
-from .test_relay_host import _hosted, outside  # noqa: F401
 
 _FAST = Settings(ports=FREE_PORTS, heartbeat_rate=0.2, heartbeats_to_death=5, start_timeout=15, stop_grace=2)
 #: A frame large enough for the ring (ZERO_COPY_MIN is 64 KiB): 128 KiB.
@@ -240,12 +239,12 @@ def test_a_local_source_takes_large_frames_from_its_workers_ring_intact() -> Non
 
 
 def test_heron_layout_publishes_from_the_ring_in_the_forwarders_process(
-    outside: tuple[Settings, subprocess.Popen[str]],  # noqa: F811
+    outside: tuple[Settings, subprocess.Popen[str]],
 ) -> None:
     settings, _ = outside
     with Source(CAMERA, parameters={"shape": _SHAPE, "fps": 2000}, settings=settings) as cam:
         frames = list(cam.frames(timeout=10, limit=300))
-        assert _hosted(cam).hosted
+        assert hosted_relay(cam).hosted
         deadline = time.monotonic() + 5
         while cam.stats.shared_bytes < 200 * _SHAPE[0] * _SHAPE[1] and time.monotonic() < deadline:
             time.sleep(0.05)  # the host's counters come with its reports

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import signal
+import subprocess
 import sys
 import time
 
@@ -14,7 +15,7 @@ import pytest
 from heron_remote import ConfigError, NoDataError, RestartPolicy, Settings, Source, WorkerError, WorkerStartError
 from heron_remote.examples.synthetic_camera import expected_frame, frame_header
 
-from .helpers import CAMERA, ECHO_WORKER, FREE_PORTS, WORKERS, pid_alive, wait_until, worker_pids
+from .helpers import CAMERA, ECHO_WORKER, FREE_PORTS, WORKERS, hosted_relay, pid_alive, wait_until, worker_pids
 
 
 def test_frames_are_exactly_what_the_camera_made_and_parameters_change_it(settings: Settings) -> None:
@@ -158,15 +159,19 @@ def test_packets_too_long_or_too_short_back_to_back_cost_only_their_neighbours(s
 
 
 def test_frames_reads_on_past_messages_too_long_or_too_short_on_its_topic(
-    settings: Settings, caplog: pytest.LogCaptureFixture
+    outside: tuple[Settings, subprocess.Popen[str]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """In Heron's layout frames() reads the forwarders, where anyone may publish on its topics."""
     import zmq
 
     from heron_remote.wire import encode_output
 
+    settings, _ = outside
     meta, payload = encode_output(np.zeros((2, 2), np.uint8))
     with Source(CAMERA, parameters={"shape": [16, 16], "fps": 200}, settings=settings) as cam:
         topic = cam.topics[0].encode()
+        assert hosted_relay(cam).hosted
         bad = [
             [topic, b"1"],  # too short
             [topic, b"2", b"3", meta, payload, b"extra"],  # too long

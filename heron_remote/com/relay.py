@@ -29,6 +29,7 @@ from ..wire import (
 )
 from .sequence import PacketSequence
 from .stats import ComStats
+from .tap import FrameTap, Tapped
 
 __all__ = ["Relay", "route_topics"]
 
@@ -100,6 +101,8 @@ class Relay:
         self.unpack_threads = 1
         #: The shared-memory ring of the local worker relayed from, if it has one (:mod:`.._ring`).
         self.ring: RingTap | None = None
+        #: Where a Source in this process reads what is published (:mod:`.tap`), if one does.
+        self.tap: FrameTap | None = None
 
     @property
     def index(self) -> int:
@@ -177,13 +180,17 @@ class Relay:
             if stamp is not None and stamp > self._offset_us:
                 captured = stamp - self._offset_us
         pub = self._publish
+        tap = self.tap
         for topic, k in self.routes:
             if publish_flags[k]:
-                meta = msg[1 + 2 * k]
+                plain = meta = msg[1 + 2 * k]
                 if captured is not None:
                     meta = with_captured(meta, captured)
-                publish(pub, topic, index_b, time_b, meta, msg[2 + 2 * k])
+                payload = msg[2 + 2 * k]
+                publish(pub, topic, index_b, time_b, meta, payload)
                 stats.published += 1
+                if tap is not None:
+                    tap.put(Tapped(topic, index, time_us, captured, plain, payload), size)
                 if self._packet_timer is not None:
                     self._packet_timer.packet(topic.decode(), index, time_us)
             else:
@@ -219,16 +226,27 @@ class Relay:
         assert data is not None
         receive, relay, frames, slots = recv_message, self.relay, self._frames, self._slots
         monotonic = time.monotonic
+        tap = self.tap
         n = 0
         try:
             while True:
-                if not relay(receive(data, frames, slots, wait=True)):
+                if tap is None:
+                    msg = receive(data, frames, slots, wait=True)
+                else:
+                    try:
+                        msg = receive(data, frames, slots)
+                    except zmq.Again:
+                        tap.wake()  # nothing more for now: the reader takes what was published
+                        msg = receive(data, frames, slots, wait=True)
+                if not relay(msg):
                     resync(data)
                 n += 1
                 if monotonic() >= until:
                     break
         except zmq.Again:
             pass
+        if tap is not None:
+            tap.wake()  # the com turns to its chores: what it published must not wait for them
         return n
 
     def drain(self, chores_s: float) -> None:

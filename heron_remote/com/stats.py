@@ -47,7 +47,9 @@ class ComStats:
     rather than its socket (:mod:`heron_remote._ring`); ``worker_ring_bypassed`` counts the large
     payloads the worker sent through its socket because its ring could not take them (full of
     frames still held, or over a quarter of its size) and ``worker_ring_renewed`` the rings it
-    started anew because a record was never released (as the worker last said).
+    started anew because a record was never released; ``worker_packets`` the packets the worker
+    sent and ``worker_messages`` the ZeroMQ messages they travelled in (fewer when small packets
+    came close together: Settings.batch_window), as the worker last said.
     ``clock_offset_s`` is the worker's clock minus the com's, as the heartbeat measures it (None
     until enough pulses were answered), ``clock_rtt_s`` the round trip of the pulse it comes from.
     """
@@ -66,6 +68,8 @@ class ComStats:
     shared_bytes: int = 0
     worker_ring_bypassed: int = 0
     worker_ring_renewed: int = 0
+    worker_packets: int = 0
+    worker_messages: int = 0
     clock_offset_s: float | None = None
     clock_rtt_s: float | None = None
     liveness_seen: int = 0

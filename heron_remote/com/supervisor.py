@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import zmq
 
@@ -281,9 +282,11 @@ class Supervisor:
         rejected = body.get("rejected")
         if type(rejected) is int and 0 <= rejected < NUMBER_LIMIT:
             self.stats.worker_rejected = rejected
-        ring = body.get("ring")
-        if type(ring) is list and len(ring) == 2 and all(type(n) is int and 0 <= n < NUMBER_LIMIT for n in ring):
+        ring, sent = body.get("ring"), body.get("sent")
+        if _counts(ring):
             self.stats.worker_ring_bypassed, self.stats.worker_ring_renewed = ring
+        if _counts(sent):
+            self.stats.worker_packets, self.stats.worker_messages = sent
         refused = body.get("refused")
         if type(refused) is int and 0 <= refused < NUMBER_LIMIT and refused != self._refused:
             self._refused_more(refused)
@@ -443,3 +446,8 @@ class Supervisor:
             launcher = self.launcher
         if launcher is not None:
             launcher.stop(grace=grace)
+
+
+def _counts(value: object) -> TypeGuard[list[int]]:
+    """Whether a beacon's ``value`` is a pair of counts."""
+    return type(value) is list and len(value) == 2 and all(type(n) is int and 0 <= n < NUMBER_LIMIT for n in value)

@@ -80,19 +80,27 @@ def payload_slots(outputs: int) -> frozenset[int]:
 
 
 def send_packet(
-    sock: zmq.Socket, number: int, frames: Sequence[Any], *, copy: bool = True, captured_us: int | None = None
+    sock: zmq.Socket,
+    number: int,
+    frames: Sequence[Any],
+    *,
+    copy: bool = True,
+    captured_us: int | None = None,
+    more: bool = False,
 ) -> None:
     """Send packet ``number`` (from 1): ``frames`` are the outputs' [metadata, payload] pairs;
-    ``captured_us``: when it was captured, in the worker's clock.
+    ``captured_us``: when it was captured, in the worker's clock; ``more``: other packets follow
+    in the same message.
 
     Small payloads are bytes already; a large one is sent as it is unless ``copy``.
     """
     left = len(frames)
+    end = _MORE if more else 0
     head = b"%d" % number if captured_us is None else b"%d %d" % (number, captured_us)
-    _send(sock, head, _MORE if left else 0)
+    _send(sock, head, _MORE if left else end)
     for frame in frames:
         left -= 1
-        flags = _MORE if left else 0
+        flags = _MORE if left else end
         if copy or type(frame) is bytes:
             _send(sock, frame, flags)
         else:

@@ -53,6 +53,8 @@ class WorkerHeartbeat:
         self.refused: Callable[[], int] = lambda: 0
         #: The shared-memory ring's (bypassed, renewed) counts, for the beacons; None without a ring.
         self.ring_counts: Callable[[], tuple[int, int] | None] = lambda: None
+        #: The packets sent and the messages they went in, for the beacons; None before the data socket.
+        self.sent_counts: Callable[[], tuple[int, int] | None] = lambda: None
         #: Called on every pulse (the start record's live file takes its time).
         self.on_pulse: Callable[[], object] = lambda: None
         self._probe: tuple[int, float, Callable[[], object]] | None = None
@@ -133,6 +135,7 @@ class WorkerHeartbeat:
                         self.refused(),
                         times=times,
                         ring=self.ring_counts(),
+                        sent=self.sent_counts(),
                     )
                     beacon.send_multipart(message, zmq.NOBLOCK)
                 except zmq.Again:

@@ -66,6 +66,7 @@ def run_worker(
         heartbeats_to_death=args.heartbeats_to_death,
     )
     worker.num_outputs = args.outputs
+    worker.batch_window = args.batch_window
     if (keys is not None and keys.mechanism == "curve") or args.bind:
         # The direct transport: CurveZMQ on the PC's address, with a server key pair of this launch.
         if keys is None or keys.mechanism != "curve" or not args.bind:

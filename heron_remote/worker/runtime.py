@@ -32,9 +32,11 @@ from .._version import __version__
 from ..compression import Compression, Packer
 from ..errors import DecodeError
 from ..relic import Relic
-from ..wire import encode_output, send_packet
+from ..settings import DEFAULT_BATCH_WINDOW
+from ..wire import encode_output
 from ..wire.bounded import PARAMETERS_MAX_BYTES, read_json
 from . import clock
+from .batching import Batcher
 from .control import ComControl
 from .heartbeat import WorkerHeartbeat
 from .life import WorkerLife, remove_at_exit
@@ -96,10 +98,14 @@ class SourceWorker:
         )
         self._heartbeat.refused = lambda: self.refused
         self._heartbeat.ring_counts = self._ring_counts
+        self._heartbeat.sent_counts = self._sent_counts
         self._context = zmq.Context()
         self._data_context: zmq.Context | None = None
         self._gate: Gate | None = None
         self._data: zmq.Socket | None = None
+        self._batcher: Batcher | None = None
+        #: Seconds a small packet waits for the ones after it (Settings.batch_window; 0: none).
+        self.batch_window = DEFAULT_BATCH_WINDOW
         self._send_lock = threading.Lock()
         self._ports: dict[str, int] = {}
         self._ports_lock = threading.Lock()
@@ -140,6 +146,10 @@ class SourceWorker:
         """Connections to the worker's ports refused for not carrying its com's key (another program
         on the PC tried them); each beacon tells the com (``stats.worker_refused``)."""
         return self._gate.refused if self._gate is not None else 0
+
+    def _sent_counts(self) -> tuple[int, int] | None:
+        batcher = self._batcher
+        return None if batcher is None else (batcher.packets, batcher.messages)
 
     def _ring_counts(self) -> tuple[int, int] | None:
         ring = self._ring
@@ -273,6 +283,7 @@ class SourceWorker:
         self._data.sndhwm = DATA_HWM_RANGE[0]
         self._data.linger = 0
         self._bind(self._data, "data")
+        self._batcher = Batcher(self._data, self._send_lock, window_s=self.batch_window)
 
     def send_data_to_com(self, data: Any, *, copy: bool = True, captured: float | None = None) -> None:
         """Send one packet: an ndarray, a dict, ``"Ignore"``, or a list of them (one per output).
@@ -295,15 +306,22 @@ class SourceWorker:
                 raise ValueError(self._outputs_error(1))
             frames = self._encode(data)
         with self._send_lock:
-            sock = self._data
-            assert sock is not None, "call connect_socket() first"
+            batcher = self._batcher
+            assert batcher is not None, "call connect_socket() first"
             ring = self._ring
-            if ring is not None:
-                for k in range(1, len(frames), 2):
-                    if type(frames[k]) is memoryview:  # a large array's, not packed
-                        frames[k] = ring.put(frames[k]) or frames[k]
+            size = 0
+            for k in range(1, len(frames), 2):
+                payload = frames[k]
+                if type(payload) is bytes:
+                    size += len(payload)
+                elif type(payload) is memoryview:  # a large array's, not packed
+                    size += payload.nbytes  # through the ring too: a reference is never batched
+                    if ring is not None:
+                        frames[k] = ring.put(payload) or payload
+                else:
+                    size += memoryview(payload).nbytes
             # The packet number lets the com count packets lost on the way (a broken tunnel).
-            send_packet(sock, self.index + 1, frames, copy=copy, captured_us=captured_us)
+            batcher.send(self.index + 1, frames, copy=copy, captured_us=captured_us, size=size)
             self.index += 1
 
     def _encode(self, value: Any) -> list[Any]:
@@ -412,6 +430,9 @@ class SourceWorker:
 
     def finish(self) -> NoReturn:
         """The work function returned: deliver what is queued, then end normally."""
+        if self._batcher is not None:
+            with self._send_lock:
+                self._batcher.close()
         self._life.finish(self._data, self._data_context)
 
     def on_kill(self, signum: int, frame: Any = None) -> None:
