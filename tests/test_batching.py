@@ -129,3 +129,18 @@ def test_a_fast_small_stream_arrives_whole_and_in_order_with_or_without_batching
     print(f"batch window {window * 1e3:g} ms: {per_message:.1f} packets per message")
     # (A beacon may count a packet whose message is still being sent.)
     assert per_message > 2 if window else per_message < 1.01
+
+
+def test_a_packet_after_the_window_ended_ends_the_batch_without_waiting_for_the_thread(
+    pair: tuple[zmq.Socket, zmq.Socket],
+) -> None:
+    push, pull = pair
+    lock = threading.Lock()
+    batcher = Batcher(push, lock, window_s=0.01)
+    _send(batcher, lock, 1)
+    with lock:  # the batcher's thread cannot send while the worker holds the lock
+        batcher.send(2, list(encode_output(np.full(8, 2, np.uint8))), copy=True, captured_us=None, size=8)
+        time.sleep(0.03)
+        batcher.send(3, list(encode_output(np.full(8, 3, np.uint8))), copy=True, captured_us=None, size=8)
+        assert batcher.messages == 2  # 1 alone, then 2 and 3, sent by the call itself
+    assert _read(pull, 3) == ([1, 2, 3], 2)

@@ -71,8 +71,11 @@ class Batcher:
         if held is not None:
             send_packet(self._sock, held[0], held[1], copy=held[2], captured_us=held[3], more=True)
             self._held = None
-        if size <= SMALL_BYTES and (self._deadline or now - self._last_sent < self._window_s):
-            if not self._deadline:
+        deadline = self._deadline
+        # A batch whose window has ended (its thread waits for the lock) ends with this packet.
+        joins = now < deadline if deadline else now - self._last_sent < self._window_s
+        if size <= SMALL_BYTES and joins:
+            if not deadline:
                 self._deadline = now + self._window_s
                 self._packets = self._bytes = 0
                 self._start()
