@@ -40,8 +40,16 @@ class Service:
         return listening_address(port, self._net) is not None
 
     def one_sshd(self) -> None:
-        """Wait until the listener is the only sshd (a session's process may linger a moment after it ends)."""
-        wait_until(lambda: len(self.sshd_pids()) == 1, 10, "one sshd, the listener", interval=0.1)
+        """Wait until the listener has been the only sshd for three looks in a row: a session's process
+        may linger a moment after it ends, and the one of a readiness probe's connection may appear
+        just after a look that saw none."""
+        looks: list[bool] = []
+
+        def settled() -> bool:
+            looks.append(len(self.sshd_pids()) == 1)
+            return looks[-3:] == [True, True, True]
+
+        wait_until(settled, 10, "one sshd, the listener", interval=0.1)
 
     def sshd_pids(self) -> list[int]:
         """The host's sshd processes (the listener retitles itself "sshd: /usr/sbin/sshd ... [listener] ...")."""
