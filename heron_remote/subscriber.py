@@ -10,10 +10,9 @@ from typing import Any, NamedTuple
 import zmq
 
 from ._drops import Drops
-from ._ring import unshared
 from .com.tap import FrameTap
 from .errors import DecodeError, NoDataError
-from .wire import ZERO_COPY_MIN, parse_meta, read_published_captured, resync
+from .wire import parse_meta, published_value, read_published_captured, resync
 
 __all__ = ["IDLE_MS", "Frame", "Subscriber"]
 
@@ -136,10 +135,7 @@ class Subscriber:
                         continue
                     output = topic_output[topic]
                     try:
-                        meta = parse_meta(raw_meta)
-                        value = meta.decode(payload)
-                        if meta.nbytes >= ZERO_COPY_MIN:
-                            value = unshared(value)
+                        value = published_value(parse_meta(raw_meta), payload)
                     except DecodeError as exc:
                         self._drops(exc)
                         continue

@@ -117,7 +117,7 @@ def _handler(
                 # Small messages (pulses, parameters) go at once, not after a delayed ACK.
                 self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 pump(self.request, chan, counts)
-            except (OSError, EOFError, paramiko.SSHException) as exc:
+            except LINK_ERRORS as exc:
                 # The worker ended, or the link went: the channel's last window adjustment finds it closed.
                 log.debug("forward to %s:%d ended: %r", *remote, exc)
             finally:

@@ -33,7 +33,7 @@ import zmq
 from .._ring import unshared
 from ..errors import DecodeError
 from .bounded import NUMBER_LIMIT, read_int, undecodable
-from .codec import ZERO_COPY_MIN, check_output, decode_output, parse_meta, parse_published_meta
+from .codec import ZERO_COPY_MIN, Meta, check_output, decode_output, parse_meta, parse_published_meta
 
 __all__ = [
     "Packet",
@@ -261,6 +261,13 @@ def read_published(recv: Callable[..., Any]) -> tuple[int, float, Any]:
     return index, stamp, value
 
 
+def published_value(meta: Meta, payload: Any) -> Any:
+    """The value ``payload`` carries as published; a large array over a ring this process maps is
+    copied out of it (see :func:`heron_remote._ring.unshared`). DecodeError when it does not match."""
+    value = meta.decode(payload)
+    return unshared(value) if meta.nbytes >= ZERO_COPY_MIN else value
+
+
 def read_published_captured(recv: Callable[..., Any]) -> tuple[int, float, float | None, Any]:
     """:func:`read_published` with the capture time in seconds, rig clock (None when the message has none)."""
     try:
@@ -270,10 +277,7 @@ def read_published_captured(recv: Callable[..., Any]) -> tuple[int, float, float
         raw = recv(_NOBLOCK)
         stamp = int(raw) / 1e6 if len(raw) < _NUMBER_DIGITS and raw.isdigit() else parse_time(raw)
         meta, captured = parse_published_meta(recv(_NOBLOCK))
-        large = meta.nbytes >= ZERO_COPY_MIN
-        value = meta.decode(recv(_NOBLOCK, copy=not large))
-        if large:
-            value = unshared(value)
+        value = published_value(meta, recv(_NOBLOCK, copy=meta.nbytes < ZERO_COPY_MIN))
         return index, stamp, None if captured is None else captured / 1e6, value
     except (zmq.Again, DecodeError):
         raise

@@ -67,10 +67,8 @@ class Batcher:
         """Send packet ``number`` (``size`` bytes of payload), now or with the packets that follow it."""
         now = time.monotonic()
         self.packets += 1
-        held = self._held
-        if held is not None:
-            send_packet(self._sock, held[0], held[1], copy=held[2], captured_us=held[3], more=True)
-            self._held = None
+        if self._held is not None:
+            self._send_held(more=True)
         deadline = self._deadline
         # A batch whose window has ended (its thread waits for the lock) ends with this packet.
         joins = now < deadline if deadline else now - self._last_sent < self._window_s
@@ -90,11 +88,14 @@ class Batcher:
 
     def flush(self) -> None:
         """Send the open batch now."""
-        held = self._held
-        if held is not None:
-            self._held = None
-            send_packet(self._sock, held[0], held[1], copy=held[2], captured_us=held[3])
+        if self._held is not None:
+            self._send_held(more=False)
             self._ended(time.monotonic())
+
+    def _send_held(self, *, more: bool) -> None:
+        number, frames, copy, captured_us = self._held  # type: ignore[misc]
+        self._held = None
+        send_packet(self._sock, number, frames, copy=copy, captured_us=captured_us, more=more)
 
     def close(self) -> None:
         """Send what waits and stop the thread. Called with the lock held; idempotent."""
