@@ -2,7 +2,9 @@
 
 Publishers connect to a forwarder's submit port, subscribers to its publish port. The
 XSUB side subscribes to everything, as Heron's forwarders do: topics are filtered here,
-on the way out, so a subscriber that joins sees the next message any publisher sends.
+on the way out, so a subscriber that joins sees the next message any publisher sends. (A com
+in this process learns what the subscribers want and sends only that:
+:mod:`.forwarders_subscriptions`.)
 Each proxy runs in a thread of its own, which creates, binds and closes its sockets;
 a TERMINATE on its control socket stops it. They bind 127.0.0.1 unless another
 interface is asked for. Once bound they say who they are to whoever asks
@@ -32,6 +34,7 @@ from . import forwarders_hello
 from ._threads import KeptThread
 from ._version import __version__
 from .errors import ForwarderError
+from .forwarders_subscriptions import Subscriptions
 from .relay_host import RelayHost
 from .settings import ForwarderPorts
 
@@ -107,6 +110,8 @@ class _Proxy:
     error: BaseException | None = None
     control: str = ""
     bound: list[int] = field(default_factory=list)
+    #: The data forwarder's: which topics its subscribers want (:mod:`.forwarders_subscriptions`).
+    subscriptions: Subscriptions | None = None
 
 
 class Forwarders:
@@ -146,7 +151,7 @@ class Forwarders:
         }
         try:
             for name in _NAMES:
-                proxy = _Proxy(name, *wanted[name])
+                proxy = _Proxy(name, *wanted[name], subscriptions=Subscriptions() if name == "data" else None)
                 ready = threading.Event()
                 proxy.thread = KeptThread(self._run, args=(proxy, ready), name=f"heron-forwarder-{name}")
                 self._proxies.append(proxy)
@@ -212,6 +217,9 @@ class Forwarders:
                 # only this forwarder, not travel on to every publisher. Without it the first
                 # messages after a subscriber joined were lost more often than with Heron's.
                 frontend.send(_SUBSCRIBE_ALL)
+                if proxy.subscriptions is not None:  # connected before any subscriber can subscribe
+                    frontend.bind(proxy.subscriptions.endpoint)
+                    proxy.subscriptions.start()
                 proxy.submit = self._bind(frontend, proxy.submit, proxy, "submit")
                 proxy.bound.append(proxy.submit)
                 proxy.publish = self._bind(backend, proxy.publish, proxy, "publish")
@@ -225,6 +233,8 @@ class Forwarders:
                 control.bind(proxy.control)
                 with _in_process_lock:  # before start() returns: a Source made next finds them
                     _in_process.update(aliases)
+                if proxy.subscriptions is not None and aliases:
+                    proxy.subscriptions.register(aliases[0][1])
             except BaseException as exc:
                 proxy.error = exc
                 return
@@ -236,6 +246,8 @@ class Forwarders:
                 proxy.error = exc
                 logger.error("the %s forwarder stopped: %s", proxy.name, exc)
         finally:
+            if proxy.subscriptions is not None:
+                proxy.subscriptions.close()
             with _in_process_lock:
                 for port, _ in aliases:
                     _in_process.pop(port, None)
@@ -247,6 +259,8 @@ class Forwarders:
         """The first error a forwarder thread hit while running, if any."""
         for proxy in self._proxies:
             error = proxy.error or (proxy.thread.error if proxy.thread is not None else None)
+            if error is None and proxy.subscriptions is not None:
+                error = proxy.subscriptions.error
             if error is not None:
                 return error
         return None  # a failed relay host is reported, and its coms relay themselves (relay_host.py)

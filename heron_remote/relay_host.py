@@ -46,6 +46,7 @@ from .com.heartbeat import back_off
 from .com.relay import PUBLISH_SNDHWM, Relay
 from .com.stats import ComStats
 from .errors import DecodeError, ForwarderError
+from .forwarders_subscriptions import subscriptions_at
 
 __all__ = ["RelayHost", "relay_path"]
 
@@ -324,7 +325,7 @@ class RelayHost:
             publish.linger = 1000  # what was relayed last still reaches the forwarder
             publish.sndhwm = PUBLISH_SNDHWM
             publish.connect(self._publish)
-            relay.attach(data, publish)
+            relay.attach(data, publish, subscriptions_at(self._publish))
             data.rcvtimeo = 0  # pump() returns when nothing waits: the other coms' turn
         except BaseException:
             data.close()

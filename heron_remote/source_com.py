@@ -206,7 +206,7 @@ class SourceCom:
         if isinstance(self._relay, HostedRelay):
             self._relay.serve(sockets, self.settings)
         else:
-            self._relay.attach(sockets.data, sockets.publish)
+            self._relay.attach(sockets.data, sockets.publish, sockets.listeners)
         sockets.on_data_worker = self._relay.read_ring_of
         self._parameters.attach(sockets.parameters_in, sockets.parameters_out)
         self._heartbeat = Heartbeat(

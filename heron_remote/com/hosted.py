@@ -116,7 +116,7 @@ class HostedRelay(Relay):
 
     def serve(self, sockets: ComSockets, settings: Settings) -> None:
         """Relay for the com of ``sockets``: its data socket connects only when this relays itself."""
-        self.attach(sockets.data, sockets.publish)
+        self.attach(sockets.data, sockets.publish, sockets.listeners)
         path = offered(settings)
         if path is None:
             return

@@ -14,6 +14,7 @@ from .._ring import RingTap
 from .._verbosity import PacketLog, PacketTimer
 from ..compression import unpack
 from ..errors import ConfigError, DecodeError
+from ..forwarders_subscriptions import Subscriptions
 from ..wire import (
     PacketError,
     packet_captured,
@@ -103,6 +104,10 @@ class Relay:
         self.ring: RingTap | None = None
         #: Where a Source in this process reads what is published (:mod:`.tap`), if one does.
         self.tap: FrameTap | None = None
+        #: What the forwarder's subscribers want, when the forwarder runs in this process.
+        self._listeners: Subscriptions | None = None
+        self._heard_version = -1
+        self._heard = [True] * len(routes)
 
     @property
     def index(self) -> int:
@@ -114,9 +119,11 @@ class Relay:
         """How many packets the com's queue from its worker holds now."""
         return self._hwm
 
-    def attach(self, data: zmq.Socket, publish_to: zmq.Socket) -> None:
-        """Relay from ``data`` (the worker's packets) to ``publish_to`` (the data forwarder)."""
+    def attach(self, data: zmq.Socket, publish_to: zmq.Socket, listeners: Subscriptions | None = None) -> None:
+        """Relay from ``data`` (the worker's packets) to ``publish_to`` (the data forwarder); with
+        ``listeners`` (a forwarder in this process), only the topics its subscribers want."""
         self._data, self._publish = data, publish_to
+        self._listeners = listeners
         data.rcvhwm = self._hwm
         if isinstance(self._verbose, str):
             self._packet_log = PacketLog(self._verbose)
@@ -181,13 +188,20 @@ class Relay:
                 captured = stamp - self._offset_us
         pub = self._publish
         tap = self.tap
-        for topic, k in self.routes:
+        listeners = self._listeners
+        if listeners is not None and listeners.version != self._heard_version:
+            self._heard_version = listeners.version  # first: a change while asking is seen next time
+            self._heard = listeners.heard([topic for topic, _ in self.routes])
+        for (topic, k), heard in zip(self.routes, self._heard, strict=True):
             if publish_flags[k]:
                 plain = meta = msg[1 + 2 * k]
                 if captured is not None:
                     meta = with_captured(meta, captured)
                 payload = msg[2 + 2 * k]
-                publish(pub, topic, index_b, time_b, meta, payload)
+                if heard:
+                    publish(pub, topic, index_b, time_b, meta, payload)
+                else:
+                    stats.unheard += 1
                 stats.published += 1
                 if tap is not None:
                     tap.put(Tapped(topic, index, time_us, captured, plain, payload), size)

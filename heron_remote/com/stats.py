@@ -15,6 +15,7 @@ RELAY_COUNTERS = (
     "received",
     "lost",
     "published",
+    "unheard",
     "ignored",
     "malformed",
     "bytes_received",
@@ -50,6 +51,9 @@ class ComStats:
     started anew because a record was never released; ``worker_packets`` the packets the worker
     sent and ``worker_messages`` the ZeroMQ messages they travelled in (fewer when small packets
     came close together: Settings.batch_window), as the worker last said.
+    ``unheard`` counts the outputs published while no subscriber of the data forwarder had
+    subscribed to their topic, and so not sent to it: a forwarder in the com's process tells
+    (:mod:`heron_remote.forwarders_subscriptions`); a Source's own ``frames()`` takes them in-process.
     ``clock_offset_s`` is the worker's clock minus the com's, as the heartbeat measures it (None
     until enough pulses were answered), ``clock_rtt_s`` the round trip of the pulse it comes from.
     """
@@ -57,6 +61,7 @@ class ComStats:
     received: int = 0
     lost: int = 0
     published: int = 0
+    unheard: int = 0
     ignored: int = 0
     malformed: int = 0
     rejected: int = 0
