@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import zmq
@@ -13,7 +14,7 @@ from heron_remote.forwarders_subscriptions import subscriptions_at
 from heron_remote.settings import ForwarderPorts
 from heron_remote.wire import read_published
 
-from .helpers import CAMERA, wait_until
+from .helpers import CAMERA, hosted_relay, wait_until
 
 TOPICS = [b"Camera##cam##0", b"Other##x##0"]
 
@@ -76,3 +77,30 @@ def test_a_source_sends_the_forwarder_its_frames_only_while_somebody_subscribes(
         unheard = cam.stats.unheard
         wait_until(lambda: cam.stats.unheard > unheard + 50, 10, "the subscriber's end to be heard")
         assert cam.stats.published > cam.stats.unheard > 0 and cam.rejected == 0
+
+
+def test_in_herons_layout_the_forwarders_process_relays_only_what_somebody_subscribed_to(
+    outside: tuple[Settings, subprocess.Popen[str]],
+) -> None:
+    settings, _ = outside
+    with Source(CAMERA, parameters={"shape": [8, 8], "fps": 500}, settings=settings) as cam:
+        frames = cam.frames(timeout=10)  # subscribed at the forwarders: everything is sent
+        read = [next(frames).index for _ in range(300)]
+        assert hosted_relay(cam).hosted and not cam._tap.live
+        assert cam.stats.unheard == 0 and read == list(range(read[0], read[0] + len(read)))
+        frames.close()
+        assert cam._sub is not None
+        for topic in cam.topics:  # the Source keeps its subscriber between reads: as if it had gone
+            cam._sub.unsubscribe(topic.encode())
+        wait_until(lambda: cam.stats.unheard > 50, 10, "the forwarders' process to keep back what nobody wants")
+        outside_sub = _subscriber(settings.ports.data_publish, cam.topics[0].encode())  # a Heron sink, say
+        try:
+            outside_sub.recv_multipart()
+            got = []
+            for _ in range(200):
+                assert outside_sub.recv() == cam.topics[0].encode()
+                got.append(read_published(outside_sub.recv)[0])
+            assert got == list(range(got[0], got[0] + len(got)))
+        finally:
+            outside_sub.close()
+        assert cam.error is None and hosted_relay(cam).hosted
