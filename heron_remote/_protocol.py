@@ -60,18 +60,13 @@ LIVE = b"LIVE"
 
 _OPTION_PREFIX = "--heron-remote-"
 
-#: The com's queue of packets from its worker holds about this many bytes...
+#: What a local worker's shared-memory ring lets wait for its com, in bytes.
 DATA_QUEUE_BYTES = 8 * 1024 * 1024
-#: ... in packets: never fewer (big frames), never more (small ones). A deep queue of small
-#: packets lets ZeroMQ wake the sending side once per 128 packets read, not per four.
-#: The worker's own queue stays at the low end.
-DATA_HWM_RANGE = (8, 256)
-
-
-def data_hwm(packet_bytes: int) -> int:
-    """The high-water mark (in packets) that holds about DATA_QUEUE_BYTES of such packets."""
-    low, high = DATA_HWM_RANGE
-    return max(low, min(high, DATA_QUEUE_BYTES // max(packet_bytes, 1)))
+#: ZeroMQ messages the com's queue from its worker holds, and the worker's own queue. Small packets
+#: close together travel several to a message (worker/batching.py). The depth is never changed on a
+#: live socket: lowered once packets turned out big, it left the worker blocked on a queue its com
+#: had emptied (measured: 8x8 frames, then 2 MiB ones, stalled for good).
+DATA_HWM = 8
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,12 +10,18 @@ The forwarder's XSUB does pass every subscription its subscribers make on to eac
 connected to it. A :class:`Subscriptions` watcher is one more such publisher, connected
 in-process before the forwarder's publish side is bound, that never publishes: it reads them all
 from the start, and a relay in this process sends only the outputs somebody subscribed to. A
-subscriber that joins is heard a hop after it reaches the forwarder (in-process, tens of
-microseconds), not a TCP hop to each publisher.
+subscriber that joins is heard once the watcher's thread has read its subscription (measured:
+median 0.5 ms from ``subscribe()``), later by up to the interpreter's switch interval (5 ms)
+while the com's thread holds the interpreter lock.
 
-What a watcher cannot know it counts as heard: a subscription to every topic, once made, holds
-until the forwarder stops (the forwarder's own hides when it ends); a forwarder that stopped
-leaves every topic heard.
+A topic once subscribed to stays heard until the forwarder stops: cancels are not believed.
+Anyone on the machine can connect to the forwarder and send it the cancel of a subscription it
+never made, and ZeroMQ passes that on like a real one (measured: such cancels from another
+account silenced a topic its real subscriber still wanted). So the saving is for topics nobody
+subscribed to since the forwarder started, which is what a ``Source`` read by its own
+``frames()`` is; a :class:`~heron_remote.Source` beside its forwarders does not subscribe for
+itself. A subscription to every topic makes every topic heard; a forwarder that stopped, or a
+watcher whose thread failed, leaves every topic heard.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ __all__ = ["Subscriptions", "subscriptions_at"]
 
 logger = logging.getLogger(__name__)
 
-_SUBSCRIBE, _UNSUBSCRIBE = 1, 0
+_SUBSCRIBE = 1
+#: Prefixes kept at most; past them every topic counts as heard (a rig has a few dozen topics, and
+#: whoever floods the forwarder with subscriptions must not grow this process without bound).
+MAX_PREFIXES = 1024
 _POLL_MS = 100
 _ids = itertools.count(1)
 #: The watchers of this process's data forwarders, by the forwarder's in-process submit endpoint.
@@ -58,7 +67,6 @@ class Subscriptions:
         #: The endpoint the forwarder's XSUB binds, before its publish side, for the watcher.
         self.endpoint = f"inproc://heron-remote-forwarder-subscriptions-{next(_ids)}"
         self.version = 0
-        self._counts: dict[bytes, int] = {}
         self._prefixes: frozenset[bytes] = frozenset()
         self._policy_seen = False  # the forwarder's own subscription to everything, sent first
         self._everything = False
@@ -92,6 +100,9 @@ class Subscriptions:
         sock = context.socket(zmq.XPUB)
         try:
             sock.linger = 0
+            # No bound on what waits for it: the forwarder drops what a full pipe cannot take, and a
+            # subscription lost here would leave a subscriber without its frames.
+            sock.rcvhwm = 0
             # Every subscription, even one to a prefix this pipe already sent (a second one to everything).
             sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             sock.connect(self.endpoint)
@@ -110,23 +121,26 @@ class Subscriptions:
         logger.error("the data forwarder's subscription watcher stopped (every topic is published now): %r", exc)
 
     def _take(self, message: bytes) -> None:
-        if not message or message[0] not in (_SUBSCRIBE, _UNSUBSCRIBE):
-            return
+        if not message or message[0] != _SUBSCRIBE:
+            return  # a cancel may be anyone's, for a subscription they never made: not believed
         prefix = message[1:]
-        if message[0] == _SUBSCRIBE:
-            if not prefix:
-                # The first is the forwarder's own, sent as the watcher connected; any later one is
-                # a subscriber's, whose end the forwarder's own would hide.
-                self._everything = self._everything or self._policy_seen
-                self._policy_seen = True
-            self._counts[prefix] = self._counts.get(prefix, 0) + 1
-        elif self._counts.get(prefix, 0) > 0:
-            self._counts[prefix] -= 1
-        prefixes = frozenset(p for p, n in self._counts.items() if n > 0 and p)
-        if prefixes != self._prefixes or self._everything:
-            self._prefixes = prefixes
+        if not prefix:
+            # The first is the forwarder's own, sent as the watcher connected; any later one is a
+            # subscriber's.
+            if self._policy_seen and not self._everything:
+                self._everything = True
+            self._policy_seen = True
             self.version += 1
-            logger.debug("subscribed at the data forwarder: %s", sorted(prefixes))
+        elif self._everything or prefix in self._prefixes:
+            return
+        elif len(self._prefixes) >= MAX_PREFIXES:
+            self._everything = True
+            self.version += 1
+            logger.warning("over %d topic prefixes subscribed at the data forwarder: every topic is sent", MAX_PREFIXES)
+        else:
+            self._prefixes = self._prefixes | {prefix}  # replaced whole: heard() reads it unlocked
+            self.version += 1
+            logger.debug("subscribed at the data forwarder: %r", prefix)
 
     def close(self) -> None:
         """Stop the watcher; every topic counts as heard from now on. Idempotent."""

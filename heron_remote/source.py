@@ -126,7 +126,7 @@ class Source:
             )
             self.settings = s.replace(ports=self._forwarders.ports, forwarder_host=self._forwarders.host)
             self._com = self._make_com()
-            self._sub = self._subscribe()
+            self._sub = self._subscribe(own=True)
             self._sub_thread = threading.get_ident()
             self._thread = KeptThread.start_new(self._run_com, name=f"heron-com-{self.name}")
             wait = self.settings.start_timeout + _START_SLACK_S
@@ -160,13 +160,19 @@ class Source:
         com._tap_outputs(self._tap)
         return com
 
-    def _subscribe(self) -> zmq.Socket:
+    def _subscribe(self, *, own: bool = False) -> zmq.Socket:
+        """A subscriber to this source's topics; ``own``: the one its first reader uses."""
         sub = facing(self._context.socket(zmq.SUB))
         sub.linger = 0
         sub.rcvtimeo = IDLE_MS
-        for topic in self.topics:
-            sub.subscribe(topic.encode())
-        sub.connect(forwarder_endpoint(self.settings.forwarder_host, self.settings.ports.data_publish)[0])
+        target, shared = forwarder_endpoint(self.settings.forwarder_host, self.settings.ports.data_publish)
+        # Beside its forwarders the com relays here and hands the frames over (com/tap.py): a
+        # subscription would only have it send them to the forwarder as well, for good
+        # (forwarders_subscriptions.py).
+        if not (own and shared is not None):
+            for topic in self.topics:
+                sub.subscribe(topic.encode())
+        sub.connect(target)
         return sub
 
     def _run_com(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import re
 import select
 import signal
@@ -285,6 +286,22 @@ def _sftp(acq: object, name: str) -> Iterator[paramiko.SFTPClient]:
             sftp.close()
     finally:
         conn.release()
+
+
+ZMTP_SEND = str(Path(__file__).parent / "zmtp_send.py")
+
+
+def send_as(user: str, port: int, kind: str, messages: list[list[bytes]]) -> None:
+    """``messages`` sent to 127.0.0.1:``port`` from a ``kind`` socket by ``user``, who has no pyzmq."""
+    out = subprocess.run(
+        ["runuser", "-u", user, "--", "/usr/bin/python3", ZMTP_SEND, "127.0.0.1", str(port), kind],
+        input=json.dumps([[f.hex() for f in m] for m in messages]),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == pwd.getpwnam(user).pw_uid != os.getuid()
 
 
 @contextlib.contextmanager

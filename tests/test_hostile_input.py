@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import pwd
 import signal
 import subprocess
 import threading
@@ -37,10 +35,10 @@ from .helpers import (
     hosted_relay,
     local_account,
     pid_alive,
+    send_as,
     wait_until,
 )
 
-ZMTP_SEND = str(Path(__file__).parent / "zmtp_send.py")
 PARAMETERS_TOPIC = b"Parameters##echo##1"
 DEEP_JSON = b"[" * 100_000
 DEEP_TUPLE_KEY_PICKLE = b"\x80\x04}" + b")" + b"\x85" * 200_000 + b"Ns."
@@ -51,19 +49,6 @@ def other_user() -> Iterator[str]:
     """A second local account, as on a shared lab PC (removed afterwards)."""
     with local_account("hrin") as name:
         yield name
-
-
-def send_as(user: str, port: int, kind: str, messages: list[list[bytes]]) -> None:
-    """``messages`` sent to 127.0.0.1:``port`` from a ``kind`` socket by ``user``, who has no pyzmq."""
-    out = subprocess.run(
-        ["runuser", "-u", user, "--", "/usr/bin/python3", ZMTP_SEND, "127.0.0.1", str(port), kind],
-        input=json.dumps([[f.hex() for f in m] for m in messages]),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    assert int(out.stdout) == pwd.getpwnam(user).pw_uid != os.getuid()
 
 
 def _sub(port: int, *topics: bytes) -> zmq.Socket:

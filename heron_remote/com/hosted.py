@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from .._linkkeys import LinkKeys
-from .._protocol import DATA_HWM_RANGE
+from .._protocol import DATA_HWM
 from ..errors import DecodeError, ForwarderError
 from ..forwarders import endpoint as forwarder_endpoint
 from ..forwarders_hello import AVAILABLE
@@ -86,7 +86,7 @@ class HostedRelay(Relay):
     _hosted = False
     _given_up = False
     _threads = 1
-    _host_hwm = DATA_HWM_RANGE[1]
+    _host_hwm = DATA_HWM
     _host_error: str | None = None
     _last_report = 0.0
     _last_sent = 0.0

@@ -9,7 +9,7 @@ from typing import Any
 
 import zmq
 
-from .._protocol import DATA_HWM_RANGE, data_hwm
+from .._protocol import DATA_HWM
 from .._ring import RingTap
 from .._verbosity import PacketLog, PacketTimer
 from ..compression import unpack
@@ -92,8 +92,7 @@ class Relay:
         self._packet_log: PacketLog | None = None
         self._packet_timer: PacketTimer | None = None
         self._data: zmq.Socket | None = None
-        self._size_class = -1
-        self._hwm = DATA_HWM_RANGE[1]
+        self._hwm = DATA_HWM
         self._warned_malformed = 0
         #: The worker's clock offset last seen, and it in whole microseconds.
         self._offset_s = 0.0
@@ -164,9 +163,6 @@ class Relay:
             return False
         stats.bytes_received += size
         stats.shared_bytes += shared
-        if size.bit_length() != self._size_class:
-            self._size_class = size.bit_length()
-            self._lower_queue(data_hwm(1 << self._size_class))
         time_us = _time_ns() // 1000
         index_b = b"%d" % index
         time_b = b"%d" % time_us
@@ -268,14 +264,6 @@ class Relay:
         assert self._data is not None
         while self._data.poll(100):
             self.pump(until=time.monotonic() + chores_s)
-
-    def _lower_queue(self, hwm: int) -> None:
-        """Hold about DATA_QUEUE_BYTES of these packets. Only ever lowered: ZeroMQ wakes a blocked
-        sender each time half the high-water mark has been read, so raising it while the worker
-        waits could leave the worker waiting for a wake-up that never comes."""
-        if hwm < self._hwm and self._data is not None:
-            self._hwm = hwm
-            self._data.rcvhwm = hwm
 
     def _jumped(self, missed: int) -> None:
         sequence = self.sequence

@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 
 __all__ = ["TAP_BYTES", "TAP_MESSAGES", "FrameTap", "Tapped"]
 
-#: Outputs the queue holds at most (a ZeroMQ subscriber's default receive high-water mark).
-TAP_MESSAGES = 1000
+#: Outputs the queue holds at most. A Source beside its forwarders reads only this queue (it does not
+#: subscribe), so it holds what a subscriber's queue and the forwarder's together held before.
+TAP_MESSAGES = 4000
 #: And about this many bytes of payload (judged by the size of the packet being added).
 TAP_BYTES = 256 * 1024 * 1024
 #: Outputs queued before put() wakes a waiting reader; otherwise the relay wakes it when it has

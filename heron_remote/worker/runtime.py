@@ -24,7 +24,7 @@ import zmq
 from .._drops import Drops
 from .._ipc import usable_socket_path
 from .._linkkeys import Gate, LinkKeys
-from .._protocol import DATA_HWM_RANGE, EXIT_BAD_START, EXIT_WORK_FAILED, ReadyLine
+from .._protocol import DATA_HWM, EXIT_BAD_START, EXIT_WORK_FAILED, ReadyLine
 from .._ring import RingWriter
 from .._threads import KeptThread
 from .._verbosity import NO_RELIC
@@ -280,7 +280,7 @@ class SourceWorker:
             self._data_context = zmq.Context()
         self._data = self._data_context.socket(zmq.PUSH)
         # Shallow on purpose: a worker that runs far ahead of its com only takes the CPU the com needs.
-        self._data.sndhwm = DATA_HWM_RANGE[0]
+        self._data.sndhwm = DATA_HWM
         self._data.linger = 0
         self._bind(self._data, "data")
         self._batcher = Batcher(self._data, self._send_lock, window_s=self.batch_window)
