@@ -38,7 +38,7 @@ from .forwarders_subscriptions import Subscriptions
 from .relay_host import RelayHost
 from .settings import ForwarderPorts
 
-__all__ = ["Forwarders", "endpoint", "facing"]
+__all__ = ["Forwarders", "endpoint", "facing", "subscriptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ _LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0")
 _ids = itertools.count(1)
 #: Ports this process's forwarders serve, with their in-process endpoints.
 _in_process: dict[int, str] = {}
+#: The data forwarders' subscription watchers, by submit port.
+_watchers: dict[int, Subscriptions] = {}
 _in_process_lock = threading.Lock()
 
 
@@ -71,6 +73,14 @@ def endpoint(host: str, port: int) -> tuple[str, zmq.Context | None]:
         if inproc is not None:
             return inproc, zmq.Context.instance()
     return f"tcp://{host}:{port}", None
+
+
+def subscriptions(host: str, port: int) -> Subscriptions | None:
+    """What the subscribers want of the data forwarder at (``host``, ``port``), when this process runs it."""
+    if host not in _LOOPBACK:
+        return None
+    with _in_process_lock:
+        return _watchers.get(port)
 
 
 #: A socket that faces a forwarder tries again this soon after losing it (forwarders taken over by
@@ -172,7 +182,9 @@ class Forwarders:
                 hello = forwarders_hello.Hello(pid=os.getpid(), version=__version__, bind=self.host, ports=self.ports)
                 self._hello = forwarders_hello.HelloServer(hello)
                 if self.host in _LOOPBACK:  # coms of this account in other processes relay here
-                    self._relays = RelayHost(self.ports.data_submit, _alias(self.ports.data_submit))
+                    self._relays = RelayHost(
+                        self.ports.data_submit, _alias(self.ports.data_submit), p["data"].subscriptions
+                    )
         except BaseException:
             self.close()
             raise
@@ -233,8 +245,8 @@ class Forwarders:
                 control.bind(proxy.control)
                 with _in_process_lock:  # before start() returns: a Source made next finds them
                     _in_process.update(aliases)
-                if proxy.subscriptions is not None and aliases:
-                    proxy.subscriptions.register(aliases[0][1])
+                    if proxy.subscriptions is not None and aliases:
+                        _watchers[proxy.submit] = proxy.subscriptions
             except BaseException as exc:
                 proxy.error = exc
                 return
@@ -251,6 +263,8 @@ class Forwarders:
             with _in_process_lock:
                 for port, _ in aliases:
                     _in_process.pop(port, None)
+                if proxy.subscriptions is not None and _watchers.get(proxy.submit) is proxy.subscriptions:
+                    del _watchers[proxy.submit]
             for sock in (frontend, backend, control):
                 sock.close()
 

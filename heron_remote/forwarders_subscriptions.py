@@ -35,7 +35,7 @@ import zmq
 
 from ._threads import KeptThread
 
-__all__ = ["Subscriptions", "subscriptions_at"]
+__all__ = ["MAX_PREFIXES", "Subscriptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +45,6 @@ _SUBSCRIBE = 1
 MAX_PREFIXES = 1024
 _POLL_MS = 100
 _ids = itertools.count(1)
-#: The watchers of this process's data forwarders, by the forwarder's in-process submit endpoint.
-_watched: dict[str, Subscriptions] = {}
-_watched_lock = threading.Lock()
-
-
-def subscriptions_at(endpoint: str) -> Subscriptions | None:
-    """The watcher of the forwarder of this process whose in-process submit endpoint is ``endpoint``."""
-    with _watched_lock:
-        return _watched.get(endpoint)
 
 
 class Subscriptions:
@@ -74,19 +65,12 @@ class Subscriptions:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._thread: KeptThread | None = None
-        self._registered: str | None = None
 
     def start(self) -> None:
         """Start the watcher and wait until it is connected (call once the XSUB bound :attr:`endpoint`)."""
         self._thread = KeptThread.start_new(self._run, name="heron-forwarder-subscriptions", on_error=self._failed)
         if not self._connected.wait(10):
             raise RuntimeError("the forwarder's subscription watcher did not connect within 10 s")
-
-    def register(self, endpoint: str) -> None:
-        """Make this the watcher that :func:`subscriptions_at` gives for ``endpoint``."""
-        with _watched_lock:
-            _watched[endpoint] = self
-        self._registered = endpoint
 
     def heard(self, topics: Sequence[bytes]) -> list[bool]:
         """For each topic, whether a subscriber of the forwarder may want it."""
@@ -127,8 +111,7 @@ class Subscriptions:
         if not prefix:
             # The first is the forwarder's own, sent as the watcher connected; any later one is a
             # subscriber's.
-            if self._policy_seen and not self._everything:
-                self._everything = True
+            self._everything = self._policy_seen
             self._policy_seen = True
             self.version += 1
         elif self._everything or prefix in self._prefixes:
@@ -146,21 +129,17 @@ class Subscriptions:
         """Stop the watcher; every topic counts as heard from now on. Idempotent."""
         self._stopped = True
         self._stop.set()
-        if self._registered is not None:
-            with _watched_lock:
-                if _watched.get(self._registered) is self:
-                    del _watched[self._registered]
         if self._thread is not None:
             self._thread.join(5)
         self.version += 1  # after the watcher's last change: a relay asks again, and hears all
-
-    def __enter__(self) -> Subscriptions:
-        return self
 
     @property
     def error(self) -> BaseException | None:
         """What stopped the watcher's thread, if anything did."""
         return self._thread.error if self._thread is not None else None
+
+    def __enter__(self) -> Subscriptions:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -46,7 +46,7 @@ from .com.heartbeat import back_off
 from .com.relay import PUBLISH_SNDHWM, Relay
 from .com.stats import ComStats
 from .errors import DecodeError, ForwarderError
-from .forwarders_subscriptions import subscriptions_at
+from .forwarders_subscriptions import Subscriptions
 
 __all__ = ["RelayHost", "relay_path"]
 
@@ -119,12 +119,14 @@ class _Hosted:
 class RelayHost:
     """Relays for coms of this account that ask, in one thread of the forwarders' process.
 
-    ``publish`` is the data forwarder's in-process submit endpoint (on the shared context).
+    ``publish`` is the data forwarder's in-process submit endpoint (on the shared context);
+    ``subscriptions``, what its subscribers want: only that is relayed to it.
     """
 
-    def __init__(self, port: int, publish: str) -> None:
+    def __init__(self, port: int, publish: str, subscriptions: Subscriptions | None = None) -> None:
         self.path = relay_path(port)
         self._publish = publish
+        self._subscriptions = subscriptions
         self._wake = f"inproc://heron-remote-relay-host-{port}-{id(self)}"
         self._closed = False
         ready_error: list[BaseException] = []
@@ -325,7 +327,7 @@ class RelayHost:
             publish.linger = 1000  # what was relayed last still reaches the forwarder
             publish.sndhwm = PUBLISH_SNDHWM
             publish.connect(self._publish)
-            relay.attach(data, publish, subscriptions_at(self._publish))
+            relay.attach(data, publish, self._subscriptions)
             data.rcvtimeo = 0  # pump() returns when nothing waits: the other coms' turn
         except BaseException:
             data.close()

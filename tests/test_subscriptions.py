@@ -10,8 +10,8 @@ import time
 import zmq
 
 from heron_remote import Settings, Source
-from heron_remote.forwarders import Forwarders, endpoint
-from heron_remote.forwarders_subscriptions import MAX_PREFIXES, subscriptions_at
+from heron_remote.forwarders import Forwarders, subscriptions
+from heron_remote.forwarders_subscriptions import MAX_PREFIXES
 from heron_remote.settings import ForwarderPorts
 from heron_remote.wire import read_published
 
@@ -59,7 +59,7 @@ def _camera(settings: Settings) -> Source:
 
 def test_the_watcher_hears_subscriptions_keeps_them_and_hears_all_when_it_cannot_tell() -> None:
     with Forwarders(ports=ForwarderPorts.free()) as fw:
-        subs = subscriptions_at(endpoint("127.0.0.1", fw.ports.data_submit)[0])
+        subs = subscriptions("127.0.0.1", fw.ports.data_submit)
         assert subs is not None
         assert subs.heard(TOPICS) == [False, False]  # the forwarder's own subscription to everything is not one
         first = _subscriber(fw.ports.data_publish, b"Camera")  # a prefix, as a ZeroMQ subscription is
@@ -74,12 +74,12 @@ def test_the_watcher_hears_subscriptions_keeps_them_and_hears_all_when_it_cannot
             sub.close()
         assert fw.error is None
     assert subs.heard(TOPICS) == [True, True]
-    assert subscriptions_at(endpoint("127.0.0.1", fw.ports.data_submit)[0]) is None
+    assert subscriptions("127.0.0.1", fw.ports.data_submit) is None
 
 
 def test_a_subscription_to_everything_makes_every_topic_heard() -> None:
     with Forwarders(ports=ForwarderPorts.free()) as fw:
-        subs = subscriptions_at(endpoint("127.0.0.1", fw.ports.data_submit)[0])
+        subs = subscriptions("127.0.0.1", fw.ports.data_submit)
         assert subs is not None
         everything = _subscriber(fw.ports.data_publish, b"")
         try:

@@ -92,7 +92,6 @@ class Relay:
         self._packet_log: PacketLog | None = None
         self._packet_timer: PacketTimer | None = None
         self._data: zmq.Socket | None = None
-        self._hwm = DATA_HWM
         self._warned_malformed = 0
         #: The worker's clock offset last seen, and it in whole microseconds.
         self._offset_s = 0.0
@@ -115,15 +114,15 @@ class Relay:
 
     @property
     def data_hwm(self) -> int:
-        """How many packets the com's queue from its worker holds now."""
-        return self._hwm
+        """How many messages the com's queue from its worker holds (DATA_HWM, never changed mid-stream)."""
+        return DATA_HWM
 
     def attach(self, data: zmq.Socket, publish_to: zmq.Socket, listeners: Subscriptions | None = None) -> None:
         """Relay from ``data`` (the worker's packets) to ``publish_to`` (the data forwarder); with
         ``listeners`` (a forwarder in this process), only the topics its subscribers want."""
         self._data, self._publish = data, publish_to
         self._listeners = listeners
-        data.rcvhwm = self._hwm
+        data.rcvhwm = DATA_HWM
         if isinstance(self._verbose, str):
             self._packet_log = PacketLog(self._verbose)
         elif self._verbose > 0:

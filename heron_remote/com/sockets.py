@@ -9,8 +9,7 @@ import zmq
 
 from .._linkkeys import LinkKeys
 from ..forwarders import endpoint as forwarder_endpoint
-from ..forwarders import facing
-from ..forwarders_subscriptions import subscriptions_at
+from ..forwarders import facing, subscriptions
 from ..launcher import WorkerLauncher
 from ..settings import Settings
 from .heartbeat import back_off
@@ -46,7 +45,7 @@ class ComSockets:
         self.publish.sndhwm = PUBLISH_SNDHWM
         self.publish.connect(target)
         #: What that forwarder's subscribers want, when it runs in this process.
-        self.listeners = subscriptions_at(target) if shared is not None else None
+        self.listeners = subscriptions(host, s.ports.data_submit)
         # No ZMQ_MAXMSGSIZE on sockets that connect: one larger message would cut them off for good.
         self.parameters_in = facing(self._make(zmq.SUB))
         self.parameters_in.subscribe(self._parameters_topic)
