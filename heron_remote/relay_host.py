@@ -43,6 +43,7 @@ from ._ipc import is_private_endpoint
 from ._linkkeys import LinkKeys
 from ._threads import KeptThread
 from .com.heartbeat import back_off
+from .com.publisher import open_publisher
 from .com.relay import PUBLISH_SNDHWM, Relay
 from .com.stats import ComStats
 from .errors import DecodeError, ForwarderError
@@ -223,6 +224,7 @@ class RelayHost:
 
     def _serve_com(self, router: zmq.Socket, com: _Hosted, readable: bool) -> None:
         """One com's turn: relay what waits (for at most _TURN_S), report when due, end a drain."""
+        com.relay.keep_sending()
         if time.monotonic() - com.heard > COM_FRESH_S:
             readable = False  # not until the com speaks again (its pings come every _PING_S)
         elif readable:
@@ -320,7 +322,7 @@ class RelayHost:
         offset = body.get("offset")
         stats.clock_offset_s = float(offset) if offset is not None else None
         data = context.socket(zmq.PULL)
-        publish = context.socket(zmq.PUB)
+        publish = open_publisher(context)  # no other account's cancel silences it
         try:
             data.linger = 0
             back_off(data)  # as the com's own data socket: a gone worker is not tried ten times a second

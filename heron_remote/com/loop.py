@@ -38,6 +38,7 @@ class ComLoop:
         self._status = status
 
     def publish_status(self) -> None:
+        self._sockets.keep_proof_of_life()
         self._status.publish(self._sockets.proof_of_life)
 
     def run(self) -> None:
@@ -66,6 +67,8 @@ class ComLoop:
 
     def _chores(self) -> bool:
         """Status, liveness, parameters and the worker's state; True when the worker ended or was lost."""
+        self._relay.keep_sending()
+        self._sockets.keep_proof_of_life()
         self._status.sample()
         if self._status.due:
             self.publish_status()

@@ -28,6 +28,7 @@ from ..wire import (
     resync,
     with_captured,
 )
+from .publisher import KEEP_S, keep_sending
 from .sequence import PacketSequence
 from .stats import ComStats
 from .tap import FrameTap, Tapped
@@ -122,11 +123,16 @@ class Relay:
         ``listeners`` (a forwarder in this process), only the topics its subscribers want."""
         self._data, self._publish = data, publish_to
         self._listeners = listeners
+        self.keep_sending()
         data.rcvhwm = DATA_HWM
         if isinstance(self._verbose, str):
             self._packet_log = PacketLog(self._verbose)
         elif self._verbose > 0:
             self._packet_timer = PacketTimer(self.log)
+
+    def keep_sending(self) -> None:
+        """Read what the data forwarder passed on to the publisher (see :mod:`.publisher`)."""
+        keep_sending(self._publish)
 
     def read_ring_of(self, endpoint: str | None) -> None:
         """The worker at ``endpoint`` is the one relayed from now (None: none): its ring, if it has one."""
@@ -236,6 +242,9 @@ class Relay:
         receive, relay, frames, slots = recv_message, self.relay, self._frames, self._slots
         monotonic = time.monotonic
         tap = self.tap
+        keep = self.keep_sending
+        keep()
+        keep_at = monotonic() + KEEP_S
         n = 0
         try:
             while True:
@@ -250,7 +259,11 @@ class Relay:
                 if not relay(msg):
                     resync(data)
                 n += 1
-                if monotonic() >= until:
+                now = monotonic()
+                if now >= keep_at:  # a new connection to the forwarder waits for this to be sent anything
+                    keep()
+                    keep_at = now + KEEP_S
+                if now >= until:
                     break
         except zmq.Again:
             pass

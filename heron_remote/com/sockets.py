@@ -13,6 +13,7 @@ from ..forwarders import facing, subscriptions
 from ..launcher import WorkerLauncher
 from ..settings import Settings
 from .heartbeat import back_off
+from .publisher import keep_sending, open_publisher
 from .relay import PUBLISH_SNDHWM
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ class ComSockets:
         host = s.forwarder_host
         # A forwarder in this process is reached in-process (no copies through the kernel).
         target, shared = forwarder_endpoint(host, s.ports.data_submit)
-        self.publish = facing(self._make(zmq.PUB, shared or self.context))
+        # Publishers that no other account's cancel can silence (publisher.py).
+        self.publish = facing(self._own(open_publisher(shared or self.context)))
         self.publish.linger = 1000  # what the worker sent last still reaches the forwarder
         self.publish.sndhwm = PUBLISH_SNDHWM
         self.publish.connect(target)
@@ -50,7 +52,7 @@ class ComSockets:
         self.parameters_in = facing(self._make(zmq.SUB))
         self.parameters_in.subscribe(self._parameters_topic)
         self.parameters_in.connect(f"tcp://{host}:{s.ports.parameters_publish}")
-        self.proof_of_life = facing(self._make(zmq.PUB))
+        self.proof_of_life = facing(self._own(open_publisher(self.context)))
         self.proof_of_life.connect(f"tcp://{host}:{s.ports.proof_of_life_submit}")
         self.data = self._make(zmq.PULL)
         self.data.rcvtimeo = int(CHORES_S * 1000)
@@ -66,11 +68,17 @@ class ComSockets:
         self.on_data_worker: Callable[[str], None] | None = None
         self.closed = False
 
-    def _make(self, kind: int, context: zmq.Context | None = None) -> zmq.Socket:
-        sock = (context or self.context).socket(kind)
+    def _make(self, kind: int) -> zmq.Socket:
+        return self._own(self.context.socket(kind))
+
+    def _own(self, sock: zmq.Socket) -> zmq.Socket:
         sock.linger = 0
         self._all.append(sock)
         return sock
+
+    def keep_proof_of_life(self) -> None:
+        """What the proof-of-life forwarder passed on is read: its subscribers' cancels change nothing."""
+        keep_sending(self.proof_of_life)
 
     def connect_worker(self, launcher: WorkerLauncher) -> str:
         """Connect to the worker's ports with the launch's keys; returns the endpoint of its heartbeat port."""
@@ -118,6 +126,7 @@ class ComSockets:
 
     def proof_of_life_sent(self) -> None:
         """Heron's node editor waits for this before it sends parameters."""
+        self.keep_proof_of_life()
         self.proof_of_life.send_multipart((self._parameters_topic, b"POL"))
 
     def close(self, *, term: bool) -> None:
