@@ -173,6 +173,9 @@ def test_the_com_and_frames_pass_good_messages_on_after_any_input(puppet: tuple[
 
     good_parameters_arrive()
     good_packet_arrives()
+    if heron_layout:  # frames() reads the forwarders: they pass what `published` sends on to it
+        published_reaches_frames(published, src, good_packet_arrives)
+    rejected = src.rejected
     before = rss_mib()
     targets = {
         "worker data": lambda fs: orders.send_multipart([b"data", *fs]),
@@ -199,10 +202,20 @@ def test_the_com_and_frames_pass_good_messages_on_after_any_input(puppet: tuple[
     assert src.error is None and stats.state == "running" and pid_alive(stats.worker_pid)
     assert stats.malformed > 0 and stats.rejected > 0  # the fuzz did reach the com's readers
     if heron_layout:
-        assert src.rejected > 0  # and frames(), reading the forwarders
+        assert src.rejected > rejected  # and frames(), reading the forwarders
     else:
         assert src._tap.live  # frames() took the com's packets: nothing published reached it
     assert after - before < RSS_GROWTH_MIB
+
+
+def published_reaches_frames(published: zmq.Socket, src: Source, good_packet_arrives: Callable[[], None]) -> None:
+    """Send ``src``'s topic with nothing after it on ``published`` until ``frames()`` rejects one (5 s):
+    a publisher's first messages are lost until the forwarder's subscription reaches it."""
+    deadline = time.monotonic() + 5
+    while src.rejected == 0:
+        assert time.monotonic() < deadline, "no message published on the forwarder reached frames()"
+        published.send(src.topics[0].encode())
+        good_packet_arrives()  # frames() reads up to it, and so past the bad message if it came
 
 
 def _sent_until_seen(src: Source, send: Callable[[], int], seen: Callable[[tuple, int], bool]) -> None:

@@ -310,6 +310,8 @@ def test_a_relay_socket_left_by_killed_forwarders_is_passed_over_at_once() -> No
 
     settings = Settings(ports=free_fixed_ports())
     path = relay_path(settings.ports.data_submit)
+    # Free ports can be ones an earlier run's killed forwarders used: their file is stale too.
+    path.unlink(missing_ok=True)
     left = sockets.socket(sockets.AF_UNIX)
     left.bind(str(path))  # bound and closed, never listened on: a file that takes no connection
     left.close()

@@ -19,8 +19,9 @@ import zmq
 
 __all__ = ["KEEP_S", "keep_sending", "open_publisher"]
 
-#: How often a com that is sending reads what its publisher was told.
-KEEP_S = 0.001
+#: How often a com that is sending reads what its publisher was told: as often as a socket that
+#: lost its forwarder tries to reach it again (forwarders.RECONNECT_MS).
+KEEP_S = 0.01
 #: Messages read per call: another account's flood of subscriptions cannot hold the com here.
 _MAX_READ = 10_000
 _SUBSCRIBE = 1
@@ -35,6 +36,8 @@ def open_publisher(context: zmq.Context) -> zmq.Socket:
 
 def keep_sending(sock: zmq.Socket) -> int:
     """Read what ``sock``'s connections said; each that subscribed gets everything. Returns the messages read."""
+    if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # the usual case: cheaper than an exception
+        return 0
     for n in range(_MAX_READ):
         try:
             said = sock.recv(zmq.NOBLOCK)
