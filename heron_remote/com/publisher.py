@@ -36,7 +36,7 @@ def open_publisher(context: zmq.Context) -> zmq.Socket:
 
 def keep_sending(sock: zmq.Socket) -> int:
     """Read what ``sock``'s connections said; each that subscribed gets everything. Returns the messages read."""
-    if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # the usual case: cheaper than an exception
+    if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # the usual case: cheaper than an exception
         return 0
     for n in range(_MAX_READ):
         try:
