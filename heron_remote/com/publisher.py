@@ -24,7 +24,6 @@ __all__ = ["KEEP_S", "keep_sending", "open_publisher"]
 KEEP_S = 0.01
 #: Messages read per call: another account's flood of subscriptions cannot hold the com here.
 _MAX_READ = 10_000
-_SUBSCRIBE = 1
 
 
 def open_publisher(context: zmq.Context) -> zmq.Socket:
