@@ -367,7 +367,6 @@ class RelayHost:
             "counters": stats.relay_counters(),
             "last_error": stats.last_error,
             "sequence": relay.sequence.state(),
-            "hwm": relay.data_hwm,
             "logs": com.log.lines,
         }
         router.send_multipart((com.identity, verb, json.dumps(body, separators=(",", ":")).encode()))

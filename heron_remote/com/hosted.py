@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from .._linkkeys import LinkKeys
-from .._protocol import DATA_HWM
 from ..errors import DecodeError, ForwarderError
 from ..forwarders import endpoint as forwarder_endpoint
 from ..forwarders_hello import AVAILABLE
@@ -86,7 +85,6 @@ class HostedRelay(Relay):
     _hosted = False
     _given_up = False
     _threads = 1
-    _host_hwm = DATA_HWM
     _host_error: str | None = None
     _last_report = 0.0
     _last_sent = 0.0
@@ -99,10 +97,6 @@ class HostedRelay(Relay):
     def hosted(self) -> bool:
         """Whether the forwarders' process relays this com's packets now."""
         return self._hosted
-
-    @property
-    def data_hwm(self) -> int:
-        return self._host_hwm if self._hosted else super().data_hwm
 
     @property
     def unpack_threads(self) -> int:
@@ -279,7 +273,6 @@ class HostedRelay(Relay):
         if error != self._host_error:
             self._host_error = self.stats.last_error = error
         self.sequence.restore(body["sequence"])
-        self._host_hwm = int(body["hwm"])
         for level, text in body["logs"]:
             self.log.log(int(level), "%s", text)
         self._last_report = time.monotonic()

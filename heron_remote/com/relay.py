@@ -38,6 +38,7 @@ __all__ = ["Relay", "route_topics"]
 #: Packets a com's publisher queues for the data forwarder.
 PUBLISH_SNDHWM = 200
 _time_ns = time.time_ns
+_KEEP_US = round(KEEP_S * 1e6)
 #: Malformed packets logged one by one before only every 1000th is.
 _MALFORMED_LOGGED = 5
 
@@ -94,6 +95,8 @@ class Relay:
         self._packet_timer: PacketTimer | None = None
         self._data: zmq.Socket | None = None
         self._warned_malformed = 0
+        #: When the publisher is next read for what its connections said (com/publisher.py).
+        self._keep_at_us = 0
         #: The worker's clock offset last seen, and it in whole microseconds.
         self._offset_s = 0.0
         self._offset_us = 0
@@ -123,7 +126,6 @@ class Relay:
         ``listeners`` (a forwarder in this process), only the topics its subscribers want."""
         self._data, self._publish = data, publish_to
         self._listeners = listeners
-        self.keep_sending()
         data.rcvhwm = DATA_HWM
         if isinstance(self._verbose, str):
             self._packet_log = PacketLog(self._verbose)
@@ -169,6 +171,10 @@ class Relay:
         stats.bytes_received += size
         stats.shared_bytes += shared
         time_us = _time_ns() // 1000
+        if not 0 < self._keep_at_us - time_us <= _KEEP_US:  # due (or the clock went back)
+            # Before publishing: a new connection to the forwarder gets nothing until this has run.
+            keep_sending(self._publish)
+            self._keep_at_us = time_us + _KEEP_US
         index_b = b"%d" % index
         time_b = b"%d" % time_us
         for k in self._outputs:
@@ -242,9 +248,6 @@ class Relay:
         receive, relay, frames, slots = recv_message, self.relay, self._frames, self._slots
         monotonic = time.monotonic
         tap = self.tap
-        keep = self.keep_sending
-        keep()
-        keep_at = monotonic() + KEEP_S
         n = 0
         try:
             while True:
@@ -259,11 +262,7 @@ class Relay:
                 if not relay(msg):
                     resync(data)
                 n += 1
-                now = monotonic()
-                if now >= keep_at:  # a new connection to the forwarder waits for this to be sent anything
-                    keep()
-                    keep_at = now + KEEP_S
-                if now >= until:
+                if monotonic() >= until:
                     break
         except zmq.Again:
             pass
