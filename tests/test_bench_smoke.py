@@ -229,6 +229,32 @@ def test_the_cost_of_authentication_is_judged_against_the_same_path_without_keys
     }
 
 
+def test_heron_layout_is_judged_against_the_source_path_on_the_same_transport() -> None:
+    from heron_remote.bench.run import MEASUREMENTS, _ratios, _targets
+
+    def measured(name: str, rounds: list[float]) -> Result:
+        result = Result(name, MIB, ok=True, mb_per_s=sorted(rounds)[1])
+        result.notes["rounds"] = {"mb_per_s": rounds, "msg_per_s": [0, 0, 0]}
+        return result
+
+    results = [
+        measured("path-ns", [400.0, 500.0, 450.0]),
+        measured("path-ns-direct", [1000.0, 900.0, 950.0]),
+        measured("heron-ns", [360.0, 420.0, 400.0]),
+        measured("heron-ns-direct", [700.0, 750.0, 730.0]),
+    ]
+    ratios = _ratios(results, MEASUREMENTS)
+    judged = {t["target"]: (round(t["value"], 3), t["met"]) for t in _targets([], ratios, {}) if "heron" in t["target"]}
+    # Heron's layout over direct against the Source over direct, not against the slower tunnel.
+    assert judged == {
+        "heron-ns >= 0.8 x path-ns (1 MiB)": (round(400 / 450, 3), True),
+        "heron-ns-direct >= 0.8 x path-ns-direct (1 MiB)": (round(730 / 950, 3), False),
+    }
+    paired = {(r["name"], r["base"]): r["rounds"] for r in ratios}
+    assert paired[("heron-ns-direct", "path-ns-direct")] == [0.7, 0.83, 0.77]  # each round's two sides
+    assert paired[("heron-ns-direct", "path-ns")] == [1.75, 1.5, 1.62]  # still shown, not judged
+
+
 @pytest.mark.timeout(90)
 def test_the_bench_measures_the_path_without_the_links_key_beside_the_path_with_it(tmp_path: Path) -> None:
     from heron_remote._linkkeys import LinkKeys
@@ -275,3 +301,57 @@ def test_a_run_in_rounds_measures_each_path_every_round(tmp_path: Path, capsys: 
     assert "rounds " in out.split("path-local", 1)[1]  # the table shows the spread
     with pytest.raises(SystemExit):
         main(["--rounds", "0", "--out", str(tmp_path)])
+
+
+@pytest.mark.timeout(120)
+def test_a_terminated_bench_stops_its_hosts_and_processes(tmp_path: Path) -> None:
+    """`kill` (or `timeout`) on a bench mid-measurement: its namespace hosts, their sshds and the
+    measurement's processes go, as with Ctrl-C."""
+    import shutil
+    import signal
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("heron-bench-*"))
+    bench = subprocess.Popen(
+        [PYTHON, "-m", "heron_remote", "bench", "--only", "path-ns", "--sizes", str(MIB), "--seconds", "60",
+         "--out", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    hosts = f"hr{bench.pid}-"
+    try:
+        deadline = time.monotonic() + 60
+        streaming = False
+        while time.monotonic() < deadline and bench.poll() is None:
+            # Streaming: the bench worker runs on the namespace host.
+            found = subprocess.run(["pgrep", "-f", "heron_remote.bench.worker"], capture_output=True, text=True)
+            if found.stdout.strip():
+                streaming = True
+                break
+            time.sleep(0.2)
+        assert streaming, "the bench never started its worker"
+        time.sleep(2)
+        made = set(Path(tempfile.gettempdir()).glob("heron-bench-*")) - before
+        assert made and any(hosts in line for line in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.splitlines())  # fmt: skip
+        bench.send_signal(signal.SIGTERM)
+        out, err = bench.communicate(timeout=60)
+        assert bench.returncode == 130, out + err
+        assert "interrupted" in err, err
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert hosts not in netns, netns
+        assert not any(p.exists() for p in made), made  # the hosts' folders (sshd configs, keys)
+        left = subprocess.run(["pgrep", "-af", "|".join(str(p) for p in made)], capture_output=True, text=True)
+        assert not left.stdout.strip(), left.stdout  # sshds of those hosts
+        worker = subprocess.run(["pgrep", "-f", "heron_remote.bench.worker"], capture_output=True, text=True)
+        assert not worker.stdout.strip(), worker.stdout
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(10)
+        # Whatever a failed run left: its sshds, namespaces and folders.
+        for folder in set(Path(tempfile.gettempdir()).glob("heron-bench-*")) - before:
+            subprocess.run(["pkill", "-f", str(folder)], check=False)
+            shutil.rmtree(folder, ignore_errors=True)
+        for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith(hosts):
+                subprocess.run(["ip", "netns", "del", line.split()[0]], check=False)

@@ -103,6 +103,8 @@ def format_table(results: Sequence[Result], ratios: Sequence[dict[str, Any]]) ->
         if rounds:  # the median round is shown: say how far the others were
             spread = rounds["mb_per_s"]
             ratio_s += f"{'; ' if ratio else ''}rounds {min(spread):.1f}-{max(spread):.1f} MB/s"
+            if ratio and ratio.get("rounds"):  # its two sides measured seconds apart, round by round
+                ratio_s += "; ratio per round " + ", ".join(f"{x:.2f}" for x in ratio["rounds"])
         lines.append(
             f"{res.name:<16} {label:>8} {res.mb_per_s:10.1f} {res.msg_per_s:11.0f} "
             f"{_num(res.latency_p50_us, '.0f', 9)} {_num(res.latency_p99_us, '.0f', 9)}  {ratio_s}"
@@ -112,7 +114,8 @@ def format_table(results: Sequence[Result], ratios: Sequence[dict[str, Any]]) ->
         lines.append("")
         lines.append("more ratios (MB/s over MB/s, same size):")
         for r in extra:
-            lines.append(f"  {r['name']:<16} {_size_label(r['size']):>8}  {r['ratio']:8.2f} x {r['base']}")
+            per_round = f" (per round {', '.join(f'{x:.2f}' for x in r['rounds'])})" if r.get("rounds") else ""
+            lines.append(f"  {r['name']:<16} {_size_label(r['size']):>8}  {r['ratio']:8.2f} x {r['base']}{per_round}")
     return "\n".join(lines)
 
 
