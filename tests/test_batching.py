@@ -78,8 +78,10 @@ def test_packets_close_together_travel_in_few_messages_in_order_and_the_last_wai
         _send(batcher, lock, k)
     numbers, messages = _read(pull, n)  # the last few arrive when the batcher's thread sends them
     assert numbers == list(range(1, n + 1))
-    assert messages == batcher.messages and messages <= 6  # 1 alone, 3 full batches, the rest
-    assert batcher.packets == n
+    with lock:  # its thread counts a message after sending it, both under the lock
+        sent, packets = batcher.messages, batcher.packets
+    assert messages == sent and messages <= 6  # 1 alone, 3 full batches, the rest
+    assert packets == n
 
 
 def test_a_large_packet_ends_a_batch_and_close_sends_what_waits(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
