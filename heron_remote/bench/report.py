@@ -85,6 +85,10 @@ def progress_line(result: Result) -> str:
     )
 
 
+def _listed(ratios: Sequence[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in ratios)
+
+
 def format_table(results: Sequence[Result], ratios: Sequence[dict[str, Any]]) -> str:
     """One row per measurement; ``ratio`` is MB/s over the base named beside it (same size)."""
     first_ratio: dict[tuple[str, int], dict[str, Any]] = {}
@@ -104,7 +108,7 @@ def format_table(results: Sequence[Result], ratios: Sequence[dict[str, Any]]) ->
             spread = rounds["mb_per_s"]
             ratio_s += f"{'; ' if ratio else ''}rounds {min(spread):.1f}-{max(spread):.1f} MB/s"
             if ratio and ratio.get("rounds"):  # its two sides measured seconds apart, round by round
-                ratio_s += "; ratio per round " + ", ".join(f"{x:.2f}" for x in ratio["rounds"])
+                ratio_s += f"; ratio per round {_listed(ratio['rounds'])}"
         lines.append(
             f"{res.name:<16} {label:>8} {res.mb_per_s:10.1f} {res.msg_per_s:11.0f} "
             f"{_num(res.latency_p50_us, '.0f', 9)} {_num(res.latency_p99_us, '.0f', 9)}  {ratio_s}"
@@ -114,7 +118,7 @@ def format_table(results: Sequence[Result], ratios: Sequence[dict[str, Any]]) ->
         lines.append("")
         lines.append("more ratios (MB/s over MB/s, same size):")
         for r in extra:
-            per_round = f" (per round {', '.join(f'{x:.2f}' for x in r['rounds'])})" if r.get("rounds") else ""
+            per_round = f" (per round {_listed(r['rounds'])})" if r.get("rounds") else ""
             lines.append(f"  {r['name']:<16} {_size_label(r['size']):>8}  {r['ratio']:8.2f} x {r['base']}{per_round}")
     return "\n".join(lines)
 
